@@ -1,0 +1,157 @@
+"""Atomic file writes and the safetensors inference-artefact format."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from presto_cli import __version__
+from presto_cli.errors import PrestoError
+
+ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap")
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class atomic_path:
+    """Context manager yielding a temporary path that replaces ``path`` only on success.
+
+    >>> with atomic_path("out.wav") as tmp:
+    ...     write_somehow(tmp)
+    """
+
+    def __init__(self, path: str | Path, suffix: str | None = None):
+        self.path = Path(path)
+        self.suffix = suffix if suffix is not None else self.path.suffix
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp" + self.suffix,
+                                   dir=str(self.path.parent))
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_artefact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict,
+                  dtype: torch.dtype | None = None) -> None:
+    """Write an inference artefact: tensors + ``meta`` (JSON) in the safetensors metadata.
+
+    ``meta`` must contain ``kind``. ``dtype`` (e.g. torch.float16) casts floating tensors.
+    """
+    from safetensors.torch import save_file
+
+    if meta.get("kind") not in ARTEFACT_KINDS:
+        raise ValueError(f"artefact kind must be one of {ARTEFACT_KINDS}, got {meta.get('kind')!r}")
+    meta = dict(meta)
+    meta.setdefault("version", __version__)
+    meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().to("cpu")
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous()
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(out, str(tmp), metadata={"presto": json.dumps(meta)})
+
+
+def load_artefact(path: str | Path, device: str | torch.device = "cpu"):
+    """Read an artefact written by :func:`save_artefact`: returns ``(tensors, meta)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrestoError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = (f.metadata() or {}).get("presto")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except PrestoError:
+        raise
+    except Exception as e:  # safetensors raises various errors on corrupt files
+        raise PrestoError(f"{path} is not a readable safetensors file: {type(e).__name__}",
+                          "re-export the model or check the download") from None
+    if raw is None:
+        raise PrestoError(f"{path} has no presto metadata", "export it with presto (Task.export)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise PrestoError(f"{path} has corrupt presto metadata") from None
+    return tensors, meta
+
+
+def sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix.`` with the prefix removed."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict that turns a recipe/weights mismatch into one clear PrestoError."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or bad:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if bad:
+            k = bad[0]
+            detail.append(f"{len(bad)} of wrong shape (e.g. {k}: {tuple(state[k].shape)} vs "
+                          f"{tuple(own[k].shape)})")
+        raise PrestoError(f"the {what} weights do not match its recipe: {'; '.join(detail)}",
+                          "the file was edited or exported by an incompatible presto")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
