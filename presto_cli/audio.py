@@ -1,0 +1,177 @@
+"""Audio file I/O: mono float32 tensors in, atomic files out.
+
+Reading goes through libsndfile (``soundfile``: wav, flac, ogg/vorbis, mp3 with gapless trimming,
+aiff) and falls back to pedalboard's decoders; resampling is polyphase (``scipy.signal.
+resample_poly``), deterministic and exact in length (``round(T * sr_out / sr_in)``).
+Writing is atomic (:class:`presto_cli.io.atomic_path`) and picks the container from ``fmt`` or the
+file suffix.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from presto_cli.errors import PrestoError
+from presto_cli.io import atomic_path
+
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+
+# format name -> (libsndfile container, default subtype)
+WRITE_FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "ogg": ("OGG", "VORBIS"),
+    "aiff": ("AIFF", "PCM_16"),
+    "aif": ("AIFF", "PCM_16"),
+}
+
+
+def _read_any(path: Path) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 array and its sample rate; raises PrestoError."""
+    import soundfile as sf
+
+    errors: list[str] = []
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        return np.asarray(data, dtype=np.float32), int(sr)
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError on bad files
+        errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    try:
+        from pedalboard.io import AudioFile
+
+        with AudioFile(str(path)) as f:
+            sr = int(round(f.samplerate))
+            data = f.read(f.frames)  # (channels, frames)
+        return np.ascontiguousarray(np.asarray(data, dtype=np.float32).T), sr
+    except Exception as e:
+        errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    raise PrestoError(f"cannot read audio file {path}: {errors[0]}",
+                      "check that it is a valid wav/flac/mp3/ogg/aiff file")
+
+
+def resample(audio: np.ndarray | torch.Tensor, sr_in: int, sr_out: int):
+    """Polyphase resampling along the last axis; returns the same type it was given."""
+    if sr_in == sr_out:
+        return audio
+    from scipy.signal import resample_poly
+
+    frac = Fraction(int(sr_out), int(sr_in))
+    is_t = isinstance(audio, torch.Tensor)
+    x = audio.detach().cpu().numpy() if is_t else audio
+    n_out = int(round(x.shape[-1] * sr_out / sr_in))
+    y = resample_poly(x.astype(np.float64), frac.numerator, frac.denominator, axis=-1)
+    y = y[..., :n_out].astype(np.float32)
+    if y.shape[-1] < n_out:  # never happens with resample_poly, but keep the length contract
+        pad = [(0, 0)] * (y.ndim - 1) + [(0, n_out - y.shape[-1])]
+        y = np.pad(y, pad)
+    return torch.from_numpy(np.ascontiguousarray(y)) if is_t else y
+
+
+def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """Decode ``path`` to a mono float32 tensor of shape (1, T) at ``sample_rate``.
+
+    Channels are averaged; the file is resampled if its rate differs. Unreadable or empty files
+    raise :class:`PrestoError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrestoError(f"audio file not found: {path}")
+    data, sr = _read_any(path)
+    if data.size == 0 or data.shape[0] == 0:
+        raise PrestoError(f"audio file {path} is empty (0 samples)")
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = resample(mono, sr, int(sample_rate))
+    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)).unsqueeze(0)
+
+
+def _format_for(path: Path, fmt: str | None) -> str:
+    name = (fmt or path.suffix.lstrip(".")).lower()
+    if name not in WRITE_FORMATS:
+        raise PrestoError(f"cannot write audio format '{name or path.name}'",
+                          f"use one of {', '.join(sorted(set(WRITE_FORMATS) - {'aif'}))}")
+    return name
+
+
+def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate: int,
+                fmt: str | None = None, subtype: str | None = None) -> Path:
+    """Write mono audio (``[1, T]`` or ``[T]``; ``[C, T]`` writes C channels) atomically.
+
+    The container comes from ``fmt`` or the suffix of ``path`` (wav, flac, mp3, ogg, aiff).
+    Samples are clipped to [-1, 1]; non-finite samples raise :class:`PrestoError`.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    name = _format_for(path, fmt)
+    container, default_subtype = WRITE_FORMATS[name]
+    x = audio.detach().to("cpu", torch.float32).numpy() if isinstance(audio, torch.Tensor) \
+        else np.asarray(audio, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise PrestoError(f"audio to write to {path} must be [T] or [C, T], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise PrestoError(f"audio to write to {path} contains NaN or Inf samples")
+    x = np.clip(x, -1.0, 1.0).T  # soundfile wants (frames, channels)
+    if x.shape[0] == 0:
+        raise PrestoError(f"audio to write to {path} is empty")
+    suffix = path.suffix if path.suffix else f".{name}"
+    try:
+        with atomic_path(path, suffix=suffix) as tmp:
+            sf.write(str(tmp), np.ascontiguousarray(x), int(sample_rate), format=container,
+                     subtype=subtype or default_subtype)
+    except PrestoError:
+        raise
+    except Exception as e:
+        raise PrestoError(f"cannot write {name} audio to {path}: {e}",
+                          "try wav or flac") from None
+    return path
+
+
+def audio_info(path: str | Path) -> dict[str, Any]:
+    """``{"sample_rate", "channels", "frames", "duration", "format"}`` without decoding the file."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrestoError(f"audio file not found: {path}")
+    try:
+        i = sf.info(str(path))
+        return {"sample_rate": int(i.samplerate), "channels": int(i.channels),
+                "frames": int(i.frames), "duration": float(i.frames) / float(i.samplerate),
+                "format": str(i.format).lower()}
+    except Exception:
+        pass
+    try:
+        from pedalboard.io import AudioFile
+
+        with AudioFile(str(path)) as f:
+            sr = float(f.samplerate)
+            return {"sample_rate": int(round(sr)), "channels": int(f.num_channels),
+                    "frames": int(f.frames), "duration": float(f.frames) / sr,
+                    "format": path.suffix.lstrip(".").lower()}
+    except Exception as e:
+        raise PrestoError(f"cannot read audio file {path}: {type(e).__name__}",
+                          "check that it is a valid audio file") from None
+
+
+def peak_normalize(audio: torch.Tensor, peak: float = 0.95, eps: float = 1e-8) -> torch.Tensor:
+    """Scale so that max |x| equals ``peak`` (silence is returned unchanged)."""
+    m = audio.abs().amax()
+    if float(m) < eps:
+        return audio.clone()
+    return audio * (peak / m)
+
+
+def rms_db(audio: torch.Tensor | np.ndarray, eps: float = 1e-10) -> float:
+    """RMS level in dBFS (a full-scale sine is about -3 dB; digital silence about -200 dB)."""
+    x = audio.detach().double().cpu().numpy() if isinstance(audio, torch.Tensor) \
+        else np.asarray(audio, dtype=np.float64)
+    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+    return 20.0 * math.log10(max(rms, eps))
