@@ -1,0 +1,274 @@
+"""EDM preconditioning, noise-level distributions and the EDM loss (METHOD.md section 2).
+
+The backbone predicts ``F``; :class:`EDMDenoiser` turns it into the denoiser
+
+    D(x; sigma, c) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma), c)
+
+with the scalings of Karras et al. (2022) computed in one place, :meth:`EDMDenoiser.get_scalings`.
+Classifier-free guidance uses the DiT's learned null condition:
+``D_w = D(x; sigma, null) + w (D(x; sigma, c) - D(x; sigma, null))``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from presto_cli.errors import PrestoError
+
+__all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition",
+           "sigma_train_from_normal", "sigma_inf_from_uniform", "karras_sigma"]
+
+
+@dataclass
+class EDMConfig:
+    """EDM settings (the ``edm:`` recipe section). Defaults are EDM's (METHOD.md section 2)."""
+
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_uncond: float = 0.1  # probability of the null condition in training (CFG)
+    cfg: float = 2.0  # inference guidance weight w (1 = no guidance)
+    sampler: Literal["euler", "heun", "dpmpp_2m", "fewstep"] = "heun"
+    steps: int = 32  # inference steps (sigmas before the final 0)
+
+    def validate(self) -> None:
+        if not (self.sigma_data > 0 and self.p_std > 0):
+            raise PrestoError("edm.sigma_data and edm.p_std must be > 0")
+        if not (0 < self.sigma_min < self.sigma_max):
+            raise PrestoError("edm needs 0 < sigma_min < sigma_max",
+                              f"got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise PrestoError(f"edm.p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.steps < 1:
+            raise PrestoError(f"edm.steps must be >= 1, got {self.steps}")
+        if self.rho <= 0:
+            raise PrestoError(f"edm.rho must be > 0, got {self.rho}")
+
+
+@dataclass
+class Cond:
+    """Text condition of a batch: token states, key mask, pooled vector, null-condition flags.
+
+    ``uncond[b] = True`` makes the DiT use its learned null condition for sample ``b``.
+    """
+
+    tokens: Tensor  # [B, N, D]
+    mask: Tensor  # [B, N] bool, True = valid token
+    pooled: Tensor  # [B, D]
+    uncond: Tensor | None = None  # [B] bool
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device) -> "Cond":
+        u = None if self.uncond is None else self.uncond.to(device)
+        return Cond(self.tokens.to(device), self.mask.to(device), self.pooled.to(device), u)
+
+    def with_uncond(self, uncond: Tensor | None) -> "Cond":
+        return replace(self, uncond=uncond)
+
+    def index(self, idx) -> "Cond":
+        u = None if self.uncond is None else self.uncond[idx]
+        return Cond(self.tokens[idx], self.mask[idx], self.pooled[idx], u)
+
+    def uncond_flags(self) -> Tensor:
+        if self.uncond is None:
+            return torch.zeros(self.batch, dtype=torch.bool, device=self.tokens.device)
+        return self.uncond.bool()
+
+    @staticmethod
+    def cat(conds: list["Cond"]) -> "Cond":
+        """Concatenate along the batch, padding token sequences to the longest."""
+        n = max(c.tokens.shape[1] for c in conds)
+        toks, masks = [], []
+        for c in conds:
+            pad = n - c.tokens.shape[1]
+            toks.append(torch.nn.functional.pad(c.tokens, (0, 0, 0, pad)))
+            masks.append(torch.nn.functional.pad(c.mask.bool(), (0, pad), value=False))
+        return Cond(torch.cat(toks), torch.cat(masks), torch.cat([c.pooled for c in conds]),
+                    torch.cat([c.uncond_flags() for c in conds]))
+
+    @staticmethod
+    def unconditional(batch: int, dim: int, device=None) -> "Cond":
+        """A condition that is the null condition for every sample (unconditional models)."""
+        return Cond(torch.zeros(batch, 1, dim, device=device),
+                    torch.ones(batch, 1, dtype=torch.bool, device=device),
+                    torch.zeros(batch, dim, device=device),
+                    torch.ones(batch, dtype=torch.bool, device=device))
+
+
+def _as_batch(sigma: Tensor | float, b: int, device) -> Tensor:
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1)
+    return s.expand(b) if s.numel() == 1 else s
+
+
+class EDMDenoiser(nn.Module):
+    """The EDM-preconditioned denoiser ``D(x; sigma, c)`` around a backbone ``net`` (a DiT)."""
+
+    def __init__(self, net: nn.Module, cfg: EDMConfig):
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+
+    def get_scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(c_skip, c_out, c_in, c_noise) of Karras et al. (2022), Table 1, in float32."""
+        sd = self.cfg.sigma_data
+        s = sigma.float()
+        c_skip = sd ** 2 / (s ** 2 + sd ** 2)
+        c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
+        c_in = 1.0 / (s ** 2 + sd ** 2).sqrt()
+        c_noise = s.log() / 4.0
+        return c_skip, c_out, c_in, c_noise
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Cond | None, **net_kwargs):
+        """``D(x; sigma, c)``; ``net_kwargs`` (blocks, budget, return_hidden) go to the DiT.
+
+        Returns D, or ``(D, hidden)`` when ``return_hidden`` is given. ``cond=None`` means the
+        null condition for every sample. D is float32 whatever the autocast dtype.
+        """
+        b = x.shape[0]
+        sigma = _as_batch(sigma, b, x.device)
+        c_skip, c_out, c_in, c_noise = self.get_scalings(sigma)
+        shape = (b,) + (1,) * (x.dim() - 1)
+        x32 = x.float()
+        inp = c_in.view(shape) * x32
+        if cond is None:
+            out = self.net(inp, c_noise, None, None, None, **net_kwargs)
+        else:
+            out = self.net(inp, c_noise, cond.tokens, cond.mask, cond.pooled, uncond=cond.uncond,
+                           **net_kwargs)
+        hidden = None
+        if isinstance(out, tuple):
+            out, hidden = out
+        d = c_skip.view(shape) * x32 + c_out.view(shape) * out.float()
+        return (d, hidden) if hidden is not None else d
+
+    def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor,
+               **net_kwargs) -> Tensor:
+        """Classifier-free guided denoiser ``D(null) + w (D(c) - D(null))``, one batch of 2B.
+
+        ``w`` is a float or a per-sample tensor [B]. (Callers with w == 1 should call
+        :meth:`forward`: it costs half.) ``return_hidden`` is not supported here.
+        """
+        if net_kwargs.get("return_hidden"):
+            raise ValueError("guided() does not return hidden states")
+        b = x.shape[0]
+        sigma = _as_batch(sigma, b, x.device)
+        null = cond.with_uncond(torch.ones(b, dtype=torch.bool, device=x.device))
+        conditional = cond.with_uncond(torch.zeros(b, dtype=torch.bool, device=x.device))
+        if net_kwargs.get("budget") is not None:
+            net_kwargs["budget"] = torch.as_tensor(net_kwargs["budget"]).reshape(-1).expand(b).repeat(2)
+        d = self.forward(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                         Cond.cat([conditional, null]), **net_kwargs)
+        d_c, d_u = d[:b], d[b:]
+        w = torch.as_tensor(w, dtype=d.dtype, device=d.device).reshape(-1)
+        w = w.view((-1,) + (1,) * (x.dim() - 1)) if w.numel() > 1 else w
+        return d_u + w * (d_c - d_u)
+
+    # -- noise levels (thin wrappers over the module functions, with this config) ------------
+
+    def sample_sigma_train(self, n: int, generator: torch.Generator | None = None,
+                           device=None) -> Tensor:
+        return sample_sigma_train(self.cfg, n, generator, device)
+
+    def sample_sigma_inf(self, n: int, generator: torch.Generator | None = None,
+                         rho: float | None = None, N: int | None = None, device=None) -> Tensor:
+        return sample_sigma_inf(self.cfg, n, generator, rho=rho, N=N, device=device)
+
+
+# ------------------------------------------------------------------------------------------
+# Noise-level distributions (METHOD.md sections 2 and 3)
+
+
+def sigma_train_from_normal(cfg: EDMConfig, z: Tensor) -> Tensor:
+    """p_train: ``ln sigma = P_mean + P_std z`` with z ~ N(0, 1) given."""
+    return torch.exp(cfg.p_mean + cfg.p_std * z.float())
+
+
+def karras_sigma(u: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """``(sigma_max^(1/rho) + u (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` (u in [0, 1])."""
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (a + u.float() * (b - a)) ** rho
+
+
+def sigma_inf_from_uniform(cfg: EDMConfig, u: Tensor, rho: float | None = None,
+                           N: int | None = None) -> Tensor:
+    """p_inf from u ~ U(0, 1) given: continuous Karras, or one of the N points of an N-step
+    schedule (``sigma_i``, i = 0..N-1, the final 0 excluded) when ``N`` is given."""
+    rho = cfg.rho if rho is None else rho
+    if N is not None:
+        if N < 1:
+            raise PrestoError(f"N must be >= 1, got {N}")
+        idx = torch.clamp((u.float() * N).floor(), max=N - 1)
+        u = idx / (N - 1) if N > 1 else torch.zeros_like(idx)
+    return karras_sigma(u, cfg.sigma_min, cfg.sigma_max, rho)
+
+
+def sample_sigma_train(cfg: EDMConfig, n: int, generator: torch.Generator | None = None,
+                       device=None) -> Tensor:
+    z = torch.randn(n, generator=generator, device=_gen_device(generator, device))
+    return sigma_train_from_normal(cfg, z).to(device) if device is not None else sigma_train_from_normal(cfg, z)
+
+
+def sample_sigma_inf(cfg: EDMConfig, n: int, generator: torch.Generator | None = None,
+                     rho: float | None = None, N: int | None = None, device=None) -> Tensor:
+    u = torch.rand(n, generator=generator, device=_gen_device(generator, device))
+    s = sigma_inf_from_uniform(cfg, u, rho=rho, N=N)
+    return s.to(device) if device is not None else s
+
+
+def _gen_device(generator, device):
+    return generator.device if generator is not None else device
+
+
+# ------------------------------------------------------------------------------------------
+# Loss
+
+
+def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
+    """``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``."""
+    s = sigma.float()
+    return (s ** 2 + sigma_data ** 2) / (s * sigma_data) ** 2
+
+
+def drop_condition(cond: Cond, p_uncond: float, u: Tensor) -> Cond:
+    """CFG condition dropout: sample b gets the null condition where ``u[b] < p_uncond``.
+
+    ``u`` ~ U(0, 1) comes from the caller (``ctx.rand``), so training stays exactly resumable.
+    Samples already flagged unconditional stay so.
+    """
+    drop = u.to(cond.tokens.device).reshape(-1) < p_uncond
+    return cond.with_uncond(drop | cond.uncond_flags())
+
+
+def edm_loss(denoiser: EDMDenoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Cond | None,
+             **net_kwargs) -> Tensor:
+    """Per-sample EDM loss ``lambda(sigma) mean(|D(x0 + sigma noise; sigma, c) - x0|^2)`` [B].
+
+    The squared error is averaged over the non-batch dimensions (so the scale does not depend on
+    the latent size). ``noise`` ~ N(0, I) and ``sigma`` come from the caller.
+    """
+    b = x0.shape[0]
+    sigma = _as_batch(sigma, b, x0.device)
+    shape = (b,) + (1,) * (x0.dim() - 1)
+    x = x0.float() + sigma.view(shape) * noise.float()
+    d = denoiser(x, sigma, cond, **net_kwargs)
+    if isinstance(d, tuple):
+        d = d[0]
+    err = (d - x0.float()).pow(2).flatten(1).mean(1)
+    return edm_weight(sigma, denoiser.cfg.sigma_data) * err
+
+
+def log_normal_density(sigma: Tensor, cfg: EDMConfig) -> Tensor:
+    """Density of p_train at ``sigma`` (for plots and diagnostics)."""
+    s = sigma.float()
+    z = (s.log() - cfg.p_mean) / cfg.p_std
+    return torch.exp(-0.5 * z * z) / (s * cfg.p_std * math.sqrt(2 * math.pi))

@@ -1,0 +1,216 @@
+"""Samplers with one signature (METHOD.md sections 2 and 3).
+
+``sample(model_fn, x, sigmas, noise=None, callback=None, disable=True) -> x0`` where
+``model_fn(x, sigma_batch) -> denoised`` (an EDM denoiser, possibly guided, or a few-step
+generator), ``x`` is the starting point already at ``sigmas[0]`` (``sigmas[0] * eps``) and
+``sigmas`` is a decreasing 1-D tensor ending with 0 (:func:`get_sigmas_karras`).
+
+* ``euler``: first-order probability-flow ODE steps (N evaluations for N steps).
+* ``heun``: EDM's second-order Heun (Karras et al. 2022, Alg. 1 without churn), 2N - 1 evaluations.
+* ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), N evaluations.
+* ``fewstep``: the Presto-S sampler: ``x_hat = G(x; sigma_i)``, then, unless last,
+  ``x = x_hat + sigma_{i+1} eps'`` with fresh per-sample noise (N evaluations).
+
+Per-sample noise (:class:`PerSampleNoise`) makes a clip depend only on its seed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from presto_cli.errors import PrestoError
+
+__all__ = ["PerSampleNoise", "get_sigmas_karras", "sample_euler", "sample_heun",
+           "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "nfe", "get_sampler"]
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Callback(Protocol):
+    def __call__(self, info: dict) -> None: ...
+
+
+class PerSampleNoise:
+    """One ``torch.Generator`` per sample, seeded with the sample's seed (EDM's
+    StackedRandomGenerator idea): the noise of sample b depends only on ``seeds[b]``."""
+
+    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape_per_sample: Sequence[int], dtype=torch.float32) -> Tensor:
+        """Standard normal noise of shape ``(B, *shape_per_sample)``."""
+        return torch.stack([torch.randn(tuple(shape_per_sample), generator=g, device=self.device,
+                                        dtype=dtype) for g in self.generators])
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        if x.shape[0] != len(self):
+            raise PrestoError(f"noise has {len(self)} seeds for a batch of {x.shape[0]}")
+        return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+
+
+def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
+                      device: str | torch.device = "cpu") -> Tensor:
+    """Karras schedule ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``,
+    i = 0..n-1, then ``sigma_n = 0``: a tensor of n + 1 values. n = 1 gives [sigma_max, 0]."""
+    if n < 1:
+        raise PrestoError(f"the number of steps must be >= 1, got {n}")
+    if not 0 < sigma_min <= sigma_max:
+        raise PrestoError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    if n == 1:
+        sig = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        u = torch.linspace(0, 1, n, dtype=torch.float64)
+        a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+        sig = (a + u * (b - a)) ** rho
+    return torch.cat([sig, sig.new_zeros(1)]).float().to(device)
+
+
+def _sig(s: Tensor, x: Tensor) -> Tensor:
+    return s.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+
+
+def _check(sigmas: Tensor) -> None:
+    if sigmas.dim() != 1 or sigmas.numel() < 2:
+        raise PrestoError("sigmas must be a 1-D tensor with at least two values (ending with 0)")
+
+
+def _report(callback, i, x, sigma, denoised) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+
+
+def _steps(n: int, disable: bool):
+    if disable:
+        return range(n)
+    from rich.progress import track
+
+    from presto_cli.runtime import console
+
+    return track(range(n), description="sampling", console=console, transient=True)
+
+
+@torch.no_grad()
+def sample_euler(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
+                 callback=None, disable: bool = True) -> Tensor:
+    """Euler steps of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``."""
+    _check(sigmas)
+    x = x.float()
+    for i in _steps(len(sigmas) - 1, disable):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        den = model_fn(x, _sig(s, x)).float()
+        _report(callback, i, x, s, den)
+        if float(s_next) == 0.0:
+            x = den
+        else:
+            x = x + (s_next - s) * (x - den) / s
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
+                callback=None, disable: bool = True) -> Tensor:
+    """EDM Heun: Euler predictor, trapezoidal corrector except on the last step to sigma = 0."""
+    _check(sigmas)
+    x = x.float()
+    for i in _steps(len(sigmas) - 1, disable):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        den = model_fn(x, _sig(s, x)).float()
+        _report(callback, i, x, s, den)
+        d = (x - den) / s
+        x_pred = x + (s_next - s) * d
+        if float(s_next) == 0.0:
+            x = x_pred
+        else:
+            den2 = model_fn(x_pred, _sig(s_next, x)).float()
+            d2 = (x_pred - den2) / s_next
+            x = x + (s_next - s) * 0.5 * (d + d2)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model_fn: ModelFn, x: Tensor, sigmas: Tensor,
+                    noise: PerSampleNoise | None = None, callback=None,
+                    disable: bool = True) -> Tensor:
+    """DPM-Solver++(2M) in log-SNR time ``t = -ln sigma`` with a second-order multistep
+    correction of the data prediction; first and last steps are first order."""
+    _check(sigmas)
+    x = x.float()
+    prev_den: Tensor | None = None
+    h_prev: Tensor | None = None
+    for i in _steps(len(sigmas) - 1, disable):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        den = model_fn(x, _sig(s, x)).float()
+        _report(callback, i, x, s, den)
+        if float(s_next) == 0.0:
+            x = den
+            break
+        h = torch.log(s) - torch.log(s_next)  # t_next - t
+        if prev_den is None:
+            d_hat = den
+        else:
+            r = h_prev / h
+            d_hat = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * prev_den
+        # exact integration of the linear part: x_next = (s_next/s) x + (1 - e^{-h}) d_hat
+        x = (s_next / s) * x - torch.expm1(-h) * d_hat
+        prev_den, h_prev = den, h
+    return x
+
+
+@torch.no_grad()
+def sample_fewstep(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
+                   callback=None, disable: bool = True) -> Tensor:
+    """Presto-S few-step sampling (METHOD.md section 3): ``x_hat = G(x; sigma_i)``; unless last,
+    ``x = x_hat + sigma_{i+1} eps'`` with fresh noise from ``noise`` (per sample)."""
+    _check(sigmas)
+    x = x.float()
+    n = len(sigmas) - 1
+    x_hat = x
+    for i in _steps(n, disable):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x_hat = model_fn(x, _sig(s, x)).float()
+        _report(callback, i, x, s, x_hat)
+        if i == n - 1 or float(s_next) == 0.0:
+            break
+        eps = noise.randn_like(x_hat) if noise is not None else torch.randn_like(x_hat)
+        x = x_hat + s_next * eps
+    return x_hat
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "fewstep": sample_fewstep,
+}
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    if name not in SAMPLERS:
+        import difflib
+
+        m = difflib.get_close_matches(name, list(SAMPLERS), n=1)
+        hint = f"did you mean '{m[0]}'?" if m else f"choose one of {', '.join(SAMPLERS)}"
+        raise PrestoError(f"unknown sampler '{name}'", hint)
+    return SAMPLERS[name]
+
+
+def sample(name: str, model_fn: ModelFn, x: Tensor, sigmas: Tensor,
+           noise: PerSampleNoise | None = None, callback=None, disable: bool = True) -> Tensor:
+    """Run the sampler called ``name`` (convenience over ``SAMPLERS[name](...)``)."""
+    return get_sampler(name)(model_fn, x, sigmas, noise=noise, callback=callback, disable=disable)
+
+
+def nfe(sampler: str, steps: int, cfg: bool) -> int:
+    """Network evaluations per clip: Heun 2N - 1, the others N; CFG doubles (a batch of 2)."""
+    get_sampler(sampler)
+    if steps < 1:
+        raise PrestoError(f"steps must be >= 1, got {steps}")
+    n = 2 * steps - 1 if sampler == "heun" else steps
+    return n * (2 if cfg else 1)

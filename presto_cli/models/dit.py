@@ -1,0 +1,374 @@
+"""The DiT backbone F of the EDM teacher (METHOD.md section 2, "Backbone").
+
+Latent frames are tokens: ``x[B, C, F]`` is (optionally) patched along time into ``F / patch``
+tokens of ``C * patch`` values, linearly embedded, given positions (learned or sinusoidal) and run
+through pre-norm blocks:
+
+    h = h + gate_sa  * SelfAttn(modulate(LN(h), shift_sa, scale_sa))
+    h = h + gate_ca  * CrossAttn(modulate(LN(h), shift_ca, scale_ca), text tokens, key mask)
+    h = h + gate_mlp * MLP(modulate(LN(h), shift_mlp, scale_mlp))
+
+with every (shift, scale, gate) produced by a zero-initialised linear map of the condition vector
+``c = NoiseEmbed(c_noise) + Proj(pooled text) [+ BudgetEmbed(k)]`` (adaLN-zero, so a fresh block is
+the identity). A final LayerNorm + adaLN + zero-initialised linear map returns ``F[B, C, F]``.
+
+The network knows nothing about EDM (the wrapper in :mod:`presto_cli.diffusion.edm` does the
+preconditioning) nor about distillation; it only offers what distillation needs:
+``blocks=`` (run a subset of blocks, in the given order: layer dropping, METHOD.md section 4),
+``budget=`` (an embedding of the number of blocks run, zero-initialised so enabling it starts as
+the identity) and ``return_hidden=`` (the outputs of chosen blocks, which the Presto-S
+discriminator reads, METHOD.md section 3).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from presto_cli.errors import PrestoError
+
+__all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops"]
+
+
+@dataclass
+class DiTConfig:
+    """Shape of the DiT (the ``model:`` section of teacher-family recipes)."""
+
+    in_channels: int = 64  # latent channels C
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # the text encoder's dim (MiniLM / hash: 384, CLAP: 512)
+    patch: int = 1  # latent frames per token (patching along time)
+    max_frames: int = 1024  # longest latent sequence (learned positions need it)
+    pos_embed: Literal["sinusoidal", "learned"] = "sinusoidal"
+    noise_embed_dim: int = 256  # Fourier features of c_noise before the MLP
+    qk_norm: bool = True  # RMS-normalise queries and keys (stable under bf16)
+    cross_attn: bool = True  # cross-attention to the text tokens (else pooled text only)
+    budget_embed: bool = False  # layer-budget embedding added to the adaLN condition (Presto-L)
+    budget_rescale: bool = False  # learned per-budget scalar on the residual stream (Presto-L)
+
+    def validate(self) -> None:
+        checks = [
+            (self.in_channels >= 1, "model.in_channels must be >= 1"),
+            (self.depth >= 1, "model.depth must be >= 1"),
+            (self.patch >= 1, "model.patch must be >= 1"),
+            (self.heads >= 1 and self.width % self.heads == 0,
+             f"model.width ({self.width}) must be divisible by model.heads ({self.heads})"),
+            (self.noise_embed_dim % 2 == 0, "model.noise_embed_dim must be even"),
+            (self.max_frames >= 1, "model.max_frames must be >= 1"),
+            (self.mlp_ratio > 0, "model.mlp_ratio must be > 0"),
+            (self.text_dim >= 1, "model.text_dim must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise PrestoError(msg, "fix the model section of the recipe")
+        if self.pos_embed not in ("sinusoidal", "learned"):
+            raise PrestoError(f"model.pos_embed must be sinusoidal or learned, got {self.pos_embed!r}")
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.width * self.mlp_ratio))
+
+    @property
+    def max_tokens(self) -> int:
+        return math.ceil(self.max_frames / self.patch)
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sinusoidal_positions(n: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
+    """Transformer sinusoidal positions, ``(n, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([ang.cos(), ang.sin()], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb.to(dtype)
+
+
+class NoiseEmbedding(nn.Module):
+    """Fixed Fourier features of c_noise (= ln(sigma)/4) followed by a 2-layer MLP."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        # Frequencies 1 .. 1000 (geometric): c_noise spans about [-1.6, 1.1] for sigma in
+        # [0.002, 80], so the lowest frequency sees the whole range and the highest resolves 1e-3.
+        freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        ang = c_noise.float()[:, None] * self.freqs[None]
+        feats = torch.cat([ang.cos(), ang.sin()], dim=1)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head attention through ``F.scaled_dot_product_attention`` (self or cross)."""
+
+    def __init__(self, width: int, heads: int, qk_norm: bool, cross: bool):
+        super().__init__()
+        self.heads = heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(width, width)
+            self.kv = nn.Linear(width, 2 * width)
+        else:
+            self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        hd = width // heads
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if qk_norm else nn.Identity()
+
+    def _split(self, t: Tensor) -> Tensor:  # (B, N, W) -> (B, H, N, W/H)
+        b, n, w = t.shape
+        return t.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, ctx: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(ctx).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        b, h, n, d = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, n, h * d))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm block with adaLN-zero modulation: self-attn, cross-attn, MLP."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        w = cfg.width
+        self.has_cross = cfg.cross_attn
+        self.norm1 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(w, cfg.heads, cfg.qk_norm, cross=False)
+        if self.has_cross:
+            self.norm2 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+            self.cross = Attention(w, cfg.heads, cfg.qk_norm, cross=True)
+        self.norm3 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(w, cfg.mlp_hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_hidden, w))
+        self.n_mod = 9 if self.has_cross else 6
+        self.ada = nn.Linear(w, self.n_mod * w)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, h: Tensor, c: Tensor, text: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        mods = self.ada(F.silu(c)).chunk(self.n_mod, dim=-1)
+        h = h + mods[2].unsqueeze(1) * self.attn(_modulate(self.norm1(h), mods[0], mods[1]))
+        if self.has_cross:
+            y = self.cross(_modulate(self.norm2(h), mods[6], mods[7]), text, text_mask)
+            h = h + mods[8].unsqueeze(1) * y
+        h = h + mods[5].unsqueeze(1) * self.mlp(_modulate(self.norm3(h), mods[3], mods[4]))
+        return h
+
+
+# ------------------------------------------------------------------------------------------
+# The network
+
+
+class DiT(nn.Module):
+    """Diffusion transformer over latent frames; predicts the EDM network output F.
+
+    ``forward(x[B,C,F], c_noise[B], text_tokens[B,N,text_dim], text_mask[B,N] bool,
+    text_pooled[B,text_dim], *, blocks=None, budget=None, return_hidden=(), uncond=None)``.
+    ``text_*`` may be None for an unconditional call (every sample then uses the null condition).
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        w = cfg.width
+        self.x_in = nn.Linear(cfg.in_channels * cfg.patch, w)
+        if cfg.pos_embed == "learned":
+            self.pos = nn.Parameter(torch.randn(cfg.max_tokens, w) * 0.02)
+        else:
+            self.register_parameter("pos", None)
+        self.noise_embed = NoiseEmbedding(cfg.noise_embed_dim, w)
+        self.pooled_proj = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.SiLU(), nn.Linear(w, w))
+        if cfg.cross_attn:
+            self.text_norm = nn.LayerNorm(cfg.text_dim, eps=1e-6)
+            self.text_proj = nn.Linear(cfg.text_dim, w)
+        # The learned null condition for classifier-free guidance (METHOD.md section 2).
+        self.null_tokens = nn.Parameter(torch.randn(1, cfg.text_dim) * 0.02)
+        self.null_pooled = nn.Parameter(torch.zeros(cfg.text_dim))
+        if cfg.budget_embed:
+            self.budget_embed = nn.Embedding(cfg.depth + 1, w)
+            nn.init.zeros_(self.budget_embed.weight)  # identity at initialisation
+        if cfg.budget_rescale:
+            self.budget_scale = nn.Parameter(torch.ones(cfg.depth + 1))
+        self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(w, 2 * w)
+        self.out = nn.Linear(w, cfg.in_channels * cfg.patch)
+        for lin in (self.final_ada, self.out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _condition_text(self, b: int, tokens: Tensor | None, mask: Tensor | None,
+                        pooled: Tensor | None, uncond: Tensor | None, device, dtype):
+        """Swap in the learned null condition where ``uncond`` is True."""
+        td = self.cfg.text_dim
+        if tokens is None or pooled is None:
+            tokens = self.null_tokens.to(dtype)[None].expand(b, 1, td)
+            mask = torch.ones(b, 1, dtype=torch.bool, device=device)
+            return tokens, mask, self.null_pooled.to(dtype)[None].expand(b, td)
+        if tokens.shape[-1] != td or pooled.shape[-1] != td:
+            raise PrestoError(f"text features have dim {tokens.shape[-1]}, the DiT expects {td}",
+                              "model.text_dim must match the text encoder")
+        tokens = tokens.to(dtype)
+        pooled = pooled.to(dtype)
+        n = tokens.shape[1]
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=device)
+        mask = mask.bool()
+        if uncond is not None:
+            u = uncond.to(device=device, dtype=torch.bool).view(b)
+            null_tok = torch.zeros_like(tokens)
+            null_tok[:, 0] = self.null_tokens[0].to(dtype)
+            null_mask = torch.zeros_like(mask)
+            null_mask[:, 0] = True
+            tokens = torch.where(u[:, None, None], null_tok, tokens)
+            mask = torch.where(u[:, None], null_mask, mask)
+            pooled = torch.where(u[:, None], self.null_pooled.to(dtype)[None].expand_as(pooled), pooled)
+        # A sample with no valid key would give NaN attention: let it see its first token.
+        empty = ~mask.any(dim=1)
+        if bool(empty.any()):
+            mask = mask.clone()
+            mask[empty, 0] = True
+        return tokens, mask, pooled
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, c_noise: Tensor, text_tokens: Tensor | None = None,
+                text_mask: Tensor | None = None, text_pooled: Tensor | None = None, *,
+                blocks: Sequence[int] | None = None, budget: Tensor | None = None,
+                return_hidden: Sequence[int] = (), uncond: Tensor | None = None):
+        cfg = self.cfg
+        if x.dim() != 3 or x.shape[1] != cfg.in_channels:
+            raise PrestoError(f"DiT expects latents of shape [B, {cfg.in_channels}, frames], got "
+                              f"{tuple(x.shape)}", "model.in_channels must match the codec")
+        b, c, frames = x.shape
+        dtype = self.x_in.weight.dtype
+        p = cfg.patch
+        pad = (-frames) % p
+        if pad:
+            x = F.pad(x, (0, pad))
+        n = (frames + pad) // p
+        if n > cfg.max_tokens and cfg.pos_embed == "learned":
+            raise PrestoError(f"{frames} latent frames exceed model.max_frames={cfg.max_frames}",
+                              "generate a shorter clip or train with a larger max_frames")
+        # (B, C, n*p) -> (B, n, C*p): each token holds p consecutive frames of all channels
+        tok = x.reshape(b, c, n, p).permute(0, 2, 1, 3).reshape(b, n, c * p).to(dtype)
+        h = self.x_in(tok)
+        if self.pos is not None:
+            h = h + self.pos[:n].to(h.dtype)[None]
+        else:
+            h = h + sinusoidal_positions(n, cfg.width, h.device, h.dtype)[None]
+
+        c_noise = c_noise.reshape(-1).to(x.device)
+        if c_noise.numel() == 1:
+            c_noise = c_noise.expand(b)
+        tokens, mask, pooled = self._condition_text(b, text_tokens, text_mask, text_pooled,
+                                                    uncond, x.device, dtype)
+        cond = self.noise_embed(c_noise) + self.pooled_proj(pooled)
+        text = self.text_proj(self.text_norm(tokens)) if cfg.cross_attn else None
+
+        order = list(range(cfg.depth)) if blocks is None else [int(i) for i in blocks]
+        for i in order:
+            if not 0 <= i < cfg.depth:
+                raise PrestoError(f"block index {i} out of range for a DiT of depth {cfg.depth}")
+        want = {int(i) for i in return_hidden}
+        missing = want - set(order)
+        if missing:
+            raise PrestoError(f"return_hidden asks for blocks {sorted(missing)} that are not run",
+                              f"blocks run: {order}")
+        if (cfg.budget_embed or cfg.budget_rescale):
+            if budget is None:
+                budget = torch.full((b,), len(order), dtype=torch.long, device=x.device)
+            budget = budget.to(device=x.device, dtype=torch.long).reshape(-1).expand(b)
+            if bool((budget < 0).any()) or bool((budget > cfg.depth).any()):
+                raise PrestoError(f"budget must lie in 0..{cfg.depth}")
+        if cfg.budget_embed:
+            cond = cond + self.budget_embed(budget).to(cond.dtype)
+
+        hidden: dict[int, Tensor] = {}
+        for i in order:
+            h = self.blocks[i](h, cond, text, mask)
+            if i in want:
+                hidden[i] = h
+        if cfg.budget_rescale:
+            h = h * self.budget_scale[budget].to(h.dtype)[:, None, None]
+        shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
+        y = self.out(_modulate(self.final_norm(h), shift, scale))  # (B, n, C*p)
+        y = y.reshape(b, n, c, p).permute(0, 2, 1, 3).reshape(b, c, n * p)[:, :, :frames]
+        if return_hidden:
+            return y, hidden
+        return y
+
+
+# ------------------------------------------------------------------------------------------
+# Size estimates (no allocation: used by `presto ... --dry-run`)
+
+
+def estimate_params(cfg: DiTConfig) -> int:
+    """Exact parameter count of ``DiT(cfg)`` computed from the config alone."""
+    w, td, hid = cfg.width, cfg.text_dim, cfg.mlp_hidden
+    hd = w // cfg.heads
+    lin = lambda i, o: i * o + o  # noqa: E731
+    qkn = 2 * hd if cfg.qk_norm else 0
+    n = lin(cfg.in_channels * cfg.patch, w)
+    n += cfg.max_tokens * w if cfg.pos_embed == "learned" else 0
+    n += lin(cfg.noise_embed_dim, w) + lin(w, w)
+    n += lin(td, w) + lin(w, w)
+    if cfg.cross_attn:
+        n += 2 * td + lin(td, w)
+    n += td + td  # null_tokens, null_pooled
+    n += (cfg.depth + 1) * w if cfg.budget_embed else 0
+    n += (cfg.depth + 1) if cfg.budget_rescale else 0
+    block = lin(w, 3 * w) + lin(w, w) + qkn
+    if cfg.cross_attn:
+        block += lin(w, w) + lin(w, 2 * w) + lin(w, w) + qkn
+    block += lin(w, hid) + lin(hid, w)
+    block += lin(w, (9 if cfg.cross_attn else 6) * w)
+    n += cfg.depth * block
+    n += lin(w, 2 * w) + lin(w, cfg.in_channels * cfg.patch)
+    return n
+
+
+def estimate_flops(cfg: DiTConfig, frames: int, text_tokens: int = 64,
+                   blocks: int | None = None) -> int:
+    """Approximate forward FLOPs (2 per multiply-add) for one sample, ``blocks`` blocks run."""
+    w, hid = cfg.width, cfg.mlp_hidden
+    n = math.ceil(frames / cfg.patch)
+    k = cfg.depth if blocks is None else blocks
+    per_block = 2 * n * (4 * w * w) + 2 * 2 * n * n * w  # qkv + out, QK^T and AV
+    if cfg.cross_attn:
+        per_block += 2 * n * 2 * w * w + 2 * text_tokens * 2 * w * w + 2 * 2 * n * text_tokens * w
+    per_block += 2 * n * 2 * w * hid
+    io = 2 * n * w * cfg.in_channels * cfg.patch * 2
+    return int(k * per_block + io)
