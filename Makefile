@@ -1,0 +1,26 @@
+# Fresh machine:  make demo   (install + generate with the bundled default model)
+#                 make test   (install + run the tests)
+PY ?= python3
+PIP ?= $(PY) -m pip
+
+.PHONY: install install-test demo test demo-models results
+
+install:
+	$(PIP) install torch==2.13.0 || $(PIP) install "torch>=2.3"
+	$(PIP) install -e .
+
+install-test: install
+	bash .ci/system-deps.sh
+	$(PIP) install -e ".[test]"
+
+demo: install
+	presto generate "jazz trio" -o out.wav --steps 4 --seed 0 --force
+
+test: install-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo-models:
+	bash benchmarks/train_demo_models.sh
+
+results:
+	bash benchmarks/results.sh

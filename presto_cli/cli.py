@@ -1,0 +1,214 @@
+"""The `presto` command line: thin wrappers over the core library.
+
+Data goes to stdout, logs and progress to stderr. Known errors print one line and exit 1 (usage
+errors exit 2); a traceback only with ``--debug`` (or PRESTO_DEBUG=1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from presto_cli import __version__
+from presto_cli.errors import PrestoError
+
+_DEBUG = {"on": os.environ.get("PRESTO_DEBUG", "") not in ("", "0")}
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line.rstrip() + "\n")
+    sys.stderr.flush()
+
+
+class PrestoGroup(TyperGroup):
+    """Turns PrestoError into one line + exit code; anything else too, unless --debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PrestoError as e:
+            if _DEBUG["on"]:
+                raise
+            _err(f"error: {e}")
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _err("interrupted")
+            ctx.exit(130)
+        except Exception as e:  # an unexpected failure: still one line unless --debug
+            if _DEBUG["on"]:
+                raise
+            _err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                 "(rerun with --debug for the traceback and please report it)")
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    name="presto",
+    cls=PrestoGroup,
+    help="presto: distil text-to-music diffusion models in steps (Presto-S) and layers (Presto-L).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"presto {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+):
+    if debug:
+        _DEBUG["on"] = True
+
+
+# --------------------------------------------------------------------------------------------
+# Training stages
+
+
+def _train(stages: tuple[str, ...], recipe_path: Path, overrides: list[str], out: Optional[Path],
+           resume: bool, dry_run: bool, as_json: bool) -> None:
+    from presto_cli.recipes import dump_recipe, load_recipe, recipe_to_dict
+
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.stage not in stages:
+        cmd = {"autoencoder": "pretrain", "teacher": "pretrain", "clap": "pretrain",
+               "presto-s": "distill-steps", "ase": "distill-layers", "presto-l": "distill-layers",
+               "presto-ls": "combine"}.get(recipe.stage, "?")
+        raise PrestoError(f"{recipe_path} is a '{recipe.stage}' recipe, which this command does not "
+                          f"train", f"use `presto {cmd} {recipe_path}`")
+    info = {}
+    describe = getattr(recipe, "describe", None)
+    if callable(describe):
+        info = describe() or {}
+    if dry_run:
+        if as_json:
+            typer.echo(json.dumps({"recipe": recipe_to_dict(recipe), "info": info}, indent=2))
+        else:
+            for k, v in info.items():
+                typer.echo(f"# {k}: {v}")
+            typer.echo(dump_recipe(recipe), nl=False)
+        return
+    from presto_cli.train.loop import run_stage
+
+    out_dir = out or Path("runs") / (recipe.name or recipe.stage)
+    artefact = run_stage(recipe, out_dir, resume=resume)
+    if as_json:
+        typer.echo(json.dumps({"run_dir": str(out_dir), "artefact": str(artefact), "stage": recipe.stage}))
+    else:
+        typer.echo(str(artefact))
+
+
+_RECIPE = typer.Argument(..., help="Recipe YAML file (see recipes/).", exists=False)
+_OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. train.steps=3 model.depth=4.")
+_OUT = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name or stage>).")
+_RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint.")
+_DRY = typer.Option(False, "--dry-run", help="Print the resolved recipe and exit.")
+_JSON = typer.Option(False, "--json", help="Machine-readable output on stdout.")
+
+
+@app.command()
+def pretrain(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES, out: Optional[Path] = _OUT,
+             resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON):
+    """Train the autoencoder, the EDM DiT teacher, or the in-domain CLAP (stage from the recipe)."""
+    _train(("autoencoder", "teacher", "clap"), recipe, overrides or [], out, resume, dry_run, as_json)
+
+
+@app.command("distill-steps")
+def distill_steps(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES,
+                  out: Optional[Path] = _OUT, resume: bool = _RESUME, dry_run: bool = _DRY,
+                  as_json: bool = _JSON):
+    """Presto-S: distribution matching distillation with a GAN, to 1-4 steps."""
+    _train(("presto-s",), recipe, overrides or [], out, resume, dry_run, as_json)
+
+
+@app.command("distill-layers")
+def distill_layers(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES,
+                   out: Optional[Path] = _OUT, resume: bool = _RESUME, dry_run: bool = _DRY,
+                   as_json: bool = _JSON):
+    """Presto-L layer distillation with budget conditioning (or the ASE baseline)."""
+    _train(("presto-l", "ase"), recipe, overrides or [], out, resume, dry_run, as_json)
+
+
+@app.command()
+def combine(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES, out: Optional[Path] = _OUT,
+            resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON):
+    """Presto-LS: step distillation of a Presto-L model (or apply a schedule training-free)."""
+    _train(("presto-ls",), recipe, overrides or [], out, resume, dry_run, as_json)
+
+
+# --------------------------------------------------------------------------------------------
+# Other commands (defined in presto_cli/commands/*; imported lazily where they are heavy)
+
+
+def _mount() -> None:
+    from presto_cli.commands import generate as gen_mod
+
+    app.command("generate")(gen_mod.generate_cmd)
+    try:
+        from presto_cli.commands import eval as eval_mod
+
+        app.command("eval")(eval_mod.eval_cmd)
+    except ImportError as e:  # pragma: no cover - while the module is being written
+        _missing("eval", e)
+    try:
+        from presto_cli.commands import bench as bench_mod
+
+        app.command("bench")(bench_mod.bench_cmd)
+    except ImportError as e:  # pragma: no cover
+        _missing("bench", e)
+    try:
+        from presto_cli.commands import data as data_mod
+
+        data_app = data_mod.app
+    except ImportError as e:  # pragma: no cover
+        data_app = typer.Typer(help="Data: synthesise, prepare and encode datasets.")
+        _missing_in(data_app, "synth", e)
+    from presto_cli.commands import data_encode
+
+    data_app.command("encode")(data_encode.encode_cmd)
+    app.add_typer(data_app, name="data", help="Data: synthesise, prepare and encode datasets.")
+    from presto_cli.commands import env as env_mod
+
+    app.command("env")(env_mod.env_cmd)
+
+
+def _missing(name: str, e: Exception) -> None:
+    def cmd():
+        raise PrestoError(f"`presto {name}` is unavailable: {e}")
+
+    cmd.__doc__ = f"(unavailable: {e})"
+    app.command(name)(cmd)
+
+
+def _missing_in(sub: typer.Typer, name: str, e: Exception) -> None:
+    def cmd():
+        raise PrestoError(f"`presto data {name}` is unavailable: {e}")
+
+    sub.command(name)(cmd)
+
+
+_mount()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Text -> latents -> audio, for every model kind (used by generate, eval and bench).
+
+An artefact (see presto_cli/io.py) carries its kind, its DiT and EDM recipes, the embedded codec,
+its text encoder, its default sampler/steps/CFG and, for layer-dropping kinds, its layer schedule,
+so ``--steps 4`` means the right thing for every kind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from presto_cli.errors import PrestoError
+from presto_cli.io import load_artefact, load_state_strict, sub_state
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED = {
+    "demo-teacher": "demo-teacher.safetensors",
+    "demo-s": "demo-s.safetensors",
+    "demo-ase": "demo-ase.safetensors",
+    "demo-l": "demo-l.safetensors",
+    "demo-ls": "demo-ls.safetensors",
+}
+GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
+
+
+def bundled_models() -> dict[str, Path]:
+    """The bundled demo models that are present in this install."""
+    return {n: ASSETS / f for n, f in BUNDLED.items() if (ASSETS / f).is_file()}
+
+
+def default_model_name() -> str:
+    """Presto-LS when bundled (and not marked worse), else Presto-S, else the teacher."""
+    have = bundled_models()
+    pref = ASSETS / "default.txt"  # written by the results script: the best fast model
+    if pref.is_file() and pref.read_text().strip() in have:
+        return pref.read_text().strip()
+    for n in ("demo-ls", "demo-s", "demo-teacher"):
+        if n in have:
+            return n
+    raise PrestoError("no bundled model is installed", "pass --model PATH to a .safetensors artefact")
+
+
+def resolve_model(name_or_path: str | None) -> Path:
+    if not name_or_path:
+        name_or_path = default_model_name()
+    if name_or_path in BUNDLED:
+        p = ASSETS / BUNDLED[name_or_path]
+        if not p.is_file():
+            raise PrestoError(f"bundled model '{name_or_path}' is not installed",
+                              f"installed: {', '.join(bundled_models()) or 'none'}")
+        return p
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise PrestoError(f"unknown model '{name_or_path}'",
+                          f"give a .safetensors path or one of: {', '.join(BUNDLED)}")
+    return p
+
+
+@dataclass
+class SampleSettings:
+    sampler: str
+    steps: int
+    cfg: float
+    rho: float
+
+
+class Pipeline:
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict, device: torch.device,
+                 path: Path | None = None):
+        from presto_cli.diffusion.edm import EDMConfig, EDMDenoiser
+        from presto_cli.models.dit import DiTConfig, DiT
+        from presto_cli.recipes import dataclass_from_dict
+        from presto_cli.text.encoders import build_text_encoder
+
+        self.path = path
+        self.meta = meta
+        self.kind = meta.get("kind")
+        if self.kind not in GENERATOR_KINDS:
+            raise PrestoError(f"{path} is a '{self.kind}' artefact, not a generator",
+                              f"give a model of kind {', '.join(GENERATOR_KINDS)}")
+        self.device = device
+        net = DiT(dataclass_from_dict(DiTConfig, meta["model"], "model"))
+        load_state_strict(net, sub_state(tensors, "dit"), f"{self.kind} model")
+        self.edm_cfg = dataclass_from_dict(EDMConfig, meta.get("edm", {}), "edm")
+        self.denoiser = EDMDenoiser(net, self.edm_cfg).to(device).eval().requires_grad_(False)
+        self.text = build_text_encoder(meta.get("text", "minilm"), device=device)
+        self.codec = None
+        if meta.get("codec"):
+            from presto_cli.codec import codec_from_embedded
+
+            self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
+        self.schedule = None
+        if meta.get("schedule"):
+            from presto_cli.distill.schedule import LayerSchedule
+
+            self.schedule = LayerSchedule.from_dict(meta["schedule"])
+        s = meta.get("sampler", {})
+        self.default_sampler = s.get("name", self.edm_cfg.sampler)
+        self.default_steps = int(s.get("steps", self.edm_cfg.steps))
+        self.default_cfg = float(s.get("cfg", self.edm_cfg.cfg))
+        self.default_rho = float(s.get("rho", self.edm_cfg.rho))
+        self.latent_channels = net.cfg.in_channels
+        self.max_frames = int(meta.get("max_frames", net.cfg.max_frames))
+        if self.codec is not None:
+            self.sample_rate = int(self.codec.sample_rate)
+            self.frame_rate = self.codec.sample_rate / self.codec.hop
+        else:  # latent-only model (toy data)
+            self.sample_rate = 0
+            self.frame_rate = 1.0
+        self.default_frames = int(meta.get("frames", self.max_frames))
+        self.max_duration = self.max_frames / self.frame_rate
+        self.default_duration = self.default_frames / self.frame_rate
+
+    # ------------------------------------------------------------------------------------
+    def settings(self, steps=None, sampler=None, cfg=None, rho=None) -> SampleSettings:
+        from presto_cli.diffusion.samplers import SAMPLERS
+
+        sampler = sampler or self.default_sampler
+        if sampler not in SAMPLERS:
+            raise PrestoError(f"unknown sampler '{sampler}'", f"choose one of: {', '.join(SAMPLERS)}")
+        steps = self.default_steps if steps is None else int(steps)
+        if steps < 1:
+            raise PrestoError(f"--steps must be at least 1, got {steps}")
+        if cfg is None:
+            cfg = self.default_cfg
+        if self.kind in ("presto-s", "presto-ls") and sampler == "fewstep" and cfg != 1.0:
+            raise PrestoError(f"a {self.kind} model has its guidance distilled in",
+                              "leave --cfg unset (it runs one evaluation per step)")
+        return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho))
+
+    def nfe(self, steps=None, sampler=None, cfg=None) -> int:
+        from presto_cli.diffusion.samplers import nfe
+
+        s = self.settings(steps, sampler, cfg)
+        return nfe(s.sampler, s.steps, s.cfg != 1.0)
+
+    def frames_for(self, duration: float | None) -> int:
+        if duration is None:
+            return self.default_frames
+        if duration <= 0:
+            raise PrestoError(f"--duration must be positive, got {duration}")
+        if duration > self.max_duration + 1e-6:
+            raise PrestoError(f"--duration {duration:g}s is longer than this model's trained length "
+                              f"({self.max_duration:.2f}s)", f"use --duration {self.max_duration:.2f} or less")
+        return max(1, int(round(duration * self.frame_rate)))
+
+    def encode_text(self, prompts: list[str]):
+        from presto_cli.diffusion.edm import Cond
+
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
+        with torch.no_grad():
+            tokens, mask, pooled = self.text(prompts)
+        return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
+
+    def model_fn(self, cond, s: SampleSettings) -> Callable:
+        den = self.denoiser
+        schedule = self.schedule
+
+        def fn(x, sigma):
+            kw = {}
+            sig = sigma if torch.is_tensor(sigma) else torch.full((x.shape[0],), float(sigma), device=x.device)
+            if sig.ndim == 0:
+                sig = sig.expand(x.shape[0])
+            if schedule is not None:
+                kw = schedule.net_kwargs(float(sig[0]), x.shape[0], x.device)
+            if s.cfg != 1.0:
+                return den.guided(x, sig, cond, s.cfg, **kw)
+            return den(x, sig, cond, **kw)
+
+        return fn
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
+                       duration=None, rho=None, progress: bool = False) -> torch.Tensor:
+        from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas_karras
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        s = self.settings(steps, sampler, cfg, rho)
+        frames = self.frames_for(duration)
+        cond = self.encode_text(list(prompts))
+        noise = PerSampleNoise(list(seeds), self.device)
+        sigmas = get_sigmas_karras(s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
+                                   device=self.device)
+        x = noise.randn((self.latent_channels, frames)) * sigmas[0]
+        return SAMPLERS[s.sampler](self.model_fn(cond, s), x, sigmas, noise=noise, disable=not progress)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.codec is None:
+            raise PrestoError("this model has no codec embedded, so it makes latents, not audio")
+        return self.codec.decode(latents).float().clamp(-1, 1)
+
+    def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
+                 duration=None, rho=None, progress: bool = False) -> torch.Tensor:
+        return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress))
+
+
+_CACHE: dict[tuple, Pipeline] = {}
+
+
+def load_pipeline(name_or_path: str | None = None, device: str | torch.device = "auto") -> Pipeline:
+    from presto_cli.runtime import resolve_device
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    path = resolve_model(name_or_path)
+    key = (str(path.resolve()), path.stat().st_mtime_ns, str(dev))
+    if key not in _CACHE:
+        tensors, meta = load_artefact(path)
+        _CACHE.clear()
+        _CACHE[key] = Pipeline(tensors, meta, dev, path)
+    return _CACHE[key]
