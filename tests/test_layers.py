@@ -1,0 +1,203 @@
+"""Layer schedules, layer dropping, ASE and Presto-L (METHOD.md section 4)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
+from presto_cli.distill.layers import (LayeredDenoiser, forward_at_depths, layer_losses,
+                                       layered_model_fn)
+from presto_cli.distill.schedule import LayerSchedule, eval_sigmas, karras_sigmas
+from presto_cli.errors import PrestoError
+from presto_cli.models.dit import DiT, DiTConfig
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def _net(depth=6, budget_embed=False, budget_rescale=False, seed=0) -> DiT:
+    torch.manual_seed(seed)
+    cfg = DiTConfig(in_channels=3, width=32, depth=depth, heads=4, text_dim=8, max_frames=16,
+                    noise_embed_dim=16, budget_embed=budget_embed, budget_rescale=budget_rescale)
+    net = DiT(cfg)
+    # adaLN-zero makes a fresh block the identity: randomise every zero-initialised map so each
+    # block (and the output layer) really changes the hidden state.
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.2)
+    return net.eval()
+
+
+def _cond(b=4, n=5, dim=8, seed=1) -> Cond:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 3:] = False
+    return Cond(torch.randn(b, n, dim, generator=g), mask, torch.randn(b, dim, generator=g),
+                torch.tensor([False, True, False, False])[:b])
+
+
+def _pruned(net: DiT, blocks: list[int]) -> DiT:
+    """An independent model: a DiT of depth len(blocks) holding copies of exactly those blocks."""
+    cfg = copy.deepcopy(net.cfg)
+    cfg.depth = len(blocks)
+    cfg.budget_embed = cfg.budget_rescale = False
+    small = DiT(cfg)
+    sd = {k: v for k, v in net.state_dict().items()
+          if not k.startswith("blocks.") and not k.startswith("budget_")}
+    for j, i in enumerate(blocks):
+        for k, v in net.blocks[i].state_dict().items():
+            sd[f"blocks.{j}.{k}"] = v
+    small.load_state_dict(sd)
+    return small.eval()
+
+
+# ------------------------------------------------------------------------------------------
+# schedule
+
+
+def test_schedule_default_is_ase_for_dit_xl():
+    s = LayerSchedule.default(28, "first-k")
+    assert s.depths == [28, 24, 20, 16, 12]  # low -> high noise, DiT-XL/2's ASE schedule
+    assert s.depth(0.002) == 28 and s.depth(80.0) == 12
+    assert s.blocks(80.0) == list(range(12))
+    # the five bins each hold about the same number of steps of any Karras schedule
+    per_bin = [0] * 5
+    for v in karras_sigmas(50, 0.002, 80.0, 7.0)[:-1]:
+        per_bin[s.bin_index(v)] += 1
+    assert per_bin == [10, 10, 10, 10, 10]
+    assert s.mean_compute([0.002, 80.0]) == pytest.approx((28 + 12) / 56)
+    assert s.sampler_compute("euler", 50) == pytest.approx(20 / 28)
+    # Heun evaluates 2N-1 times; the extra calls sit at the next sigma
+    assert len(eval_sigmas("heun", karras_sigmas(10, 0.002, 80.0, 7.0))) == 19
+
+
+def test_keep_last_blocks_and_bins():
+    s = LayerSchedule(bins=[0.0], depths=[6, 3], depth_total=6, mode="keep-last", keep_last=1)
+    assert s.blocks(0.5) == list(range(6))          # ln 0.5 < 0: low-noise bin, full depth
+    assert s.blocks(1.0) == [0, 1, 5]               # edge belongs to the upper bin
+    assert LayerSchedule.constant(4, 6, "keep-last", keep_last=2).blocks(1.0) == [0, 1, 4, 5]
+    assert LayerSchedule.constant(3, 6, "keep-last", keep_last=0).blocks(1.0) == [0, 1, 2]
+    d = s.depths_for(torch.tensor([0.1, 0.99, 1.0, 50.0, 0.0]))
+    assert d.tolist() == [6, 6, 3, 3, 6]
+    assert LayerSchedule.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(bins=[0.0], depths=[3], depth_total=6), "depths"),
+    (dict(bins=[1.0, 0.0], depths=[6, 5, 4], depth_total=6), "increase"),
+    (dict(bins=[], depths=[7], depth_total=6), "outside"),
+    (dict(bins=[], depths=[1], depth_total=6, mode="keep-last", keep_last=2), "keep_last"),
+    (dict(bins=[], depths=[3], depth_total=6, mode="last-k"), "mode"),
+])
+def test_schedule_refuses_bad_input(kw, msg):
+    with pytest.raises(PrestoError, match=msg):
+        LayerSchedule(**kw)
+
+
+# ------------------------------------------------------------------------------------------
+# layer dropping equals running exactly those blocks
+
+
+@pytest.mark.parametrize("mode, keep_last, k, expect", [
+    ("first-k", 0, 3, [0, 1, 2]),
+    ("keep-last", 1, 3, [0, 1, 5]),
+    ("keep-last", 2, 4, [0, 1, 4, 5]),
+])
+def test_budget_k_runs_exactly_those_blocks(mode, keep_last, k, expect):
+    net = _net()
+    sched = LayerSchedule.constant(k, 6, mode, keep_last=keep_last)
+    assert sched.blocks(1.0) == expect
+    den, small = EDMDenoiser(net, EDMConfig()), EDMDenoiser(_pruned(net, expect), EDMConfig())
+    x, cond = torch.randn(4, 3, 10), _cond()
+    sigma = torch.tensor([0.05, 0.7, 3.0, 20.0])
+    with torch.no_grad():
+        d, hid = den(x, sigma, cond, blocks=sched.blocks(1.0), return_hidden=expect)
+        d_small, hid_small = small(x, sigma, cond, return_hidden=range(k))
+        d_layered = LayeredDenoiser(den, sched)(x, sigma, cond)
+        d_full = den(x, sigma, cond)
+    for j, i in enumerate(expect):
+        torch.testing.assert_close(hid[i], hid_small[j], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d, d_small, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d_layered, d_small, rtol=1e-5, atol=1e-5)
+    assert (d_layered - d_full).abs().max() > 1e-3  # dropping blocks does change the output
+
+
+def test_per_sample_depths_match_running_each_sample_alone():
+    net = _net()
+    den = EDMDenoiser(net, EDMConfig())
+    sched = LayerSchedule(bins=[-1.0, 1.0], depths=[6, 4, 2], depth_total=6, mode="keep-last")
+    x, cond = torch.randn(4, 3, 10), _cond()
+    sigma = torch.tensor([3.0, 0.1, 20.0, 0.9])  # depths 2, 6, 2, 4: groups out of order
+    depths = sched.depths_for(sigma)
+    assert depths.tolist() == [2, 6, 2, 4]
+    with torch.no_grad():
+        together = LayeredDenoiser(den, sched)(x, sigma, cond)
+        alone = torch.cat([den(x[i:i + 1], sigma[i:i + 1], cond.index(slice(i, i + 1)),
+                               blocks=sched.blocks(float(sigma[i])))
+                           for i in range(4)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    # and gradients reach only the blocks each sample ran
+    net.zero_grad()
+    forward_at_depths(den, x[:1], sigma[:1], cond.index(slice(0, 1)), depths[:1], sched).sum().backward()
+    ran = {i for i, blk in enumerate(net.blocks) if blk.ada.weight.grad is not None
+           and blk.ada.weight.grad.abs().sum() > 0}
+    assert ran == {0, 5}
+
+
+def test_budget_conditioning_changes_output_only_where_enabled():
+    x, cond, sigma = torch.randn(4, 3, 10), _cond(), torch.full((4,), 2.0)
+    sched = LayerSchedule.constant(3, 6, "keep-last")
+    blocks = sched.blocks(2.0)
+    plain = _net(budget_embed=False)
+    emb = _net(budget_embed=True)  # same seed: same weights, plus a (randomised) budget table
+    sd = {k: v for k, v in emb.state_dict().items() if not k.startswith("budget_")}
+    plain.load_state_dict(sd)
+    with torch.no_grad():
+        den_p, den_e = EDMDenoiser(plain, EDMConfig()), EDMDenoiser(emb, EDMConfig())
+        # without the embedding the budget value is ignored
+        a = den_p(x, sigma, cond, blocks=blocks, budget=torch.full((4,), 3))
+        b = den_p(x, sigma, cond, blocks=blocks, budget=torch.full((4,), 5))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # with it, the budget changes the output, and a zero table is the identity
+        c = LayeredDenoiser(den_e, sched)(x, sigma, cond)
+        d = den_e(x, sigma, cond, blocks=blocks, budget=torch.full((4,), 5))
+        assert (c - d).abs().max() > 1e-3
+        assert (c - a).abs().max() > 1e-3
+        emb.budget_embed.weight.zero_()
+        torch.testing.assert_close(LayeredDenoiser(den_e, sched)(x, sigma, cond), a)
+
+
+def test_self_teacher_loss_is_zero_when_nothing_is_dropped():
+    net = _net()
+    teacher = EDMDenoiser(net, EDMConfig())
+    student = EDMDenoiser(copy.deepcopy(net), EDMConfig())
+    x0, noise, cond = torch.randn(4, 3, 10) * 0.5, torch.randn(4, 3, 10), _cond()
+    sigma = torch.tensor([0.05, 0.5, 2.0, 10.0])
+    full = LayerSchedule.constant(6, 6, "keep-last")
+    _, parts = layer_losses(student, teacher, x0, sigma, noise, cond, full.depths_for(sigma), full,
+                            self_teacher=1.0)
+    assert parts["loss_self_teacher"].abs().max() == 0
+    assert parts["loss_denoise"].min() > 0
+    half = LayerSchedule.constant(3, 6, "keep-last")
+    _, parts = layer_losses(student, teacher, x0, sigma, noise, cond, half.depths_for(sigma), half,
+                            self_teacher=1.0)
+    assert parts["loss_self_teacher"].min() > 1e-6
+
+
+def test_layered_model_fn_guided_matches_manual_cfg():
+    net = _net()
+    den = EDMDenoiser(net, EDMConfig())
+    sched = LayerSchedule(bins=[0.0], depths=[6, 3], depth_total=6, mode="keep-last")
+    x, cond = torch.randn(4, 3, 10), _cond()
+    sigma = torch.tensor([0.5, 0.5, 5.0, 5.0])
+    fn = layered_model_fn(den, sched, cond, cfg=3.0)
+    with torch.no_grad():
+        got = fn(x, sigma)
+        ld = LayeredDenoiser(den, sched)
+        d_c = ld(x, sigma, cond.with_uncond(torch.zeros(4, dtype=torch.bool)))
+        d_u = ld(x, sigma, cond.with_uncond(torch.ones(4, dtype=torch.bool)))
+    torch.testing.assert_close(got, d_u + 3.0 * (d_c - d_u), rtol=1e-5, atol=1e-5)
