@@ -1,0 +1,246 @@
+"""The ``teacher`` stage: train the EDM DiT on cached latents or a toy mixture (METHOD.md section 2).
+
+One step: ``sigma ~ p_train`` (log-normal), ``x = x0 + sigma eps``, condition dropped to the learned
+null condition with probability ``edm.p_uncond`` (classifier-free guidance), loss
+``lambda(sigma) |D(x; sigma, c) - x0|^2``. All randomness comes from the trainer's counter-based
+``ctx.randn`` / ``ctx.rand``, so resume and torchrun are exact. The exported artefact (kind
+``teacher``) holds the EMA weights under ``dit.``, the codec under ``codec.`` (when training on
+audio latents), and metadata: ``model``, ``edm``, ``text``, ``sampler``, ``frames``, ``max_frames``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from presto_cli.data.toy import ToyDataset, is_toy_path
+from presto_cli.diffusion.edm import (Cond, EDMConfig, EDMDenoiser, drop_condition, edm_loss,
+                                      sigma_train_from_normal)
+from presto_cli.errors import PrestoError
+from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact, sub_state
+from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params
+from presto_cli.recipes import BaseRecipe, dataclass_from_dict, recipe_to_dict, register_stage
+from presto_cli.text.encoders import TextEncoder, build_text_encoder, text_encoder_dim
+from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
+                                   warmup_lr)
+
+__all__ = ["TeacherRecipe", "TeacherTask", "TextCache", "load_teacher", "teacher_meta"]
+
+
+@register_stage("teacher")
+@dataclass
+class TeacherRecipe(BaseRecipe):
+    model: DiTConfig = field(default_factory=DiTConfig)
+    edm: EDMConfig = field(default_factory=EDMConfig)
+    text: str = "minilm"  # minilm | clap | hash (hash: no weights, for toys and tiny recipes)
+    toy_size: int = 4096  # number of points drawn when data.path is toy:gmm2d / toy:gmm1d
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.edm.validate()
+        dim = text_encoder_dim(self.text)
+        if dim != self.model.text_dim:
+            raise PrestoError(f"model.text_dim={self.model.text_dim} but the '{self.text}' text "
+                              f"encoder gives {dim}", f"set model.text_dim: {dim}")
+
+    def frames(self) -> int:
+        """Latent frames per clip: 1 for toy data, else model.max_frames (an upper bound)."""
+        if is_toy_path(self.data.path):
+            return 1
+        return self.model.max_frames
+
+    def describe(self) -> dict:
+        """Parameter count, tokens per clip and forward GFLOPs, without building the model."""
+        frames = self.frames()
+        tokens = -(-frames // self.model.patch)
+        return {"dit_params": estimate_params(self.model),
+                "dit_params_M": round(estimate_params(self.model) / 1e6, 2),
+                "tokens_max": tokens,
+                "gflops_per_eval": round(estimate_flops(self.model, frames) / 1e9, 3),
+                "text_encoder": self.text}
+
+
+class TextCache:
+    """Encodes captions with a frozen text encoder, caching each distinct caption on the CPU
+    (training captions repeat: this saves a MiniLM forward per step)."""
+
+    def __init__(self, encoder: TextEncoder, max_entries: int = 100_000):
+        self.encoder = encoder
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, captions: list[str], device) -> Cond:
+        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
+        if missing:
+            tokens, mask, pooled = self.encoder(missing)
+            if len(self._cache) + len(missing) > self.max_entries:
+                self._cache.clear()
+            for i, c in enumerate(missing):
+                n = int(mask[i].sum())
+                self._cache[c] = (tokens[i, :max(n, 1)].cpu(), pooled[i].cpu())
+        items = [self._cache[c] for c in captions]
+        n = max(t.shape[0] for t, _ in items)
+        dim = items[0][0].shape[-1]
+        tokens = torch.zeros(len(items), n, dim)
+        mask = torch.zeros(len(items), n, dtype=torch.bool)
+        for i, (t, _) in enumerate(items):
+            tokens[i, :t.shape[0]] = t
+            mask[i, :t.shape[0]] = True
+        pooled = torch.stack([p for _, p in items])
+        return Cond(tokens.to(device), mask.to(device), pooled.to(device))
+
+
+@register_task("teacher")
+class TeacherTask(Task):
+    """Trains ``EDMDenoiser(DiT)`` with the EDM loss, CFG dropout and an EMA of the weights."""
+
+    def __init__(self, recipe: TeacherRecipe, ctx, run_dir: Path):
+        super().__init__(recipe, ctx, run_dir)
+        recipe.validate()
+        self.device = ctx.device
+        self.toy = is_toy_path(recipe.data.path)
+        self.codec = None
+        self.codec_path = ""
+        if self.toy:
+            self._dataset = ToyDataset(recipe.data.path, n=recipe.toy_size, seed=recipe.seed)
+            if self._dataset.gmm.dim != recipe.model.in_channels:
+                raise PrestoError(f"{recipe.data.path} has dimension {self._dataset.gmm.dim} but "
+                                  f"model.in_channels={recipe.model.in_channels}",
+                                  f"set model.in_channels: {self._dataset.gmm.dim}")
+        else:
+            self._dataset = None
+            if not recipe.data.codec:
+                raise PrestoError("the teacher stage needs data.codec (a codec artefact) to encode "
+                                  "audio to latents", "train one with the autoencoder stage, or use "
+                                  "data.path: toy:gmm2d")
+            from presto_cli.codec import load_codec
+
+            self.codec_path = recipe.data.codec
+            self.codec = load_codec(recipe.data.codec, device="cpu")
+            if self.codec.channels != recipe.model.in_channels:
+                raise PrestoError(f"the codec has {self.codec.channels} latent channels but "
+                                  f"model.in_channels={recipe.model.in_channels}",
+                                  f"set model.in_channels: {self.codec.channels}")
+        self.net = DiT(recipe.model).to(self.device)
+        self.denoiser = EDMDenoiser(self.net, recipe.edm)
+        self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
+        self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train)
+        self.text = TextCache(build_text_encoder(recipe.text, device=self.device))
+        self.frames_seen = 0
+
+    # -- data ------------------------------------------------------------------------------
+
+    def make_dataset(self):
+        if self._dataset is not None:
+            return self._dataset
+        from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+
+        cache = ensure_latent_cache(self.recipe.data.codec, self.recipe.data, self.device)
+        self._dataset = LatentDataset(cache)
+        return self._dataset
+
+    # -- training --------------------------------------------------------------------------
+
+    def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        r: TeacherRecipe = self.recipe
+        x0 = batch["latents"].to(self.device).float()
+        if x0.dim() != 3 or x0.shape[1] != r.model.in_channels:
+            raise PrestoError(f"latents of shape {tuple(x0.shape[1:])} do not match "
+                              f"model.in_channels={r.model.in_channels}")
+        self.frames_seen = max(self.frames_seen, x0.shape[-1])
+        G = ctx.global_batch
+        sigma = sigma_train_from_normal(r.edm, ctx.randn("teacher.sigma", (G,)))
+        noise = ctx.randn("teacher.noise", (G, *x0.shape[1:]))
+        cond = self.text(list(batch["caption"]), self.device)
+        cond = drop_condition(cond, r.edm.p_uncond, ctx.rand("teacher.cfg_drop", (G,)))
+
+        lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
+        set_lr(self.opt, lr)
+        self.net.train()
+        with ctx.autocast():
+            per_sample = edm_loss(self.denoiser, x0, sigma, noise, cond)
+        loss = per_sample.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.sync_grads(self.net)
+        gnorm = clip_and_norm(self.net.parameters(), r.train.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.net, ctx.step)
+        with torch.no_grad():  # loss split by noise level: low (< sigma_data), high
+            low = sigma < r.edm.sigma_data
+            out = {"loss": float(loss), "grad_norm": gnorm, "lr": lr}
+            if bool(low.any()):
+                out["loss_low_sigma"] = float(per_sample[low].mean())
+            if bool((~low).any()):
+                out["loss_high_sigma"] = float(per_sample[~low].mean())
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
+              "frames_seen": self.frames_seen}
+        if self.ema is not None:
+            sd["ema"] = self.ema.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        load_state_strict(self.net, sd["net"], "teacher checkpoint")
+        self.opt.load_state_dict(sd["opt"])
+        if self.ema is not None and "ema" in sd:
+            self.ema.load_state_dict(sd["ema"])
+        self.frames_seen = int(sd.get("frames_seen", 0))
+
+    def export_net(self) -> DiT:
+        return self.ema.shadow if self.ema is not None else self.net
+
+    def export(self, path: Path) -> None:
+        r: TeacherRecipe = self.recipe
+        tensors = prefixed({k: v.float() for k, v in self.export_net().state_dict().items()}, "dit")
+        frames = self.frames_seen or r.frames()
+        meta = teacher_meta(r, frames=frames)
+        if self.codec is not None:
+            from presto_cli.codec import codec_state_for_embedding
+
+            _, codec_file_meta = load_artefact(self.codec_path)
+            ct, cm = codec_state_for_embedding(self.codec, codec_file_meta.get("latent"))
+            tensors.update(ct)
+            meta["codec"] = cm
+            meta["codec_source"] = str(self.codec_path)
+        save_artefact(path, tensors, meta)
+
+    def describe(self) -> dict:
+        return {**self.recipe.describe(), "dit_params": self.net.num_params()}
+
+
+def teacher_meta(recipe: TeacherRecipe, frames: int, kind: str = "teacher") -> dict:
+    """Artefact metadata of a teacher-family model (ARCHITECTURE.md "Artefacts")."""
+    e = recipe.edm
+    meta = {"kind": kind, "name": recipe.name, "model": recipe_to_dict(recipe.model),
+            "edm": recipe_to_dict(e), "text": recipe.text,
+            "sampler": {"name": e.sampler, "steps": e.steps, "cfg": e.cfg, "rho": e.rho},
+            "frames": int(frames), "max_frames": int(recipe.model.max_frames)}
+    if is_toy_path(recipe.data.path):
+        meta["toy"] = recipe.data.path
+        meta["max_frames"] = int(frames)
+    return meta
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu",
+                 ) -> tuple[EDMDenoiser, dict, dict[str, Tensor]]:
+    """Load a teacher-family artefact: ``(EDMDenoiser in eval mode, meta, all tensors)``.
+
+    Distillation stages start from this (the tensors hold the embedded codec, if any).
+    """
+    tensors, meta = load_artefact(path)
+    if "model" not in meta or not any(k.startswith("dit.") for k in tensors):
+        raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact without DiT weights",
+                          "pass a teacher made by `presto pretrain`")
+    net = DiT(dataclass_from_dict(DiTConfig, meta["model"], "model"))
+    load_state_strict(net, sub_state(tensors, "dit"), f"DiT in {path}")
+    edm = dataclass_from_dict(EDMConfig, meta.get("edm", {}), "edm")
+    den = EDMDenoiser(net, edm).to(device).eval()
+    return den, meta, tensors
