@@ -315,4 +315,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None):
     """Read, merge bases, apply overrides and validate a recipe file."""
     data = apply_overrides(read_yaml_with_base(path), overrides or [])
     recipe = recipe_from_dict(data)
+    validate = getattr(recipe, "validate", None)
+    if callable(validate):
+        validate()
     return recipe

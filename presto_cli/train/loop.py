@@ -140,7 +140,19 @@ class Context:
         """Average gradients over ranks (a no-op in one process). Call after backward."""
         if not self.distributed:
             return
-        grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if not params:
+            return
+        # a parameter may get a gradient on one rank only (e.g. the null condition when only that
+        # rank dropped captions): agree on which have one, as one process would see it
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        torch.distributed.all_reduce(has)
+        grads = []
+        for p, h in zip(params, has.tolist()):
+            if h > 0:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -319,7 +331,10 @@ def _init_distributed(device: torch.device) -> None:
 def build_task(recipe: BaseRecipe, run_dir: Path, device: torch.device | None = None) -> Task:
     device = device or resolve_device(recipe.train.device)
     ctx = Context(recipe.seed, device, recipe.train.precision, recipe.train.batch_size)
-    return task_class(recipe.stage)(recipe, ctx, run_dir)
+    # initial weights come from the seed alone: the same on every rank and in every run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(recipe.seed, "init", recipe.stage))
+        return task_class(recipe.stage)(recipe, ctx, run_dir)
 
 
 def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
