@@ -1,0 +1,316 @@
+"""Stage ``autoencoder``: train the STFT VAE, then export it with its latent scale.
+
+Loss (METHOD.md section 1, [ours]): ``mrstft_weight · MR-STFT + mel_weight · mel-L1 + kl_weight · KL``
+on ``decode(mean + σ·ε)`` against the input clip, ε drawn counter-based (``ctx.randn``), plus an
+optional adversarial term (``adversarial_weight`` > 0: a multi-resolution spectrogram discriminator
+trained with a hinge or least-squares objective, and feature matching).
+
+Export (:func:`export_codec`): with the EMA weights, encode a deterministic sample of the training
+set, measure the raw latents' mean and standard deviation, set ``latent_scale = sigma_data / std``
+so the scaled latents have std ≈ σ_data, measure held-out reconstruction quality (log-mel L1 and
+MR-STFT distance; the validation split when ``data.val_fraction`` > 0), write the ``codec``
+artefact and ``recon.json`` beside it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from presto_cli.codec.base import Codec, build_codec, save_codec
+from presto_cli.codec.losses import (MultiResolutionDiscriminator, discriminator_loss,
+                                     feature_matching_loss, generator_adv_loss, kl_divergence,
+                                     log_mel_l1, mrstft_distance, spectral_losses)
+from presto_cli.codec.vae import CodecConfig
+from presto_cli.errors import PrestoError
+from presto_cli.io import atomic_write_json
+from presto_cli.recipes import BaseRecipe, register_stage
+from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, collate, register_task,
+                                   seed_for, set_lr, warmup_lr)
+
+
+@dataclass
+class CodecLossConfig:
+    """Recipe section ``loss:`` of the autoencoder stage."""
+
+    mrstft_weight: float = 1.0
+    mel_weight: float = 1.0
+    kl_weight: float = 1e-3  # on the per-element mean KL
+    stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+    mel_sizes: list[int] = field(default_factory=list)  # log-mel window sizes; [] -> ~64 ms
+    adversarial_weight: float = 0.0  # 0 disables the discriminator
+    feature_matching_weight: float = 2.0  # used only with the discriminator
+    adversarial_kind: Literal["hinge", "ls"] = "hinge"
+    adversarial_start: int = 0  # step at which the discriminator starts
+    disc_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512])
+    disc_channels: int = 32
+    disc_lr: float = 0.0  # 0 -> train.lr
+
+
+@dataclass
+class CodecExportConfig:
+    """Recipe section ``export:``: latent statistics and held-out quality at export time."""
+
+    sigma_data: float = 0.5  # scaled latents get this standard deviation
+    stats_clips: int = 64  # training clips encoded to measure the latent statistics
+    eval_clips: int = 16  # held-out clips for the reconstruction report
+    batch_size: int = 8
+
+
+@register_stage("autoencoder")
+@dataclass
+class AutoencoderRecipe(BaseRecipe):
+    model: CodecConfig = field(default_factory=CodecConfig)
+    loss: CodecLossConfig = field(default_factory=CodecLossConfig)
+    export: CodecExportConfig = field(default_factory=CodecExportConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses of one batch
+
+
+def reconstruction_losses(codec: Codec, audio: Tensor, noise: Tensor | None, cfg: CodecLossConfig
+                          ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Weighted VAE loss (no adversarial part) of ``audio [B, 1, T]``; returns (loss, parts, recon)."""
+    audio = codec.pad_audio(audio)
+    out = codec(audio, noise)
+    recon = out["recon"]
+    spec = spectral_losses(recon, audio, codec.sample_rate,
+                           cfg.stft_sizes if cfg.mrstft_weight else [], cfg.mel_sizes or None)
+    parts: dict[str, Tensor] = {}
+    loss = audio.new_zeros((), dtype=torch.float32)
+    if cfg.mrstft_weight:
+        parts["mrstft"] = spec["mrstft"]
+        loss = loss + cfg.mrstft_weight * parts["mrstft"]
+    if cfg.mel_weight:
+        parts["mel"] = spec["mel"]
+        loss = loss + cfg.mel_weight * parts["mel"]
+    parts["kl"] = kl_divergence(out["mean"], out["logvar"])
+    loss = loss + cfg.kl_weight * parts["kl"]
+    return loss, parts, recon
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def _sample_items(dataset, n: int, seed: int, tag: str) -> list[dict]:
+    """``n`` items at evenly spaced indices, crops seeded by (seed, tag, index): deterministic."""
+    total = len(dataset)
+    if total == 0:
+        return []
+    n = min(n, total)
+    idx = sorted({int(i * total / n) for i in range(n)})
+    getitem = getattr(dataset, "getitem", None)
+    items = []
+    for i in idx:
+        if getitem is not None:
+            g = torch.Generator()
+            g.manual_seed(seed_for(seed, tag, i))
+            items.append(getitem(i, g))
+        else:
+            items.append(dataset[i])
+    return items
+
+
+@torch.no_grad()
+def latent_statistics(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
+    """Mean and std of the raw (unscaled) posterior means over ``clips [N, 1, T]``."""
+    device = next(codec.parameters()).device
+    s1 = s2 = 0.0
+    n = 0
+    for i in range(0, clips.shape[0], batch_size):
+        mean, _ = codec.encode_dist(clips[i:i + batch_size].to(device))
+        m = mean.double()
+        s1 += float(m.sum())
+        s2 += float(m.pow(2).sum())
+        n += m.numel()
+    if n == 0:
+        raise PrestoError("no clips to measure the latent statistics on", "check data.path")
+    mu = s1 / n
+    std = math.sqrt(max(s2 / n - mu * mu, 0.0))
+    return {"mean": mu, "std": std, "count": n}
+
+
+@torch.no_grad()
+def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
+    """Log-mel L1 and MR-STFT distance of ``decode(encode(x))`` to ``x`` over ``clips [N, 1, T]``."""
+    device = next(codec.parameters()).device
+    mel, mr, n = 0.0, 0.0, 0
+    for i in range(0, clips.shape[0], batch_size):
+        x = codec.pad_audio(clips[i:i + batch_size].to(device))
+        y = codec.decode(codec.encode(x))
+        b = x.shape[0]
+        mel += log_mel_l1(y, x, codec.sample_rate) * b
+        mr += mrstft_distance(y, x) * b
+        n += b
+    return {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
+
+
+def export_codec(codec: Codec, path: str | Path, stats_clips: Tensor, eval_clips: Tensor,
+                 sigma_data: float = 0.5, eval_split: str = "val", batch_size: int = 8,
+                 extra_meta: dict | None = None) -> dict:
+    """Set ``latent_scale`` from ``stats_clips``, report quality on ``eval_clips``, save the artefact
+    at ``path`` and ``recon.json`` beside it. ``codec`` is modified (its scale); returns the report."""
+    if sigma_data <= 0:
+        raise PrestoError(f"export.sigma_data must be positive, got {sigma_data}")
+    codec.eval()
+    stats = latent_statistics(codec, stats_clips, batch_size)
+    if not stats["std"] > 1e-8:
+        raise PrestoError("the codec's latents are constant (std 0); cannot scale them",
+                          "train the autoencoder longer or lower loss.kl_weight")
+    codec.set_latent_scale(sigma_data / stats["std"])
+    recon = reconstruction_report(codec, eval_clips, batch_size) if eval_clips.numel() else {}
+    if recon:
+        recon["split"] = eval_split
+        recon["clip_seconds"] = round(eval_clips.shape[-1] / codec.sample_rate, 4)
+    latent = {"mean": stats["mean"], "std": stats["std"], "sigma_data": sigma_data,
+              "stats_clips": int(stats_clips.shape[0])}
+    save_codec(path, codec, latent=latent, recon=recon, extra=extra_meta)
+    report = {"latent": {"scale": float(codec.latent_scale), **latent}, "recon": recon,
+              "frame_rate": codec.frame_rate, "channels": codec.channels}
+    atomic_write_json(Path(path).parent / "recon.json", report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+
+
+@register_task("autoencoder")
+class AutoencoderTask(Task):
+    def __init__(self, recipe: AutoencoderRecipe, ctx, run_dir: Path):
+        super().__init__(recipe, ctx, run_dir)
+        if recipe.data.sample_rate != recipe.model.sample_rate:
+            raise PrestoError(f"data.sample_rate ({recipe.data.sample_rate}) differs from "
+                              f"model.sample_rate ({recipe.model.sample_rate})",
+                              "set both to the codec's sample rate")
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
+            torch.manual_seed(seed_for(recipe.seed, "init", "codec"))
+            self.codec = build_codec(asdict(recipe.model)).to(ctx.device)
+        self.codec.train()
+        t = recipe.train
+        self.opt = build_adamw(self.codec.parameters(), t.lr, t)
+        self.ema = EMA(self.codec, t.ema) if t.ema > 0 else None
+        lc = recipe.loss
+        self.disc = None
+        self.opt_d = None
+        if lc.adversarial_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(recipe.seed, "init", "disc"))
+                self.disc = MultiResolutionDiscriminator(lc.disc_sizes, lc.disc_channels).to(ctx.device)
+            self.opt_d = build_adamw(self.disc.parameters(), lc.disc_lr or t.lr, t)
+
+    def describe(self) -> dict:
+        n = sum(p.numel() for p in self.codec.parameters())
+        c = self.codec
+        return {"codec_params": n, "latent_channels": c.channels, "latent_hz": round(c.frame_rate, 3),
+                "hop": c.hop}
+
+    def make_dataset(self):
+        return self._dataset("train")
+
+    def _dataset(self, split: str):
+        from presto_cli.data.folder import AudioClipDataset
+
+        d = self.recipe.data
+        if not d.path:
+            raise PrestoError("the autoencoder recipe has no data.path", "pass data.path=FOLDER")
+        return AudioClipDataset(d.path, manifest=d.manifest or None, sample_rate=self.recipe.model.sample_rate,
+                                clip_seconds=d.clip_seconds, split=split, val_fraction=d.val_fraction)
+
+    def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        r = self.recipe
+        lc = r.loss
+        audio = self.codec.pad_audio(batch["audio"].to(ctx.device).float())
+        frames = self.codec.num_frames(audio.shape[-1])
+        noise = ctx.randn("posterior", (ctx.global_batch, self.codec.channels, frames))
+        lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
+        metrics: dict[str, float] = {}
+        adv_on = self.disc is not None and ctx.step >= lc.adversarial_start
+        with ctx.autocast():
+            loss, parts, recon = reconstruction_losses(self.codec, audio, noise, lc)
+        if adv_on:
+            # discriminator step on the detached reconstruction
+            set_lr(self.opt_d, lc.disc_lr or lr)
+            self.opt_d.zero_grad(set_to_none=True)
+            with ctx.autocast():
+                d_loss = discriminator_loss(self.disc(audio), self.disc(recon.detach()),
+                                            lc.adversarial_kind)
+            d_loss.backward()
+            ctx.sync_grads(self.disc)
+            clip_and_norm(self.disc.parameters(), r.train.grad_clip)
+            self.opt_d.step()
+            metrics["d_loss"] = float(d_loss.detach())
+            with ctx.autocast():
+                real = self.disc(audio)
+                fake = self.disc(recon)
+                g_adv = generator_adv_loss(fake, lc.adversarial_kind)
+                fm = feature_matching_loss(real, fake)
+            loss = loss + lc.adversarial_weight * g_adv + lc.feature_matching_weight * fm
+            metrics.update(g_adv=float(g_adv.detach()), fm=float(fm.detach()))
+        set_lr(self.opt, lr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.disc is not None:
+            self.disc.zero_grad(set_to_none=True)  # generator pass must not leave D gradients
+        ctx.sync_grads(self.codec)
+        gnorm = clip_and_norm(self.codec.parameters(), r.train.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.codec, ctx.step)
+        metrics = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}, **metrics,
+                   "grad_norm": gnorm, "lr": lr}
+        return metrics
+
+    def state_dict(self) -> dict:
+        sd: dict[str, Any] = {"codec": self.codec.state_dict(), "opt": self.opt.state_dict()}
+        if self.ema is not None:
+            sd["ema"] = self.ema.state_dict()
+        if self.disc is not None:
+            sd["disc"] = self.disc.state_dict()
+            sd["opt_d"] = self.opt_d.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.codec.load_state_dict(sd["codec"])
+        self.opt.load_state_dict(sd["opt"])
+        if self.ema is not None:
+            self.ema.load_state_dict(sd.get("ema", sd["codec"]))
+        if self.disc is not None:
+            if "disc" not in sd:
+                raise PrestoError("the checkpoint has no discriminator but the recipe enables one",
+                                  "resume with the recipe the run started with")
+            self.disc.load_state_dict(sd["disc"])
+            self.opt_d.load_state_dict(sd["opt_d"])
+
+    def export(self, path: Path) -> None:
+        r = self.recipe
+        ex = r.export
+        codec = copy.deepcopy(self.ema.shadow if self.ema is not None else self.codec).eval()
+        train = self.make_dataset()
+        stats = _sample_items(train, ex.stats_clips, r.seed, "export-stats")
+        split = "val"
+        held = []
+        if r.data.val_fraction > 0:
+            try:
+                held = _sample_items(self._dataset("val"), ex.eval_clips, r.seed, "export-eval")
+            except PrestoError:
+                held = []
+        if not held:  # no held-out split: report on (other crops of) training clips, and say so
+            split = "train"
+            held = _sample_items(train, ex.eval_clips, r.seed, "export-eval")
+        stats_audio = collate(stats)["audio"].float()
+        held_audio = collate(held)["audio"].float() if held else torch.zeros(0, 1, 0)
+        report = export_codec(codec, path, stats_audio, held_audio, ex.sigma_data, split, ex.batch_size,
+                              extra_meta={"name": r.name, "seed": r.seed,
+                                          "train": {"steps": r.train.steps,
+                                                    "batch_size": r.train.batch_size}})
+        if Path(path).parent.resolve() != Path(self.run_dir).resolve():
+            atomic_write_json(Path(self.run_dir) / "recon.json", report)
