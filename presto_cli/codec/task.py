@@ -70,6 +70,16 @@ class AutoencoderRecipe(BaseRecipe):
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
     export: CodecExportConfig = field(default_factory=CodecExportConfig)
 
+    def validate(self) -> None:
+        """Called by load_recipe: refuse an inconsistent recipe before anything runs."""
+        self.model.validate()
+        if self.data.sample_rate != self.model.sample_rate:
+            raise PrestoError(f"data.sample_rate ({self.data.sample_rate}) differs from "
+                              f"model.sample_rate ({self.model.sample_rate})",
+                              "set both to the codec's sample rate")
+        if self.export.sigma_data <= 0:
+            raise PrestoError(f"export.sigma_data must be positive, got {self.export.sigma_data}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Losses of one batch
@@ -265,9 +275,8 @@ class AutoencoderTask(Task):
         self.opt.step()
         if self.ema is not None:
             self.ema.update(self.codec, ctx.step)
-        metrics = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}, **metrics,
-                   "grad_norm": gnorm, "lr": lr}
-        return metrics
+        parts_f = {k: float(v.detach()) for k, v in parts.items()}
+        return {"loss": float(loss.detach()), **parts_f, **metrics, "grad_norm": gnorm, "lr": lr}
 
     def state_dict(self) -> dict:
         sd: dict[str, Any] = {"codec": self.codec.state_dict(), "opt": self.opt.state_dict()}
