@@ -1,0 +1,573 @@
+"""The engine behind ``presto eval`` (METHOD.md §6).
+
+Generated audio comes from models (``presto_cli.pipeline.load_pipeline(...).generate``; the clips
+are written to disk so they can be listened to and cached) or from folders (``--gen DIR``). The
+reference is a folder of audio or a statistics ``.npz`` (``mu``, ``sigma``, optionally
+``embeddings`` and ``embedder``). Every metric is computed on the same embeddings, which are cached
+on disk; unreadable files are reported and skipped. The results document records every condition a
+score depends on (embedder and its version/checkpoint, N, clip length, reference set, seeds, model,
+steps, sampler), because FAD-like numbers are not comparable across any of them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from presto_cli.errors import PrestoError
+from presto_cli.eval import metrics as M
+from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
+
+METRICS = ("fad", "mmd", "prdc", "clap", "adherence")
+TEXT_METRICS = ("clap", "adherence")
+REF_METRICS = ("fad", "mmd", "prdc")
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``presto eval`` can be told (also the keys of an eval YAML file)."""
+
+    metrics: list[str] = field(default_factory=lambda: ["fad", "mmd", "prdc"])
+    models: list[str] = field(default_factory=list)
+    gen: list[str] = field(default_factory=list)
+    ref: str = ""
+    prompts: str = ""
+    styles: str = ""  # styles.json for prompt adherence (default: <ref>/styles.json or synth styles)
+    embedder: str = "mel"
+    clap_ckpt: str = ""
+    n: int = 0  # clips per system (0: all prompts / all files)
+    steps: int = 0  # 0: the model's default
+    sampler: str = ""
+    cfg: float = -1.0  # < 0: the model's default
+    duration: float = 0.0  # 0: the model's default
+    seed: int = 0  # base seed for prompts without one
+    k: int = 5  # PRDC neighbours
+    bandwidth: float = 0.0  # MMD RBF bandwidth; 0: median heuristic on the reference
+    batch_size: int = 8
+    device: str = "auto"
+    cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
+    no_cache: bool = False
+    audio_dir: str = ""  # where generated clips are written (default: beside --out/--report)
+    save_ref_stats: str = ""  # write the reference statistics (.npz) here
+    out: str = ""
+    report: str = ""
+    report_rows: int = 12
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_metrics(text: str | list[str]) -> list[str]:
+    items = text if isinstance(text, list) else str(text).split(",")
+    out = []
+    for m in (s.strip().lower() for s in items):
+        if not m:
+            continue
+        if m == "all":
+            out.extend(METRICS)
+            continue
+        if m in ("clap_score", "clap-score"):
+            m = "clap"
+        if m not in METRICS:
+            import difflib
+
+            near = difflib.get_close_matches(m, METRICS, n=1, cutoff=0.5)
+            raise PrestoError(f"unknown metric '{m}'" + (f"; did you mean '{near[0]}'?" if near else ""),
+                              f"choose from {','.join(METRICS)}")
+        out.append(m)
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise PrestoError("no metrics asked for", f"--metrics {','.join(METRICS)}")
+    return out
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """txt: one prompt per line; jsonl: ``{"prompt", "seed"?, "name"?, "style"?}`` per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrestoError(f"prompt file not found: {path}")
+    rows: list[dict] = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if path.suffix.lower() in (".jsonl", ".json"):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise PrestoError(f"{path}:{i} is not valid JSON", "one JSON object per line") from None
+            if not isinstance(rec, dict) or not str(rec.get("prompt", "")).strip():
+                raise PrestoError(f"{path}:{i} has no \"prompt\"")
+            if "seed" in rec and not isinstance(rec["seed"], int):
+                raise PrestoError(f"{path}:{i}: \"seed\" must be an integer")
+            rows.append({k: rec[k] for k in ("prompt", "seed", "name", "style") if k in rec})
+        else:
+            rows.append({"prompt": line})
+    if not rows:
+        raise PrestoError(f"prompt file {path} has no prompts")
+    return rows
+
+
+def audio_files(folder: str | Path) -> list[Path]:
+    from presto_cli.audio import AUDIO_EXTS
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise PrestoError(f"audio folder not found: {d}")
+    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS
+                   and not any(part.startswith(".") for part in p.relative_to(d).parts))
+    if not files:
+        raise PrestoError(f"no audio files in {d}", "expected .wav/.flac/.mp3/.ogg/.aiff files")
+    return files
+
+
+def _folder_labels(folder: Path) -> dict[str, dict]:
+    """Per-file prompt/style from ``manifest.jsonl`` in ``folder`` (keys: resolved path)."""
+    out: dict[str, dict] = {}
+    man = folder / "manifest.jsonl"
+    if man.is_file():
+        for line in man.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("path"):
+                labels = rec.get("labels") or {}
+                out[str((folder / rec["path"]).resolve())] = {
+                    "prompt": rec.get("caption") or rec.get("prompt"),
+                    "style": rec.get("style") or (labels.get("style") if isinstance(labels, dict) else None)}
+    return out
+
+
+def file_labels(folder: Path, files: list[Path]) -> list[dict]:
+    """Prompt and style of each file: its JSON sidecar (``x.wav.json``), else the folder manifest."""
+    man = _folder_labels(folder)
+    out = []
+    for f in files:
+        rec: dict = {}
+        side = f.with_suffix(f.suffix + ".json")
+        if side.is_file():
+            try:
+                s = json.loads(side.read_text(encoding="utf-8"))
+                if isinstance(s, dict):
+                    rec = {"prompt": s.get("prompt"), "style": s.get("style"), "seed": s.get("seed"),
+                           "model": s.get("model"), "steps": s.get("steps"), "sampler": s.get("sampler")}
+            except (OSError, json.JSONDecodeError):
+                pass
+        if not rec.get("prompt"):
+            rec.update({k: v for k, v in man.get(str(f.resolve()), {}).items() if v})
+        out.append(rec)
+    return out
+
+
+def style_texts(styles_file: str, ref: str, needed: list[str]) -> dict[str, str]:
+    """Style name -> the text used for zero-shot classification."""
+    cands = [Path(styles_file)] if styles_file else []
+    if ref and Path(ref).is_dir():
+        cands.append(Path(ref) / "styles.json")
+    for c in cands:
+        if c.is_file():
+            try:
+                data = json.loads(c.read_text(encoding="utf-8"))
+                rows = data.get("styles", data) if isinstance(data, dict) else data
+                table = {str(r["name"]): str(r.get("caption") or r.get("title") or r["name"]) for r in rows}
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                raise PrestoError(f"{c} is not a styles file",
+                                  "expected {\"styles\": [{\"name\", \"caption\"}, ...]}") from None
+            missing = [s for s in needed if s not in table]
+            if missing:
+                raise PrestoError(f"style '{missing[0]}' is not listed in {c}")
+            return table
+        if styles_file and c == Path(styles_file):
+            raise PrestoError(f"styles file not found: {c}")
+    try:
+        from presto_cli.data.synth import style_captions
+
+        table = style_captions()
+        if all(s in table for s in needed):
+            return table
+    except ImportError:
+        pass
+    return {s: s for s in needed}
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+
+
+@dataclass
+class Reference:
+    description: dict
+    embeddings: np.ndarray | None
+    mu: np.ndarray
+    sigma: np.ndarray
+
+
+def load_reference(ref: str, embedder: Embedder, cache: EmbeddingCache | None,
+                   log: Callable[[str], None]) -> Reference:
+    p = Path(ref)
+    if p.is_dir():
+        files = audio_files(p)
+        emb, idx, errors = embedder.embed_files(files, cache)
+        for f, e in errors:
+            log(f"skipped reference file {f}: {e}")
+        if emb.shape[0] < 2:
+            raise PrestoError(f"the reference folder {p} has fewer than 2 readable clips")
+        mu, sigma = M.gaussian_stats(emb)
+        durs = _durations([files[i] for i in idx])
+        desc = {"kind": "folder", "path": str(p), "n": int(emb.shape[0]), "n_files": len(files),
+                "clip_seconds": _summary(durs), "skipped": [{"file": f, "error": e} for f, e in errors]}
+        return Reference(desc, emb, mu, sigma)
+    if p.is_file() and p.suffix == ".npz":
+        try:
+            z = np.load(p, allow_pickle=False)
+            data = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise PrestoError(f"cannot read reference statistics {p}: {type(e).__name__}") from None
+        if "mu" not in data or "sigma" not in data:
+            raise PrestoError(f"{p} has no mu/sigma arrays", "write it with --save-ref-stats")
+        ver = str(data["embedder"]) if "embedder" in data else None
+        if ver is not None and ver != embedder.version:
+            raise PrestoError(f"{p} was computed with embedder '{ver}', not '{embedder.version}'",
+                              "scores are only comparable in the same embedding space: recompute the stats")
+        emb = np.asarray(data["embeddings"], dtype=np.float64) if "embeddings" in data else None
+        mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+        if mu.shape != (embedder.dim,):
+            raise PrestoError(f"{p} holds {mu.shape[0] if mu.ndim else 0}-d statistics but the "
+                              f"{embedder.name} embedder makes {embedder.dim}-d embeddings")
+        n = int(data["n"]) if "n" in data else (int(emb.shape[0]) if emb is not None else None)
+        desc = {"kind": "stats", "path": str(p), "n": n, "embedder": ver,
+                "has_embeddings": emb is not None}
+        if "clip_seconds" in data:
+            desc["clip_seconds"] = float(data["clip_seconds"])
+        return Reference(desc, emb, mu, sigma)
+    raise PrestoError(f"reference not found: {p}", "--ref takes a folder of audio or a .npz of statistics")
+
+
+def save_reference_stats(path: str | Path, ref: Reference, embedder: Embedder) -> None:
+    import io as _io
+
+    from presto_cli.io import atomic_write_bytes
+
+    arrays = {"mu": ref.mu, "sigma": ref.sigma, "embedder": np.array(embedder.version),
+              "n": np.array(ref.description.get("n") or 0)}
+    if ref.embeddings is not None:
+        arrays["embeddings"] = ref.embeddings
+    cs = ref.description.get("clip_seconds")
+    if isinstance(cs, dict) and cs.get("mean") is not None:
+        arrays["clip_seconds"] = np.array(cs["mean"])
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _durations(files: list[Path]) -> list[float]:
+    from presto_cli.audio import audio_info
+
+    out = []
+    for f in files:
+        try:
+            out.append(float(audio_info(f)["duration"]))
+        except PrestoError:
+            pass
+    return out
+
+
+def _summary(durs: list[float]) -> dict:
+    if not durs:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": round(float(np.mean(durs)), 4), "min": round(float(np.min(durs)), 4),
+            "max": round(float(np.max(durs)), 4)}
+
+
+# --------------------------------------------------------------------------------------------
+# Systems (what is evaluated)
+
+
+@dataclass
+class System:
+    name: str
+    source: str  # "model" | "folder"
+    files: list[Path]
+    prompts: list[str | None]
+    styles: list[str | None]
+    seeds: list[int | None]
+    info: dict = field(default_factory=dict)
+
+
+def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
+    if cfg.prompts:
+        rows = read_prompts(cfg.prompts)
+    elif ref_dir is not None and (ref_dir / "manifest.jsonl").is_file():
+        rows = [{"prompt": r["prompt"], "style": r.get("style")}
+                for r in _folder_labels(ref_dir).values() if r.get("prompt")]
+        if not rows:
+            raise PrestoError(f"{ref_dir}/manifest.jsonl has no captions", "pass --prompts FILE")
+    else:
+        raise PrestoError("evaluating a model needs prompts", "pass --prompts FILE (.txt or .jsonl)")
+    n = cfg.n or len(rows)
+    out = []
+    for i in range(n):  # cycle through the prompts when N exceeds them; seeds stay distinct
+        r = dict(rows[i % len(rows)])
+        rep = i // len(rows)
+        r["seed"] = int(r["seed"]) + rep if "seed" in r else cfg.seed + i
+        base = r.get("name") or f"{i:04d}"
+        r["name"] = f"{base}_r{rep}" if rep and r.get("name") else base
+        out.append(r)
+    return out
+
+
+def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: Path,
+                    log: Callable[[str], None]) -> System:
+    """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
+    import re
+
+    from presto_cli.audio import write_audio
+    from presto_cli.io import atomic_write_json
+    from presto_cli.pipeline import load_pipeline, resolve_model
+
+    path = resolve_model(model)
+    pipe = load_pipeline(str(path), cfg.device)
+    if getattr(pipe, "codec", True) is None or not pipe.sample_rate:
+        raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
+    steps = cfg.steps or None
+    sampler = cfg.sampler or None
+    cfgw = cfg.cfg if cfg.cfg >= 0 else None
+    duration = cfg.duration or None
+    s = pipe.settings(steps, sampler, cfgw) if hasattr(pipe, "settings") else None
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).stem if Path(model).suffix else model)
+    out_dir = audio_root / name
+    files: list[Path] = []
+    t0 = time.time()
+    for i in range(0, len(rows), max(1, cfg.batch_size)):
+        chunk = rows[i:i + cfg.batch_size]
+        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], steps=steps,
+                              sampler=sampler, cfg=cfgw, duration=duration)
+        for r, a in zip(chunk, audio):
+            f = out_dir / f"{r['name']}.wav"
+            write_audio(f, a.float().cpu(), pipe.sample_rate)
+            atomic_write_json(f.with_suffix(".wav.json"),
+                              {"prompt": r["prompt"], "seed": r["seed"], "style": r.get("style"),
+                               "model": model, "steps": s.steps if s else steps,
+                               "sampler": s.sampler if s else sampler})
+            files.append(f)
+        log(f"{name}: generated {len(files)}/{len(rows)} clips")
+    info = {"model": model, "model_path": str(path), "kind": pipe.kind,
+            "steps": s.steps if s else steps, "sampler": s.sampler if s else sampler,
+            "cfg": s.cfg if s else cfgw, "nfe": pipe.nfe(steps, sampler, cfgw),
+            "sample_rate": pipe.sample_rate, "generation_seconds": round(time.time() - t0, 3),
+            "audio_dir": str(out_dir)}
+    return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
+                  [r["seed"] for r in rows], info)
+
+
+def folder_system(folder: str, cfg: EvalConfig) -> System:
+    d = Path(folder)
+    files = audio_files(d)
+    if cfg.n:
+        files = files[: cfg.n]
+    labels = file_labels(d, files)
+    if cfg.prompts:  # a prompts file with "name" keys labels files by stem
+        by_name = {r["name"]: r for r in read_prompts(cfg.prompts) if r.get("name")}
+        for f, lab in zip(files, labels):
+            r = by_name.get(f.stem)
+            if r:
+                lab["prompt"] = lab.get("prompt") or r["prompt"]
+                lab["style"] = lab.get("style") or r.get("style")
+    info = {"folder": str(d)}
+    for key in ("model", "steps", "sampler"):
+        vals = {lab.get(key) for lab in labels if lab.get(key) is not None}
+        if len(vals) == 1:
+            info[key] = vals.pop()
+    return System(d.name or str(d), "folder", files, [lab.get("prompt") for lab in labels],
+                  [lab.get("style") for lab in labels], [lab.get("seed") for lab in labels], info)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | None,
+                 embedder: Embedder, metrics: list[str], cfg: EvalConfig,
+                 style_table: dict[str, str] | None) -> dict:
+    scores: dict[str, float | None] = {}
+    notes: list[str] = []
+    if "fad" in metrics:
+        if emb.shape[0] < 2:
+            raise PrestoError(f"{sys_.name}: FAD needs at least 2 readable clips, got {emb.shape[0]}")
+        mu, s = M.gaussian_stats(emb)
+        scores["fad"] = M.fad(mu, s, ref.mu, ref.sigma)
+        if emb.shape[0] <= embedder.dim:
+            notes.append(f"FAD with N={emb.shape[0]} <= dim={embedder.dim}: covariance is rank-deficient")
+    if "mmd" in metrics:
+        if ref.embeddings is None:
+            raise PrestoError("MMD needs the reference embeddings, and the stats file has none",
+                              "use --ref DIR, or stats written by --save-ref-stats")
+        r = M.mmd_rbf(emb, ref.embeddings, cfg.bandwidth or None)
+        scores["mmd2"] = r["mmd2"]
+        scores["mmd_bandwidth"] = r["bandwidth"]
+    if "prdc" in metrics:
+        if ref.embeddings is None:
+            raise PrestoError("PRDC needs the reference embeddings, and the stats file has none",
+                              "use --ref DIR, or stats written by --save-ref-stats")
+        r = M.prdc(ref.embeddings, emb, k=cfg.k)
+        scores.update({k: v for k, v in r.items() if k != "k"})
+    if any(m in metrics for m in TEXT_METRICS):
+        prompts = [sys_.prompts[i] for i in ok]
+        have = [j for j, p in enumerate(prompts) if p]
+        if not have:
+            raise PrestoError(f"{sys_.name}: no prompts known for its clips, so no CLAP score",
+                              "use clips made by `presto generate` (JSON sidecars) or --prompts with names")
+        if len(have) < len(prompts):
+            notes.append(f"{len(prompts) - len(have)} clips without a prompt left out of CLAP/adherence")
+        if "clap" in metrics:
+            t = embedder.embed_text([prompts[j] for j in have])
+            scores["clap_score"] = M.clap_score(t, emb[have])
+        if "adherence" in metrics:
+            styles = [sys_.styles[i] for i in ok]
+            lab = [j for j in have if styles[j]]
+            if not lab:
+                raise PrestoError(f"{sys_.name}: no style labels, so no prompt adherence",
+                                  "give a .jsonl prompts file with a \"style\" per prompt")
+            names = sorted(style_table)
+            st = embedder.embed_text([style_table[n] for n in names])
+            scores["adherence"] = M.prompt_adherence(emb[lab], st, [names.index(styles[j]) for j in lab])
+            scores["adherence_chance"] = 1.0 / len(names)
+    return {"scores": scores, "notes": notes}
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run an evaluation; returns the results document (see module docstring)."""
+    import tempfile
+
+    from presto_cli import __version__
+
+    metrics = parse_metrics(cfg.metrics)
+    if not cfg.models and not cfg.gen:
+        raise PrestoError("nothing to evaluate", "pass --model M and/or --gen DIR")
+    need_ref = [m for m in metrics if m in REF_METRICS]
+    if need_ref and not cfg.ref:
+        raise PrestoError(f"{', '.join(need_ref)} need a reference set", "pass --ref DIR or --ref STATS.npz")
+    if cfg.n < 0 or cfg.k < 1 or cfg.batch_size < 1:
+        raise PrestoError("--n must be >= 0, k >= 1 and the batch size >= 1")
+    embedder = build_embedder(cfg.embedder, clap_ckpt=cfg.clap_ckpt or None, device=cfg.device)
+    if any(m in metrics for m in TEXT_METRICS) and not embedder.has_text:
+        raise PrestoError(f"the {embedder.name} embedder has no text tower, so no CLAP score/adherence",
+                          "use --embedder clap (LAION-CLAP) or presto-clap")
+    cache = None if cfg.no_cache else EmbeddingCache(cfg.cache or None)
+
+    ref = None
+    if cfg.ref and (need_ref or cfg.save_ref_stats):
+        log(f"embedding the reference {cfg.ref} with {embedder.name}")
+        ref = load_reference(cfg.ref, embedder, cache, log)
+        if cfg.save_ref_stats:
+            save_reference_stats(cfg.save_ref_stats, ref, embedder)
+            log(f"wrote reference statistics to {cfg.save_ref_stats}")
+
+    systems: list[System] = []
+    tmp = None
+    if cfg.models:
+        rows = _plan_prompts(cfg, Path(cfg.ref) if cfg.ref and Path(cfg.ref).is_dir() else None)
+        if cfg.audio_dir:
+            root = Path(cfg.audio_dir)
+        elif cfg.report:
+            root = Path(cfg.report).with_suffix("").parent / (Path(cfg.report).stem + "_audio")
+        elif cfg.out:
+            root = Path(cfg.out).with_suffix("").parent / (Path(cfg.out).stem + "_audio")
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="presto-eval-")
+            root = Path(tmp.name)
+        for m in cfg.models:
+            systems.append(generate_system(m, rows, cfg, root, log))
+    for g in cfg.gen:
+        systems.append(folder_system(g, cfg))
+
+    style_table = None
+    if "adherence" in metrics:
+        needed = sorted({s for sy in systems for s in sy.styles if s})
+        style_table = style_texts(cfg.styles, cfg.ref, needed)
+
+    results = []
+    for sy in systems:
+        log(f"embedding {sy.name} ({len(sy.files)} clips)")
+        emb, ok, errors = embedder.embed_files(sy.files, cache)
+        for f, e in errors:
+            log(f"skipped {f}: {e}")
+        sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table)
+        ok_files = [sy.files[i] for i in ok]
+        results.append({
+            "name": sy.name, "source": sy.source, **sy.info,
+            "n": int(emb.shape[0]), "n_files": len(sy.files),
+            "clip_seconds": _summary(_durations(ok_files)),
+            "seeds": [s for s in (sy.seeds[i] for i in ok) if s is not None],
+            "scores": sc["scores"], "notes": sc["notes"],
+            "skipped": [{"file": f, "error": e} for f, e in errors],
+            "clips": [{"file": str(sy.files[i]), "prompt": sy.prompts[i], "style": sy.styles[i],
+                       "seed": sy.seeds[i]} for i in ok],
+        })
+    if tmp is not None:
+        tmp.cleanup()
+        for r in results:
+            r["clips_deleted"] = True
+    doc = {
+        "presto_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": metrics,
+        "embedder": embedder.describe(),
+        "reference": ref.description if ref is not None else None,
+        "prompts": cfg.prompts or None,
+        "conditions": {"k": cfg.k, "mmd_bandwidth": cfg.bandwidth or "median heuristic on the reference",
+                       "steps": cfg.steps or "model default", "sampler": cfg.sampler or "model default",
+                       "cfg": cfg.cfg if cfg.cfg >= 0 else "model default",
+                       "duration": cfg.duration or "model default", "base_seed": cfg.seed,
+                       "n": cfg.n or "all", "device": cfg.device},
+        "systems": results,
+    }
+    if cache is not None:
+        doc["cache"] = {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses}
+    if cfg.out:
+        from presto_cli.io import atomic_write_json
+
+        atomic_write_json(cfg.out, doc)
+    if cfg.report:
+        from presto_cli.eval.report import write_report
+
+        write_report(doc, cfg.report, rows=cfg.report_rows)
+    return doc
+
+
+SCORE_COLUMNS = (("fad", "FAD"), ("mmd2", "MMD²"), ("precision", "P"), ("recall", "R"),
+                 ("density", "D"), ("coverage", "C"), ("clap_score", "CLAP"), ("adherence", "Adh."))
+
+
+def results_table(doc: dict):
+    """A rich Table of the scores, with the conditions in its caption."""
+    from rich.table import Table
+
+    cols = [(k, t) for k, t in SCORE_COLUMNS if any(k in s["scores"] for s in doc["systems"])]
+    e = doc["embedder"]
+    ref = doc.get("reference") or {}
+    cap = (f"embedder {e['name']} ({e['version']})"
+           + (f", reference {ref.get('path')} (N={ref.get('n')})" if ref else ""))
+    if any("mmd_bandwidth" in s["scores"] for s in doc["systems"]):
+        bw = next(s["scores"]["mmd_bandwidth"] for s in doc["systems"] if "mmd_bandwidth" in s["scores"])
+        cap += f", MMD RBF bandwidth {bw:.4g}"
+    t = Table(title="presto eval", caption=cap)
+    for h in ("system", "N", "clip s", "steps", "sampler"):
+        t.add_column(h)
+    for _, h in cols:
+        t.add_column(h, justify="right")
+    for s in doc["systems"]:
+        cs = (s.get("clip_seconds") or {}).get("mean")
+        row = [s["name"], str(s["n"]), f"{cs:.2f}" if cs else "-", str(s.get("steps", "-")),
+               str(s.get("sampler", "-"))]
+        for k, _ in cols:
+            v = s["scores"].get(k)
+            row.append("-" if v is None else f"{v:.4g}")
+        t.add_row(*row)
+    return t
