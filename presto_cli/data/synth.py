@@ -766,7 +766,7 @@ def render_midi(pm, sample_rate: int, soundfont: Path, workdir: Path, exe: str =
     mid, wav = workdir / "clip.mid", workdir / "clip.wav"
     pm.write(str(mid))
     cmd = [exe, "-ni", "-q", "-g", "0.5", "-R", "0", "-C", "0", "-r", str(sample_rate),
-           "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256", "-o", "audio.file.format=float",
+           "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256", "-o", "synth.dynamic-sample-loading=1", "-o", "audio.file.format=float",
            "-o", "audio.file.type=wav", "-F", str(wav), str(soundfont), str(mid)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 or not wav.is_file():
@@ -876,12 +876,26 @@ def _worker_init(soundfont: str, exe: str) -> None:
     _WORKER["tmp"] = Path(tempfile.mkdtemp(prefix="presto-synth-"))
 
 
-def _worker_job(args: tuple[dict[str, Any], float, int, str]) -> tuple[int, float, float]:
-    from presto_cli.audio import write_audio
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Atomic PCM-16 wav write (what presto_cli.audio.write_audio does, without importing torch in
+    the render workers, which would cost seconds of start-up per process)."""
+    import soundfile as sf
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.wav", dir=str(path.parent))
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), int(sample_rate), format="WAV", subtype="PCM_16")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _worker_job(args: tuple[dict[str, Any], float, int, str]) -> tuple[int, float, float]:
     plan, seconds, sample_rate, out = args
     audio = synth_clip(plan, seconds, sample_rate, _WORKER["soundfont"], _WORKER["tmp"], _WORKER["exe"])
-    write_audio(Path(out) / _clip_name(plan), audio, sample_rate)
+    _write_wav(Path(out) / _clip_name(plan), audio, sample_rate)
     return plan["index"], float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), float(np.abs(audio).max())
 
 
@@ -893,7 +907,7 @@ def synth_corpus(out: str | Path, n: int, seconds: float, seed: int = 0, sample_
     Returns a summary ``{"out", "n", "seconds", "sample_rate", "styles", "heldout", "elapsed_s",
     "clips_per_s", "workers", "soundfont"}``. Deterministic in (seed, n, seconds, sample_rate, heldout).
     """
-    from presto_cli.io import atomic_write_json, atomic_write_text
+    from presto_cli.io import atomic_write_json, atomic_write_text  # main process only
 
     if n < 1:
         raise PrestoError(f"--n must be at least 1, got {n}")
