@@ -204,7 +204,7 @@ def test_artefact_roundtrip_and_mismatch(tmp_path):
 # Latent cache
 
 
-def _write_folder(root: Path, n_files: int = 3, seconds: float = 2.5) -> None:
+def _write_folder(root: Path, n_files: int = 3, seconds: float = 2.5, heldout: int | None = 2) -> None:
     from presto_cli.audio import write_audio
 
     root.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,10 @@ def _write_folder(root: Path, n_files: int = 3, seconds: float = 2.5) -> None:
     lines = []
     for i in range(n_files):
         write_audio(root / f"clip{i}.wav", 0.3 * torch.sin(2 * math.pi * (220 + 110 * i) * t), SR)
-        lines.append(json.dumps({"path": f"clip{i}.wav", "caption": f"tone number {i}"}))
+        row = {"path": f"clip{i}.wav", "caption": f"tone number {i}"}
+        if i == heldout:
+            row["split"] = "heldout"
+        lines.append(json.dumps(row))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -238,6 +241,8 @@ def test_latent_cache_reused_and_rebuilt(tmp_path, monkeypatch):
     with torch.no_grad():
         want = ca.encode(audio[None])[0]
     assert torch.allclose(item["latents"], want, atol=1e-5)
+    # splits follow the folder dataset's rule (file 2 is marked held-out in the manifest)
+    assert len(L.LatentDataset(d1, "train")) == 4 and len(L.LatentDataset(d1, "heldout")) == 2
 
     # same codec -> reused without encoding anything
     def no_encode(*a, **k):
@@ -264,37 +269,29 @@ def test_latent_cache_reused_and_rebuilt(tmp_path, monkeypatch):
 # The stage through the shared training loop
 
 
-class _ToneClips(torch.utils.data.Dataset):
-    def __init__(self, seconds: float):
-        self.x = tones(int(seconds * SR))
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def getitem(self, index: int, rng: torch.Generator) -> dict:
-        gain = 0.5 + torch.rand((), generator=rng)
-        return {"audio": self.x[index] * gain, "caption": "tone", "path": f"{index}.wav"}
-
-
-def test_autoencoder_stage_trains_exports_and_resumes_exactly(tmp_path, monkeypatch):
-    from presto_cli.codec.task import AutoencoderTask
+def test_autoencoder_stage_trains_exports_and_resumes_exactly(tmp_path):
     from presto_cli.train.loop import run_stage
 
-    recipe = load_recipe("recipes/tiny/autoencoder.yaml", ["train.steps=8", "train.ckpt_every=4"])
+    data = tmp_path / "data"
+    _write_folder(data, n_files=4, heldout=None)
+    over = [f"data.path={data}", "data.val_fraction=0.3", "train.ckpt_every=4"]
+    recipe = load_recipe("recipes/tiny/autoencoder.yaml", over + ["train.steps=8"])
     assert isinstance(recipe, AutoencoderRecipe)
-    monkeypatch.setattr(AutoencoderTask, "make_dataset",
-                        lambda self: _ToneClips(self.recipe.data.clip_seconds))
     a = run_stage(recipe, tmp_path / "a", progress=False)
     codec = load_codec(a)
     assert codec.channels == 8 and codec.hop == 256
     report = json.loads((tmp_path / "a" / "recon.json").read_text())
     assert report["recon"]["log_mel_l1"] > 0 and report["latent"]["sigma_data"] == 0.5
+    assert report["recon"]["split"] in ("val", "train")
+    from presto_cli.data.folder import AudioClipDataset
+
+    train = AudioClipDataset(data, sample_rate=SR, clip_seconds=1.0, split="train", val_fraction=0.3)
     with torch.no_grad():
-        z = codec.encode(_ToneClips(1.0).x)
-    assert float(z.std(unbiased=False)) == pytest.approx(0.5, rel=0.05)
+        z = codec.encode(torch.stack([train[i]["audio"] for i in range(len(train))]))
+    assert float(z.std(unbiased=False)) == pytest.approx(0.5, rel=0.25)
 
     # stop at step 4 and resume: the same weights as the uninterrupted run
-    short = load_recipe("recipes/tiny/autoencoder.yaml", ["train.steps=4", "train.ckpt_every=4"])
+    short = load_recipe("recipes/tiny/autoencoder.yaml", over + ["train.steps=4"])
     run_stage(short, tmp_path / "b", progress=False)
     b = run_stage(recipe, tmp_path / "b", resume=True, progress=False)
     ta, _ = load_artefact(a)
@@ -303,8 +300,7 @@ def test_autoencoder_stage_trains_exports_and_resumes_exactly(tmp_path, monkeypa
     for k in ta:
         assert torch.allclose(ta[k], tb[k], atol=1e-6), k
     with pytest.raises(PrestoError, match="sample_rate"):
-        run_stage(load_recipe("recipes/tiny/autoencoder.yaml", ["data.sample_rate=22050"]),
-                  tmp_path / "c", progress=False)
+        load_recipe("recipes/tiny/autoencoder.yaml", ["data.sample_rate=22050"])
 
 
 def test_recipes_load():

@@ -1,7 +1,9 @@
 """The latent cache: a folder dataset encoded once by a codec (``presto data encode``).
 
 Every audio file of the manifest is cut into fixed, non-overlapping windows of ``clip_seconds``
-(starting at 0; a file shorter than one window is zero-padded to one window; no random crops), each
+(starting at 0; a file shorter than one window is zero-padded to one window; no random crops; each
+item keeps its file's split under the folder dataset's rule, so ``LatentDataset(dir, "train")``
+matches ``AudioClipDataset(split="train")``), each
 window is encoded with the codec's deterministic ``encode`` (posterior mean times ``latent_scale``),
 and the latents are stored as safetensors shards (``shard_00000.safetensors``, tensor ``latents``
 ``[n, C, F]``) plus ``index.jsonl`` (one line per item: shard, row, path, start, caption, split) and
@@ -9,7 +11,7 @@ and the latents are stored as safetensors shards (``shard_00000.safetensors``, t
 
 The cache folder is ``<root>/<key[:16]>`` with ``root = data.latents`` or
 ``<data.path>/.presto-latents`` and ``key = sha256(codec file sha256, sample rate, clip length,
-manifest sha256, window limit, format version)``: a cache is reused exactly when all of these
+manifest sha256, window limit, val_fraction, format version)``: a cache is reused exactly when all of these
 match, and a different codec gives a different folder. The folder is built under a temporary name
 and renamed into place, so a killed encode never leaves a half cache behind.
 """
@@ -62,43 +64,22 @@ def _manifest_path(data: dict) -> Path:
     return m
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    try:
-        from presto_cli.data.folder import read_manifest
-    except ModuleNotFoundError as e:  # folder.py not there: read the jsonl contract directly
-        if e.name != "presto_cli.data.folder":
-            raise
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise PrestoError(f"{path} line {n} is not valid JSON") from None
-        return rows
-    return read_manifest(path)
+def _split_labels(rows: list[dict], val_fraction: float) -> list[str]:
+    """Each row's split under the folder dataset's rule (:func:`presto_cli.data.folder.split_rows`):
+    ``heldout``, ``val`` or ``train``."""
+    from presto_cli.data.folder import split_rows
 
-
-def _split_of(row: dict, val_fraction: float) -> str:
-    """The item's split: the manifest's ``split`` if given, else by file-name hash (as folder.py)."""
-    if row.get("split"):
-        return str(row["split"])
-    try:
-        from presto_cli.data.folder import split_of  # the folder dataset's rule, when it has one
-        return split_of(str(row["path"]), val_fraction)
-    except (ModuleNotFoundError, ImportError):
-        pass
-    if val_fraction <= 0:
-        return "train"
-    h = int.from_bytes(hashlib.sha256(str(row["path"]).encode()).digest()[:8], "little")
-    return "val" if h / 2.0 ** 64 < val_fraction else "train"
+    val = {id(r) for r in split_rows(rows, "val", val_fraction)}
+    held = {id(r) for r in split_rows(rows, "heldout", val_fraction)}
+    return ["heldout" if id(r) in held else "val" if id(r) in val else "train" for r in rows]
 
 
 def cache_key(codec_sha: str, sample_rate: int, clip_seconds: float, manifest_sha: str,
-              max_windows_per_file: int | None = None) -> str:
+              max_windows_per_file: int | None = None, val_fraction: float = 0.0) -> str:
     blob = json.dumps({"v": CACHE_VERSION, "codec": codec_sha, "sr": int(sample_rate),
                        "clip": round(float(clip_seconds), 6), "manifest": manifest_sha,
-                       "max_windows": max_windows_per_file}, sort_keys=True)
+                       "max_windows": max_windows_per_file,
+                       "val_fraction": round(float(val_fraction), 6)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -125,11 +106,12 @@ def latent_cache_dir(codec_path: str | Path, data_cfg: Any, max_windows_per_file
     clip = float(data.get("clip_seconds") or 0)
     if clip <= 0:
         raise PrestoError(f"data.clip_seconds must be positive, got {clip}")
+    val_fraction = float(data.get("val_fraction") or 0.0)
     facts = {"codec_sha256": file_sha256(codec_path), "manifest_sha256": file_sha256(manifest),
              "sample_rate": _codec_sample_rate(codec_path), "clip_seconds": clip,
-             "max_windows_per_file": max_windows_per_file}
+             "max_windows_per_file": max_windows_per_file, "val_fraction": val_fraction}
     key = cache_key(facts["codec_sha256"], facts["sample_rate"], clip, facts["manifest_sha256"],
-                    max_windows_per_file)
+                    max_windows_per_file, val_fraction)
     root = Path(data["latents"]) if data.get("latents") else Path(data["path"]) / ".presto-latents"
     return root / key[:16], key, facts
 
@@ -165,10 +147,12 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
     sr = codec.sample_rate
     win = int(round(facts["clip_seconds"] * sr))
     root = Path(data["path"])
-    rows = _read_manifest(_manifest_path(data))
+    from presto_cli.data.folder import read_manifest
+
+    rows = read_manifest(_manifest_path(data))
     if not rows:
         raise PrestoError(f"the manifest of {root} lists no files", "run `presto data prepare`")
-    val_fraction = float(data.get("val_fraction") or 0.0)
+    splits = _split_labels(rows, facts["val_fraction"])
 
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", suffix=".tmp", dir=str(cache_dir.parent)))
@@ -204,19 +188,20 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
                     flush_shard()
             pending = []
 
-        iterator = rows
         if progress:
             from rich.progress import track
 
             from presto_cli.runtime import console
-            iterator = track(rows, description="encoding", console=console)
-        for r in iterator:
+            iterator = track(list(zip(rows, splits)), description="encoding", console=console)
+        else:
+            iterator = zip(rows, splits)
+        for r, split in iterator:
             rel = str(r["path"])
-            audio = load_audio(root / rel, sr)[0]  # [T]
+            file = Path(rel) if Path(rel).is_absolute() else root / rel
+            audio = load_audio(file, sr)[0]  # [T]
             n_win = max(1, audio.shape[-1] // win)
             if max_windows_per_file:
                 n_win = min(n_win, int(max_windows_per_file))
-            split = _split_of(r, val_fraction)
             for k in range(n_win):
                 seg = audio[k * win:(k + 1) * win]
                 if seg.shape[-1] < win:
@@ -272,7 +257,8 @@ def ensure_latent_cache(codec_path: str | Path, data_cfg: Any, device: str | tor
 class LatentDataset(torch.utils.data.Dataset):
     """Items ``{"latents": Tensor[C, F], "caption": str}`` of a latent cache folder.
 
-    ``split``: ``"all"`` (default), ``"train"`` or ``"val"``. Shards are loaded lazily and a few
+    ``split``: ``"all"`` (default), ``"train"``, ``"val"`` or ``"heldout"`` (as
+    :func:`presto_cli.data.folder.split_rows`). Shards are loaded lazily and a few
     are kept in memory.
     """
 
@@ -287,8 +273,8 @@ class LatentDataset(torch.utils.data.Dataset):
             raise PrestoError(f"latent cache {self.cache_dir} has format version "
                               f"{self.meta.get('version')}, expected {CACHE_VERSION}",
                               "rebuild it with `presto data encode`")
-        if split not in ("all", "train", "val"):
-            raise PrestoError(f"unknown split '{split}'", "use all, train or val")
+        if split not in ("all", "train", "val", "heldout"):
+            raise PrestoError(f"unknown split '{split}'", "use all, train, val or heldout")
         items = [json.loads(l) for l in (self.cache_dir / "index.jsonl").read_text().splitlines() if l.strip()]
         self.items = items if split == "all" else [it for it in items if it["split"] == split]
         self.channels = int(self.meta["channels"])
