@@ -42,7 +42,7 @@ def test_round_trip(tmp_path, fmt, tol):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-def test_fmt_overrides_suffix_and_exts():
+def test_audio_exts():
     assert ".wav" in AUDIO_EXTS and ".mp3" in AUDIO_EXTS and ".aif" in AUDIO_EXTS
 
 
