@@ -141,3 +141,87 @@ def test_eval_yaml_config(folders, tmp_path):
 
     r = runner.invoke(real_app, ["eval", str(tmp_path / "bad.yaml")])
     assert r.exit_code == 1 and "did you mean 'metrics'" in r.output
+
+
+# ------------------------------------------------------------------------------------------ models
+
+def _tiny_model(path: Path, kind: str, sampler: str, steps: int) -> Path:
+    """A randomly initialised generator artefact (tiny DiT + tiny codec, hash text encoder)."""
+    import dataclasses
+
+    from presto_cli.codec import build_codec, codec_state_for_embedding
+    from presto_cli.diffusion.edm import EDMConfig
+    from presto_cli.io import prefixed, save_artefact
+    from presto_cli.models.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    codec = build_codec({"kind": "stft-vae", "sample_rate": 8000, "n_fft": 128, "hop_length": 32,
+                         "downsample": 2, "latent_channels": 4, "width": 16, "depth": 1, "frame_depth": 1})
+    dcfg = DiTConfig(in_channels=4, width=64, depth=4, heads=2, text_dim=384, max_frames=64)
+    tensors = prefixed(DiT(dcfg).state_dict(), "dit")
+    ct, cm = codec_state_for_embedding(codec)
+    tensors.update(ct)
+    meta = {"kind": kind, "model": dataclasses.asdict(dcfg), "edm": dataclasses.asdict(EDMConfig()),
+            "text": "hash", "sampler": {"name": sampler, "steps": steps, "cfg": 1.0, "rho": 7.0},
+            "frames": 64, "max_frames": 64, "codec": cm}
+    save_artefact(path, tensors, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"teacher": _tiny_model(d / "teacher.safetensors", "teacher", "heun", 8),
+            "student": _tiny_model(d / "student.safetensors", "presto-s", "fewstep", 1)}
+
+
+def test_bench_teacher_first_and_ratios(tiny_models):
+    r = runner.invoke(_app(), ["bench", "--model", str(tiny_models["student"]), "--model",
+                               str(tiny_models["teacher"]), "--device", "cpu", "--repeats", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    doc, _ = _split(r.output)
+    teacher, student = doc["rows"]
+    assert teacher["kind"] == "teacher" and student["kind"] == "presto-s" and doc["base"]["is_teacher"]
+    assert teacher["nfe"] == 15 and student["nfe"] == 1  # Heun 2N-1 at 8 steps; one-step generator
+    assert student["nfe_ratio_vs_base"] == pytest.approx(15.0) and teacher["speedup_vs_base"] == 1.0
+    assert student["speedup_vs_base"] > 1.5  # 15x fewer evaluations of the same network
+    for row in (teacher, student):
+        assert row["audio_seconds"] == pytest.approx(64 * 64 / 8000)
+        assert row["rtf"] == pytest.approx(row["audio_seconds"] / row["latency_s"])
+        assert row["latency_min_s"] <= row["latency_s"] and row["decode_s"] > 0
+        assert row["peak_mem_mb"] is not None and row["peak_mem_mb"] >= 0
+    t = runner.invoke(_app(), ["bench", "--model", str(tiny_models["teacher"]), "--device", "cpu",
+                               "--repeats", "1", "--steps", "2", "--sampler", "euler", "--sampler", "heun"])
+    assert t.exit_code == 0, t.output
+    assert "euler" in t.output and "heun" in t.output and "speed-up" in t.output
+
+
+def test_bench_default_skips_missing_demo_models(monkeypatch):
+    from presto_cli import pipeline
+    from presto_cli.cli import app as real_app
+
+    monkeypatch.setattr(pipeline, "ASSETS", Path("/nonexistent-presto-assets"))
+    r = runner.invoke(real_app, ["bench", "--device", "cpu"])
+    assert r.exit_code == 1 and "no model to benchmark" in r.output and "skipping demo-teacher" in r.output
+
+
+def test_eval_generates_with_models(tiny_models, folders, tmp_path):
+    _, ref, _, _ = folders
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"tune {i}", "seed": 10 + i, "name": f"p{i}"})
+                                 for i in range(3)) + "\n")
+    audio = tmp_path / "gen"
+    r = runner.invoke(_app(), ["eval", "--model", str(tiny_models["teacher"]), "--model",
+                               str(tiny_models["student"]), "--ref", str(ref), "--prompts", str(prompts),
+                               "--n", "4", "--steps", "2", "--metrics", "fad,mmd", "--device", "cpu",
+                               "--audio-dir", str(audio), "--no-cache", "--json"])
+    assert r.exit_code == 0, r.output
+    doc, _ = _split(r.output)
+    t, s = doc["systems"]
+    assert t["source"] == "model" and t["kind"] == "teacher" and s["kind"] == "presto-s"
+    assert t["steps"] == 2 and t["sampler"] == "heun" and t["nfe"] == 3 and s["nfe"] == 2
+    assert t["n"] == 4 and t["seeds"] == [10, 11, 12, 13]  # N > prompts: cycled, seeds stay distinct
+    assert sorted(p.name for p in (audio / "teacher").glob("*.wav")) == ["p0.wav", "p0_r1.wav", "p1.wav", "p2.wav"]
+    side = json.loads((audio / "teacher" / "p1.wav.json").read_text())
+    assert side["prompt"] == "tune 1" and side["seed"] == 11
+    assert math.isfinite(t["scores"]["fad"]) and math.isfinite(s["scores"]["mmd2"])

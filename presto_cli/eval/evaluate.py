@@ -312,10 +312,15 @@ def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
         raise PrestoError("evaluating a model needs prompts", "pass --prompts FILE (.txt or .jsonl)")
     n = cfg.n or len(rows)
     out = []
+    used: set[int] = set()
     for i in range(n):  # cycle through the prompts when N exceeds them; seeds stay distinct
         r = dict(rows[i % len(rows)])
         rep = i // len(rows)
-        r["seed"] = int(r["seed"]) + rep if "seed" in r else cfg.seed + i
+        seed = int(r["seed"]) + rep * len(rows) if "seed" in r else cfg.seed + i
+        while seed in used:
+            seed += 1
+        used.add(seed)
+        r["seed"] = seed
         base = r.get("name") or f"{i:04d}"
         r["name"] = f"{base}_r{rep}" if rep and r.get("name") else base
         out.append(r)
