@@ -766,8 +766,8 @@ def render_midi(pm, sample_rate: int, soundfont: Path, workdir: Path, exe: str =
     mid, wav = workdir / "clip.mid", workdir / "clip.wav"
     pm.write(str(mid))
     cmd = [exe, "-ni", "-q", "-g", "0.5", "-R", "0", "-C", "0", "-r", str(sample_rate),
-           "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256", "-o", "synth.dynamic-sample-loading=1", "-o", "audio.file.format=float",
-           "-o", "audio.file.type=wav", "-F", str(wav), str(soundfont), str(mid)]
+           "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256", "-o", "synth.dynamic-sample-loading=1",
+           "-o", "audio.file.format=float", "-o", "audio.file.type=wav", "-F", str(wav), str(soundfont), str(mid)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0 or not wav.is_file():
         raise PrestoError(f"fluidsynth failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:200]}",
@@ -959,5 +959,6 @@ def synth_corpus(out: str | Path, n: int, seconds: float, seed: int = 0, sample_
             "heldout": len(held), "heldout_fraction": heldout, "styles": len(STYLES),
             "soundfont": sf2.name, "workers": workers, "elapsed_s": round(elapsed, 3),
             "clips_per_s": round(n / max(elapsed, 1e-9), 3)}
-    atomic_write_json(out / "synth.json", {k: v for k, v in info.items() if k not in ("elapsed_s", "clips_per_s", "workers", "out")})
+    volatile = ("elapsed_s", "clips_per_s", "workers", "out")  # synth.json is deterministic too
+    atomic_write_json(out / "synth.json", {k: v for k, v in info.items() if k not in volatile})
     return info
