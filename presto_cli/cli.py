@@ -37,7 +37,7 @@ class PrestoGroup(TyperGroup):
                 raise
             _err(f"error: {e}")
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        except (click.exceptions.Exit, typer.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
             _err("interrupted")

@@ -8,3 +8,36 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def presto(*args, check=True, timeout=600, cwd=None):
+    """Run the real `presto` entry point in a subprocess; returns CompletedProcess (text)."""
+    r = subprocess.run([sys.executable, "-m", "presto_cli", *map(str, args)], capture_output=True,
+                       text=True, env=CLI_ENV, timeout=timeout, cwd=cwd or ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"presto {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tmp_path_factory):
+    """A synthetic corpus, a tiny autoencoder and a tiny audio teacher, made with the tiny recipes
+    through the real CLI (shared by every end-to-end test of a session)."""
+    d = tmp_path_factory.mktemp("chain")
+    data = d / "synth"
+    presto("data", "synth", "--out", data, "--n", 8, "--seconds", 1.5, "--seed", 0)
+    presto("pretrain", ROOT / "recipes/tiny/autoencoder.yaml", f"data.path={data}", "--out", d / "ae")
+    codec = d / "ae" / "model.safetensors"
+    presto("pretrain", ROOT / "recipes/tiny/teacher.yaml", f"data.path={data}", f"data.codec={codec}",
+           "data.clip_seconds=1.0", "model.in_channels=8", "model.max_frames=64", "train.steps=20",
+           "train.batch_size=8", "--out", d / "teacher")
+    return {"dir": d, "data": data, "codec": codec, "teacher": d / "teacher" / "model.safetensors"}

@@ -88,3 +88,11 @@ def test_paper_teacher_dry_run_prints_param_count():
     info = json.loads(r.output)["info"]
     n = [v for k, v in info.items() if "param" in k]
     assert n and 0.5e9 < float(n[0]) < 2e9, info
+
+
+@pytest.mark.parametrize("cmd", [["env"], ["data", "synth"], ["data", "prepare"], ["data", "encode"],
+                                 ["generate"], ["pretrain"], ["eval"], ["bench"]])
+def test_subcommand_help_exits_0(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output and "error" not in r.output.lower().split("usage")[0]

@@ -48,10 +48,19 @@ def read_prompt_file(path: Path) -> list[dict]:
 
 
 def _check_writable(directory: Path) -> None:
-    d = directory
+    import tempfile
+
+    d = directory.resolve()
     while not d.exists():
         d = d.parent
-    if not d.is_dir() or not os.access(d, os.W_OK):
+    ok = d.is_dir() and os.access(d, os.W_OK)
+    if ok:  # permissions can lie (root, /proc, read-only mounts): try a real file, then remove it
+        try:
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError:
+            ok = False
+    if not ok:
         raise PrestoError(f"cannot write to {directory}", "choose an output path you can write")
 
 
