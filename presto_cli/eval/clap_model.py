@@ -254,7 +254,7 @@ class ClapTask(Task):
         self.opt.step()
         if self.ema is not None:
             self.ema.update(self.model, ctx.step)
-        return {"loss": float(loss), "acc": float(acc), "temp": float(1.0 / self.model.scale().detach()),
+        return {"loss": float(loss.detach()), "acc": float(acc), "temp": float(1.0 / self.model.scale().detach()),
                 "grad_norm": gnorm}
 
     def state_dict(self) -> dict:

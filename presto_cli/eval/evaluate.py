@@ -147,6 +147,8 @@ def _folder_labels(folder: Path) -> dict[str, dict]:
 def file_labels(folder: Path, files: list[Path]) -> list[dict]:
     """Prompt and style of each file: its JSON sidecar (``x.wav.json``), else the folder manifest."""
     man = _folder_labels(folder)
+    if not man and (folder.parent / "manifest.jsonl").is_file():  # e.g. --gen corpus/audio
+        man = _folder_labels(folder.parent)
     out = []
     for f in files:
         rec: dict = {}
