@@ -312,3 +312,33 @@ def test_recipes_load():
     assert paper.model.latent_channels == 64 and paper.model.hop_length * paper.model.downsample == 2048
     demo = load_recipe("recipes/demo/autoencoder.yaml")
     assert demo.model.latent_channels == 16 and demo.model.hop_length * demo.model.downsample == 512
+
+
+def test_adversarial_objectives_and_stage_option(tmp_path):
+    from presto_cli.codec.losses import (MultiResolutionDiscriminator, discriminator_loss,
+                                         feature_matching_loss, generator_adv_loss)
+    from presto_cli.train.loop import run_stage
+
+    def out(v):
+        return [(torch.full((2, 1, 4, 4), v), [torch.full((2, 3), v)])]
+
+    assert float(discriminator_loss(out(2.0), out(-2.0), "hinge")) == 0.0  # separated by the margin
+    assert float(discriminator_loss(out(0.0), out(0.0), "hinge")) == pytest.approx(2.0)
+    assert float(discriminator_loss(out(1.0), out(0.0), "ls")) == 0.0
+    assert float(generator_adv_loss(out(0.5), "hinge")) == pytest.approx(-0.5)
+    assert float(generator_adv_loss(out(1.0), "ls")) == 0.0
+    assert float(feature_matching_loss(out(1.0), out(1.0))) == 0.0
+    d = MultiResolutionDiscriminator((256, 128), channels=4)
+    logits = d(torch.randn(2, 1, 2048))
+    assert len(logits) == 2 and logits[0][0].shape[0] == 2
+
+    data = tmp_path / "data"
+    _write_folder(data, n_files=2, heldout=None)
+    r = load_recipe("recipes/tiny/autoencoder.yaml",
+                    [f"data.path={data}", "train.steps=2", "loss.adversarial_weight=0.5",
+                     "loss.disc_sizes=[256,128]", "loss.disc_channels=4"])
+    run_stage(r, tmp_path / "run", progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"d_loss", "g_adv", "fm"} <= rows[-1].keys()
+    ck = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=True)
+    assert "disc" in ck["task"] and "opt_d" in ck["task"]

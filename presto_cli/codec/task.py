@@ -31,7 +31,7 @@ from presto_cli.codec.vae import CodecConfig
 from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_write_json
 from presto_cli.recipes import BaseRecipe, register_stage
-from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, collate, register_task,
+from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task,
                                    seed_for, set_lr, warmup_lr)
 
 
@@ -110,33 +110,48 @@ def reconstruction_losses(codec: Codec, audio: Tensor, noise: Tensor | None, cfg
 # Export
 
 
-def _sample_items(dataset, n: int, seed: int, tag: str) -> list[dict]:
-    """``n`` items at evenly spaced indices, crops seeded by (seed, tag, index): deterministic."""
-    total = len(dataset)
-    if total == 0:
-        return []
-    n = min(n, total)
-    idx = sorted({int(i * total / n) for i in range(n)})
-    getitem = getattr(dataset, "getitem", None)
-    items = []
-    for i in idx:
+class ClipSample:
+    """A deterministic sample of ``n`` clips of a dataset, loaded lazily (``clips[j] -> [1, T]``):
+    evenly spaced indices, random crops seeded by ``(seed, tag, index)``."""
+
+    def __init__(self, dataset, n: int, seed: int, tag: str):
+        self.dataset = dataset
+        total = len(dataset)
+        n = min(n, total)
+        self.indices = sorted({int(i * total / n) for i in range(n)}) if n > 0 else []
+        self.seed, self.tag = seed, tag
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> Tensor:
+        i = self.indices[j]
+        getitem = getattr(self.dataset, "getitem", None)
         if getitem is not None:
             g = torch.Generator()
-            g.manual_seed(seed_for(seed, tag, i))
-            items.append(getitem(i, g))
+            g.manual_seed(seed_for(self.seed, self.tag, i))
+            return getitem(i, g)["audio"].float()
+        return self.dataset[i]["audio"].float()
+
+
+def _batches(clips, batch_size: int):
+    """``[b, 1, T]`` batches of a ``[N, 1, T]`` tensor or a sequence of ``[1, T]`` clips."""
+    for i in range(0, len(clips), batch_size):
+        if isinstance(clips, Tensor):
+            yield clips[i:i + batch_size]
         else:
-            items.append(dataset[i])
-    return items
+            yield torch.stack([clips[j] for j in range(i, min(i + batch_size, len(clips)))])
 
 
 @torch.no_grad()
 def latent_statistics(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
-    """Mean and std of the raw (unscaled) posterior means over ``clips [N, 1, T]``."""
+    """Mean and std of the raw (unscaled) posterior means over ``clips`` (``[N, 1, T]`` or a
+    sequence of ``[1, T]``)."""
     device = next(codec.parameters()).device
     s1 = s2 = 0.0
     n = 0
-    for i in range(0, clips.shape[0], batch_size):
-        mean, _ = codec.encode_dist(clips[i:i + batch_size].to(device))
+    for x in _batches(clips, batch_size):
+        mean, _ = codec.encode_dist(x.to(device))
         m = mean.double()
         s1 += float(m.sum())
         s2 += float(m.pow(2).sum())
@@ -150,11 +165,11 @@ def latent_statistics(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[
 
 @torch.no_grad()
 def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
-    """Log-mel L1 and MR-STFT distance of ``decode(encode(x))`` to ``x`` over ``clips [N, 1, T]``."""
+    """Log-mel L1 and MR-STFT distance of ``decode(encode(x))`` to ``x`` over ``clips``."""
     device = next(codec.parameters()).device
     mel, mr, n = 0.0, 0.0, 0
-    for i in range(0, clips.shape[0], batch_size):
-        x = codec.pad_audio(clips[i:i + batch_size].to(device))
+    for x in _batches(clips, batch_size):
+        x = codec.pad_audio(x.to(device))
         y = codec.decode(codec.encode(x))
         b = x.shape[0]
         mel += log_mel_l1(y, x, codec.sample_rate) * b
@@ -163,11 +178,12 @@ def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8) -> d
     return {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
 
 
-def export_codec(codec: Codec, path: str | Path, stats_clips: Tensor, eval_clips: Tensor,
+def export_codec(codec: Codec, path: str | Path, stats_clips, eval_clips,
                  sigma_data: float = 0.5, eval_split: str = "val", batch_size: int = 8,
                  extra_meta: dict | None = None) -> dict:
-    """Set ``latent_scale`` from ``stats_clips``, report quality on ``eval_clips``, save the artefact
-    at ``path`` and ``recon.json`` beside it. ``codec`` is modified (its scale); returns the report."""
+    """Set ``latent_scale`` from ``stats_clips``, report quality on ``eval_clips`` (each ``[N, 1, T]``
+    or a sequence of ``[1, T]`` clips), save the artefact at ``path`` and ``recon.json`` beside it.
+    ``codec`` is modified (its scale); returns the report."""
     if sigma_data <= 0:
         raise PrestoError(f"export.sigma_data must be positive, got {sigma_data}")
     codec.eval()
@@ -176,12 +192,12 @@ def export_codec(codec: Codec, path: str | Path, stats_clips: Tensor, eval_clips
         raise PrestoError("the codec's latents are constant (std 0); cannot scale them",
                           "train the autoencoder longer or lower loss.kl_weight")
     codec.set_latent_scale(sigma_data / stats["std"])
-    recon = reconstruction_report(codec, eval_clips, batch_size) if eval_clips.numel() else {}
+    recon = reconstruction_report(codec, eval_clips, batch_size) if len(eval_clips) else {}
     if recon:
         recon["split"] = eval_split
-        recon["clip_seconds"] = round(eval_clips.shape[-1] / codec.sample_rate, 4)
+        recon["clip_seconds"] = round(eval_clips[0].shape[-1] / codec.sample_rate, 4)
     latent = {"mean": stats["mean"], "std": stats["std"], "sigma_data": sigma_data,
-              "stats_clips": int(stats_clips.shape[0])}
+              "stats_clips": len(stats_clips)}
     save_codec(path, codec, latent=latent, recon=recon, extra=extra_meta)
     report = {"latent": {"scale": float(codec.latent_scale), **latent}, "recon": recon,
               "frame_rate": codec.frame_rate, "channels": codec.channels}
@@ -304,20 +320,18 @@ class AutoencoderTask(Task):
         ex = r.export
         codec = copy.deepcopy(self.ema.shadow if self.ema is not None else self.codec).eval()
         train = self.make_dataset()
-        stats = _sample_items(train, ex.stats_clips, r.seed, "export-stats")
+        stats = ClipSample(train, ex.stats_clips, r.seed, "export-stats")
         split = "val"
-        held = []
+        held: ClipSample | list = []
         if r.data.val_fraction > 0:
             try:
-                held = _sample_items(self._dataset("val"), ex.eval_clips, r.seed, "export-eval")
-            except PrestoError:
+                held = ClipSample(self._dataset("val"), ex.eval_clips, r.seed, "export-eval")
+            except PrestoError:  # an empty validation split
                 held = []
-        if not held:  # no held-out split: report on (other crops of) training clips, and say so
+        if not len(held):  # no held-out split: report on (other crops of) training clips, say so
             split = "train"
-            held = _sample_items(train, ex.eval_clips, r.seed, "export-eval")
-        stats_audio = collate(stats)["audio"].float()
-        held_audio = collate(held)["audio"].float() if held else torch.zeros(0, 1, 0)
-        report = export_codec(codec, path, stats_audio, held_audio, ex.sigma_data, split, ex.batch_size,
+            held = ClipSample(train, ex.eval_clips, r.seed, "export-eval")
+        report = export_codec(codec, path, stats, held, ex.sigma_data, split, ex.batch_size,
                               extra_meta={"name": r.name, "seed": r.seed,
                                           "train": {"steps": r.train.steps,
                                                     "batch_size": r.train.batch_size}})
