@@ -299,8 +299,8 @@ def _import_laion_clap():
 
 def _is_hub_failure(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
-    return isinstance(e, OSError) or any(s in text for s in (
-        "roberta", "huggingface", "offline", "connection", "hub", "tokenizer"))
+    return any(s in text for s in ("roberta", "huggingface", "offline", "connect", "hub", "tokenizer",
+                                   "localentrynotfound"))
 
 
 def resolve_clap_ckpt(ckpt: str | Path | None) -> Path:
@@ -376,6 +376,9 @@ class LaionClapEmbedder(Embedder):
                                                 device=str(self.device))
         except PrestoError:
             raise
+        except ModuleNotFoundError as e:  # laion_clap imports some of its needs lazily
+            raise PrestoError(f"LAION-CLAP needs the module '{e.name}', which is not installed",
+                              f"{CLAP_INSTALL_HINT}, or pip install {e.name}") from None
         except Exception as e:
             if _is_hub_failure(e):
                 raise PrestoError(
