@@ -1,0 +1,59 @@
+"""Text encoders: MiniLM semantics offline, hash determinism, CLAP's missing-extra error."""
+import importlib.util
+
+import pytest
+import torch
+
+from presto_cli.errors import PrestoError
+from presto_cli.text.encoders import (HashTextEncoder, build_text_encoder, text_encoder_dim)
+
+
+def cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def test_minilm_offline_semantics():
+    enc = build_text_encoder("minilm")
+    texts = ["a calm piano melody", "a gentle, relaxing piano tune",
+             "aggressive heavy metal with distorted guitars", "fast drum and bass beat"]
+    tok, mask, pooled = enc(texts)
+    assert tok.shape[0] == 4 and tok.shape[2] == 384 == enc.dim and mask.dtype == torch.bool
+    torch.testing.assert_close(pooled.norm(dim=1), torch.ones(4))
+    para = cos(pooled[0], pooled[1])
+    assert para > 0.7, para  # paraphrases agree
+    for i in (2, 3):  # different styles do not
+        assert cos(pooled[0], pooled[i]) < 0.5
+        assert para - cos(pooled[0], pooled[i]) > 0.3
+    # frozen, cached, deterministic, padding masked
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert build_text_encoder("minilm") is enc
+    tok1, mask1, pooled1 = enc(texts[:1])
+    torch.testing.assert_close(pooled1[0], pooled[0], rtol=1e-4, atol=1e-5)
+    assert int(mask[0].sum()) == int(mask1[0].sum()) < mask.shape[1]
+    long = enc(["piano " * 200])
+    assert long[0].shape[1] == 64  # max tokens
+
+
+def test_hash_encoder_deterministic_bag_of_words():
+    enc = HashTextEncoder()
+    tok, mask, pooled = enc(["top left", "top right", "Top  LEFT", "bottom right"])
+    torch.testing.assert_close(pooled[0], pooled[2])  # case and spacing do not matter
+    assert cos(pooled[0], pooled[1]) > 0.3  # a shared word
+    assert abs(cos(pooled[0], pooled[3])) < 0.3  # nothing shared
+    assert mask.sum(1).tolist() == [2, 2, 2, 2]
+    # same vectors in a fresh instance (seeded by SHA-256, not Python's hash)
+    torch.testing.assert_close(HashTextEncoder()(["top left"])[2][0], pooled[0])
+    assert text_encoder_dim("hash") == 384
+
+
+def test_unknown_encoder_and_clap_errors(tmp_path):
+    with pytest.raises(PrestoError, match="unknown text encoder"):
+        build_text_encoder("minlm")
+    with pytest.raises(PrestoError, match="checkpoint"):
+        build_text_encoder("clap", checkpoint=str(tmp_path / "missing.pt"))
+    if importlib.util.find_spec("laion_clap") is None:
+        ck = tmp_path / "clap.pt"
+        ck.write_bytes(b"x")
+        with pytest.raises(PrestoError) as e:
+            build_text_encoder("clap", checkpoint=str(ck))
+        assert "presto-music[clap]" in str(e.value) and str(ck) in str(e.value)
