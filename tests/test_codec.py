@@ -233,7 +233,7 @@ def test_latent_cache_reused_and_rebuilt(tmp_path, monkeypatch):
     cfg = DataConfig(path=str(data_dir), clip_seconds=1.0, latents=str(tmp_path / "cache"))
 
     d1 = L.ensure_latent_cache(tmp_path / "a.safetensors", cfg, "cpu", batch_size=4)
-    ds = L.LatentDataset(d1)
+    ds = L.LatentDataset(d1, "all")
     assert len(ds) == 6  # 3 files x two whole 1 s windows (the last 0.5 s is dropped)
     item = ds[3]
     assert item["caption"] == "tone number 1" and item["latents"].shape == (8, ca.num_frames(SR))
@@ -242,7 +242,9 @@ def test_latent_cache_reused_and_rebuilt(tmp_path, monkeypatch):
         want = ca.encode(audio[None])[0]
     assert torch.allclose(item["latents"], want, atol=1e-5)
     # splits follow the folder dataset's rule (file 2 is marked held-out in the manifest)
-    assert len(L.LatentDataset(d1, "train")) == 4 and len(L.LatentDataset(d1, "heldout")) == 2
+    assert len(L.LatentDataset(d1)) == 4 and len(L.LatentDataset(d1, "heldout")) == 2
+    with pytest.raises(PrestoError, match="empty"):
+        L.LatentDataset(d1, "val")
 
     # same codec -> reused without encoding anything
     def no_encode(*a, **k):
@@ -255,7 +257,7 @@ def test_latent_cache_reused_and_rebuilt(tmp_path, monkeypatch):
     # a different codec -> a different cache with different latents
     d2 = L.ensure_latent_cache(tmp_path / "b.safetensors", cfg, "cpu", batch_size=4)
     assert d2 != d1 and (d1 / "cache.json").is_file()
-    assert not torch.allclose(L.LatentDataset(d2)[3]["latents"], item["latents"])
+    assert not torch.allclose(L.LatentDataset(d2, "all")[3]["latents"], item["latents"])
     assert json.loads((d2 / "cache.json").read_text())["count"] == 6
     assert not [p for p in d2.parent.iterdir() if p.name.endswith(".tmp")]  # no leftovers
 

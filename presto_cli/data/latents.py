@@ -257,12 +257,13 @@ def ensure_latent_cache(codec_path: str | Path, data_cfg: Any, device: str | tor
 class LatentDataset(torch.utils.data.Dataset):
     """Items ``{"latents": Tensor[C, F], "caption": str}`` of a latent cache folder.
 
-    ``split``: ``"all"`` (default), ``"train"``, ``"val"`` or ``"heldout"`` (as
+    ``split``: ``"train"`` (default: what training stages should see; excludes the validation
+    fraction and rows marked held-out), ``"val"``, ``"heldout"`` or ``"all"`` (as
     :func:`presto_cli.data.folder.split_rows`). Shards are loaded lazily and a few
     are kept in memory.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str = "all", max_open_shards: int = 4):
+    def __init__(self, cache_dir: str | Path, split: str = "train", max_open_shards: int = 4):
         self.cache_dir = Path(cache_dir)
         meta = self.cache_dir / "cache.json"
         if not meta.is_file():
@@ -277,6 +278,9 @@ class LatentDataset(torch.utils.data.Dataset):
             raise PrestoError(f"unknown split '{split}'", "use all, train, val or heldout")
         items = [json.loads(l) for l in (self.cache_dir / "index.jsonl").read_text().splitlines() if l.strip()]
         self.items = items if split == "all" else [it for it in items if it["split"] == split]
+        if not self.items:
+            raise PrestoError(f"the '{split}' split of the latent cache {self.cache_dir} is empty",
+                              "check the manifest's split marks and data.val_fraction")
         self.channels = int(self.meta["channels"])
         self.frames = int(self.meta["frames"])
         self.frame_rate = float(self.meta["frame_rate"])
