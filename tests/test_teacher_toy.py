@@ -98,3 +98,14 @@ def test_paper_recipe_size_without_allocation():
     demo = load_recipe(ROOT / "recipes" / "demo" / "teacher.yaml")
     assert demo.describe()["dit_params"] < 50e6
     assert isinstance(build_task(_tiny(None), Path("."), torch.device("cpu")), TeacherTask)
+
+
+def test_initial_weights_depend_only_on_seed(tmp_path):
+    torch.manual_seed(1)
+    a = build_task(_tiny(tmp_path), tmp_path, torch.device("cpu"))
+    torch.manual_seed(2)
+    b = build_task(_tiny(tmp_path), tmp_path, torch.device("cpu"))
+    c = build_task(_tiny(tmp_path, "seed=5"), tmp_path, torch.device("cpu"))
+    for k, v in a.net.state_dict().items():
+        torch.testing.assert_close(b.net.state_dict()[k], v, rtol=0, atol=0)
+    assert any(not torch.equal(c.net.state_dict()[k], v) for k, v in a.net.state_dict().items())

@@ -1,7 +1,7 @@
 """Shared toy helpers for the diffusion and distillation tests (stable API; import from tests).
 
-    from tests.toy import (gmm2d, gmm1d, GMM, mmd_rbf, train_toy_teacher, ToyTeacher,
-                           sample_teacher, toy_cond)
+    from toy import (gmm2d, gmm1d, GMM, mmd_rbf, train_toy_teacher, ToyTeacher,
+                     sample_teacher, toy_cond)        # or: from tests.toy import ... (same module)
 
 * ``gmm2d()`` / ``gmm1d()``: captioned Gaussian mixtures (see :mod:`presto_cli.data.toy`) with
   ``.sample(n, generator) -> (x [n, D], labels [n])``, the exact ``.denoiser(x, sigma, labels=None)``
@@ -86,9 +86,15 @@ class ToyTeacher:
         return self.gmm.dim
 
 
-@functools.lru_cache(maxsize=4)
 def train_toy_teacher(kind: str = "gmm2d", steps: int = 300, seed: int = 0) -> ToyTeacher:
-    """Train the real teacher stage on ``toy:<kind>`` in-process (no files). Cached."""
+    """Train the real teacher stage on ``toy:<kind>`` in-process (no files). Cached per process
+    (however it is called: positional or keyword arguments, ``toy`` or ``tests.toy``).
+    Deterministic: the initial weights come from the recipe seed, not the global RNG."""
+    return _train_toy_teacher(str(kind), int(steps), int(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _train_toy_teacher(kind: str, steps: int, seed: int) -> ToyTeacher:
     from presto_cli.train.loop import BatchSource, Context, task_class
 
     torch.set_num_threads(1)
@@ -128,3 +134,11 @@ def sample_teacher(teacher: ToyTeacher, n: int, seed: int = 0, steps: int = 18, 
         fn = lambda x, s: den.guided(x, s, cond, cfg)  # noqa: E731
     out = SAMPLERS[sampler](fn, x, sigmas, noise=noise)
     return out[:, :, 0]
+
+
+# One module object whether imported as ``toy`` (tests/ on sys.path) or ``tests.toy`` (repo root
+# on sys.path), so the trained-teacher cache is shared by every test file of a session.
+import sys as _sys  # noqa: E402
+
+_sys.modules.setdefault("toy", _sys.modules[__name__])
+_sys.modules.setdefault("tests.toy", _sys.modules[__name__])

@@ -26,7 +26,7 @@ from presto_cli.text.encoders import TextEncoder, build_text_encoder, text_encod
 from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
                                    warmup_lr)
 
-__all__ = ["TeacherRecipe", "TeacherTask", "TextCache", "load_teacher", "teacher_meta"]
+__all__ = ["TeacherRecipe", "TeacherTask", "TextCache", "load_teacher", "teacher_meta", "init_dit"]
 
 
 @register_stage("teacher")
@@ -123,7 +123,7 @@ class TeacherTask(Task):
                 raise PrestoError(f"the codec has {self.codec.channels} latent channels but "
                                   f"model.in_channels={recipe.model.in_channels}",
                                   f"set model.in_channels: {self.codec.channels}")
-        self.net = DiT(recipe.model).to(self.device)
+        self.net = init_dit(recipe.model, recipe.seed, "teacher.init").to(self.device)
         self.denoiser = EDMDenoiser(self.net, recipe.edm)
         self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
         self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train)
@@ -214,6 +214,16 @@ class TeacherTask(Task):
 
     def describe(self) -> dict:
         return {**self.recipe.describe(), "dit_params": self.net.num_params()}
+
+
+def init_dit(cfg: DiTConfig, seed: int, tag: str) -> DiT:
+    """A freshly initialised DiT whose weights depend only on ``(seed, tag)``: identical on every
+    rank under torchrun and on every device, and untouched by the global RNG's state."""
+    from presto_cli.train.loop import seed_for
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, tag))
+        return DiT(cfg)
 
 
 def teacher_meta(recipe: TeacherRecipe, frames: int, kind: str = "teacher") -> dict:
