@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from presto_cli.errors import PrestoError
 
 __all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition",
-           "sigma_train_from_normal", "sigma_inf_from_uniform", "karras_sigma"]
+           "sigma_train_from_normal", "sigma_inf_from_uniform", "karras_sigma",
+           "sample_sigma_train", "sample_sigma_inf", "log_normal_density"]
 
 
 @dataclass
@@ -214,19 +215,18 @@ def sigma_inf_from_uniform(cfg: EDMConfig, u: Tensor, rho: float | None = None,
 
 def sample_sigma_train(cfg: EDMConfig, n: int, generator: torch.Generator | None = None,
                        device=None) -> Tensor:
-    z = torch.randn(n, generator=generator, device=_gen_device(generator, device))
-    return sigma_train_from_normal(cfg, z).to(device) if device is not None else sigma_train_from_normal(cfg, z)
+    """``n`` draws of p_train from ``generator`` (on its device), moved to ``device``."""
+    z = torch.randn(n, generator=generator, device=generator.device if generator else device)
+    s = sigma_train_from_normal(cfg, z)
+    return s if device is None else s.to(device)
 
 
 def sample_sigma_inf(cfg: EDMConfig, n: int, generator: torch.Generator | None = None,
                      rho: float | None = None, N: int | None = None, device=None) -> Tensor:
-    u = torch.rand(n, generator=generator, device=_gen_device(generator, device))
+    """``n`` draws of p_inf (continuous, or the N points of an N-step schedule)."""
+    u = torch.rand(n, generator=generator, device=generator.device if generator else device)
     s = sigma_inf_from_uniform(cfg, u, rho=rho, N=N)
-    return s.to(device) if device is not None else s
-
-
-def _gen_device(generator, device):
-    return generator.device if generator is not None else device
+    return s if device is None else s.to(device)
 
 
 # ------------------------------------------------------------------------------------------

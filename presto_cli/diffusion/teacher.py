@@ -52,7 +52,9 @@ class TeacherRecipe(BaseRecipe):
         return self.model.max_frames
 
     def describe(self) -> dict:
-        """Parameter count, tokens per clip and forward GFLOPs, without building the model."""
+        """Parameter count, tokens per clip and forward GFLOPs, without building the model
+        (validates the model/edm/text sections first, so `--dry-run` catches mistakes)."""
+        self.validate()
         frames = self.frames()
         tokens = -(-frames // self.model.patch)
         return {"dit_params": estimate_params(self.model),
