@@ -14,7 +14,7 @@ import torch
 
 from presto_cli.data.toy import gmm1d
 from presto_cli.diffusion.samplers import (SAMPLERS, PerSampleNoise, get_sigmas_karras, nfe,
-                                           sample, sample_fewstep, sample_heun)
+                                           run_sampler, sample_fewstep, sample_heun)
 from presto_cli.errors import PrestoError
 
 S = 0.5
@@ -181,4 +181,4 @@ def test_per_sample_noise_depends_only_on_seed():
 def test_registry_and_unknown_name():
     assert set(SAMPLERS) == {"euler", "heun", "dpmpp_2m", "fewstep"}
     with pytest.raises(PrestoError, match="unknown sampler"):
-        sample("heunn", gauss_den, torch.zeros(1, 1, 1), get_sigmas_karras(2, SMIN, SMAX))
+        run_sampler("heunn", gauss_den, torch.zeros(1, 1, 1), get_sigmas_karras(2, SMIN, SMAX))

@@ -23,7 +23,7 @@ from torch import Tensor
 from presto_cli.errors import PrestoError
 
 __all__ = ["PerSampleNoise", "get_sigmas_karras", "sample_euler", "sample_heun",
-           "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "nfe", "get_sampler"]
+           "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "nfe", "get_sampler", "run_sampler"]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -201,7 +201,7 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     return SAMPLERS[name]
 
 
-def sample(name: str, model_fn: ModelFn, x: Tensor, sigmas: Tensor,
+def run_sampler(name: str, model_fn: ModelFn, x: Tensor, sigmas: Tensor,
            noise: PerSampleNoise | None = None, callback=None, disable: bool = True) -> Tensor:
     """Run the sampler called ``name`` (convenience over ``SAMPLERS[name](...)``)."""
     return get_sampler(name)(model_fn, x, sigmas, noise=noise, callback=callback, disable=disable)
