@@ -10,7 +10,6 @@ minimises ``(D(fake) - 1)^2`` (means over frames and samples).
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import torch
@@ -19,27 +18,30 @@ from torch import nn
 from presto_cli.errors import PrestoError
 
 
-def _groups(ch: int) -> int:
-    return math.gcd(ch, 32)
-
-
 class _BlockHead(nn.Module):
-    """Conv1d stack over time: [B, F, width] -> [B, F] logits."""
+    """Conv1d stack over time: [B, F, width] -> [B, F] logits.
+
+    The input is layer-normalised per frame (the DiT's residual stream has a large, depth-dependent
+    scale); the conv layers use GroupNorm with one group (statistics over channels *and* frames of a
+    sample). Per-channel group norms would be degenerate: with one latent frame they map every input
+    to zero and the head would pass no gradient at all.
+    """
 
     def __init__(self, width: int, hidden: int, layers: int, kernel: int):
         super().__init__()
-        mods: list[nn.Module] = [nn.GroupNorm(_groups(width), width)]
+        self.norm = nn.LayerNorm(width)
+        mods: list[nn.Module] = []
         ch = width
         for _ in range(layers):
-            mods += [nn.Conv1d(ch, hidden, kernel, padding=kernel // 2),
-                     nn.GroupNorm(_groups(hidden), hidden), nn.SiLU()]
+            mods += [nn.Conv1d(ch, hidden, kernel, padding=kernel // 2), nn.GroupNorm(1, hidden),
+                     nn.SiLU()]
             ch = hidden
         mods.append(nn.Conv1d(ch, 1, 1))
         self.net = nn.Sequential(*mods)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, F, width] (token-major as the DiT returns it) -> conv over F
-        return self.net(h.transpose(1, 2).float()).squeeze(1)
+        return self.net(self.norm(h.float()).transpose(1, 2)).squeeze(1)
 
 
 class DiscriminatorHead(nn.Module):

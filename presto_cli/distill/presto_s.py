@@ -336,7 +336,7 @@ class PrestoS:
         noisy = x_hat + sigma.view(_bshape(x_hat)) * rng.randn("fake/eps", shape)
         den = self.fake(noisy, sigma, cond).float()
         l_dsm = (edm_weight(sigma, self.sigma_data) * (den - x_hat).pow(2).flatten(1).mean(1)).mean()
-        out = {"fake_dsm": float(l_dsm)}
+        out = {"fake_dsm": float(l_dsm.detach())}
         loss = l_dsm
         if self.dcfg.nu2 > 0:
             s_gan = self.sigma(self.p_gan, rng, "fake/gan_sigma", b).view(_bshape(x))
@@ -347,8 +347,9 @@ class PrestoS:
             d_real, d_fake = both[: x.shape[0]], both[x.shape[0]:]
             l_d = lsgan_d_loss(d_real, d_fake)
             loss = loss + self.dcfg.nu2 * l_d
-            out.update(disc_loss=float(l_d), d_real=float(d_real.mean()), d_fake=float(d_fake.mean()))
-        out["fake_loss"] = float(loss)
+            out.update(disc_loss=float(l_d.detach()), d_real=float(d_real.detach().mean()),
+                       d_fake=float(d_fake.detach().mean()))
+        out["fake_loss"] = float(loss.detach())
         return loss, out
 
     def generator_loss(self, x_hat: Tensor, cond: Cond, rng: Draws, b: int
@@ -364,7 +365,7 @@ class PrestoS:
             g = self.dcfg.dmd_sign * dmd_gradient(m_r, m_f, x_hat)
         l_dmd = dmd_loss(x_hat, g)
         out = {
-            "dmd_loss": float(l_dmd),
+            "dmd_loss": float(l_dmd.detach()),
             "dmd_grad_norm": float(g.flatten(1).norm(dim=1).mean()),
             "dmd_gap": float((m_r - m_f).abs().mean()),  # mean |m_r - m_f|
             "dmd_real_err": float((x_hat.detach() - m_r).abs().mean()),  # the normaliser
@@ -375,7 +376,7 @@ class PrestoS:
             noisy = x_hat + s_gan.view(_bshape(x_hat)) * rng.randn("gen/gan_eps", shape)
             d = self._disc(noisy, s_gan, cond)
             l_gan = lsgan_g_loss(d)
-            out.update(gen_gan=float(l_gan), d_gen=float(d.detach().mean()))
+            out.update(gen_gan=float(l_gan.detach()), d_gen=float(d.detach().mean()))
         return l_dmd, l_gan, out
 
     # -- one iteration -----------------------------------------------------------------------
@@ -424,7 +425,7 @@ class PrestoS:
             if self.ema is not None:
                 self.ema.update(self.generator, self.gen_updates - 1)
             metrics.update(m)
-            metrics["gen_loss"] = float(l_gen)
+            metrics["gen_loss"] = float(l_gen.detach())
         metrics["sigma_gen"] = float(sigma_g.float().log().mean().exp())  # geometric mean
         return metrics
 
