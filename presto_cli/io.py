@@ -16,9 +16,17 @@ from presto_cli.errors import PrestoError
 ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap")
 
 
-def _tmp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A temporary file beside ``path`` with ordinary permissions (mkstemp's are 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=str(path.parent))
     os.close(fd)
+    os.chmod(tmp, _umask_mode())
     return Path(tmp)
 
 
@@ -59,10 +67,7 @@ class atomic_path:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp" + self.suffix,
-                                   dir=str(self.path.parent))
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = _tmp_path(self.path, ".tmp" + self.suffix)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
