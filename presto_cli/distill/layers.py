@@ -21,7 +21,7 @@ denoiser, so every sampler (Euler, Heun, DPM++, few-step) runs it unchanged.
 """
 from __future__ import annotations
 
-import math
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,12 +29,19 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMDenoiser, edm_weight
+from presto_cli.diffusion.edm import (Cond, EDMDenoiser, drop_condition, edm_weight,
+                                      sigma_train_from_normal)
 from presto_cli.distill.schedule import ASE_MIN_FRACTION, LayerSchedule
 from presto_cli.errors import PrestoError
+from presto_cli.io import load_state_strict, prefixed, save_artefact
+from presto_cli.models.dit import DiT
+from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
+from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
+                                   warmup_lr)
 
-__all__ = ["ASEConfig", "PrestoLConfig", "LayeredDenoiser", "forward_at_depths",
-           "layered_model_fn", "layer_losses", "build_schedule"]
+__all__ = ["ASEConfig", "PrestoLConfig", "ASERecipe", "PrestoLRecipe", "ASETask", "PrestoLTask",
+           "LayeredDenoiser", "forward_at_depths", "layered_model_fn", "layer_losses",
+           "build_schedule", "student_from_teacher", "layer_meta"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,7 +61,6 @@ class ASEConfig:
     # How each training sample's depth is chosen: "schedule" = k(sigma) of its own sigma [ASE];
     # "uniform" = any depth of the schedule, so every budget is trained at every noise [ours].
     train_depth: Literal["schedule", "uniform"] = "schedule"
-    lr: float = 0.0  # 0: use train.lr
 
 
 @dataclass
@@ -206,3 +212,244 @@ def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, 
         parts["loss_self_teacher"] = l_st.detach()
         total = total + self_teacher * l_st
     return total, parts
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: recipes, tasks, export
+
+
+def _artefact_meta(path: str) -> dict | None:
+    """The presto metadata of an artefact without reading its tensors (None if unreadable)."""
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("presto", "null"))
+    except Exception:  # noqa: BLE001 - only used for --dry-run facts
+        return None
+
+
+def _describe_schedule(schedule: LayerSchedule, edm: dict) -> dict:
+    """Facts for ``--dry-run``: the schedule and its mean compute per sampler step."""
+    kw = {k: float(edm.get(k, d)) for k, d in
+          (("sigma_min", 0.002), ("sigma_max", 80.0), ("rho", 7.0))}
+    out = {"schedule": schedule.describe()}
+    steps = int(edm.get("steps", 32))
+    for sampler, n in (("heun", steps), ("dpmpp_2m", steps), ("euler", steps), ("fewstep", 4)):
+        out[f"compute_{sampler}_{n}"] = round(schedule.sampler_compute(sampler, n, **kw), 4)
+    return out
+
+
+def _teacher_path(recipe) -> str:
+    if not recipe.data.teacher:
+        raise PrestoError(f"the {recipe.stage} stage needs data.teacher (a teacher artefact)",
+                          "train one with `presto pretrain recipes/tiny/teacher.yaml`, then set "
+                          "data.teacher=runs/tiny-teacher/model.safetensors")
+    return recipe.data.teacher
+
+
+class _LayerRecipeMixin:
+    def schedule_for(self, depth_total: int, edm_cfg) -> LayerSchedule:
+        keep = getattr(self.layers, "keep_last", 0)
+        mode = "keep-last" if self.stage in ("presto-l", "presto-ls") else "first-k"
+        return build_schedule(self.layers, depth_total, edm_cfg, mode, keep_last=keep)
+
+    def describe(self) -> dict:
+        """For ``--dry-run``: the schedule and mean compute per step (needs the teacher file)."""
+        from types import SimpleNamespace
+
+        meta = _artefact_meta(self.data.teacher) if self.data.teacher else None
+        if not meta or "model" not in meta:
+            return {"schedule": "depends on the teacher's depth (data.teacher not readable yet)"}
+        edm = meta.get("edm") or {}
+        e = SimpleNamespace(sigma_min=float(edm.get("sigma_min", 0.002)),
+                            sigma_max=float(edm.get("sigma_max", 80.0)), rho=float(edm.get("rho", 7.0)))
+        sched = self.schedule_for(int(meta["model"]["depth"]), e)
+        return {"teacher": self.data.teacher, **_describe_schedule(sched, edm)}
+
+
+@register_stage("ase")
+@dataclass
+class ASERecipe(_LayerRecipeMixin, BaseRecipe):
+    """``presto distill-layers`` with ``stage: ase``: the model comes from data.teacher."""
+
+    stage: str = "ase"
+    layers: ASEConfig = field(default_factory=ASEConfig)
+    toy_size: int = 4096  # points drawn when the teacher was trained on a toy mixture
+
+
+@register_stage("presto-l")
+@dataclass
+class PrestoLRecipe(_LayerRecipeMixin, BaseRecipe):
+    """``presto distill-layers`` with ``stage: presto-l``."""
+
+    stage: str = "presto-l"
+    layers: PrestoLConfig = field(default_factory=PrestoLConfig)
+    toy_size: int = 4096
+
+
+def student_from_teacher(teacher: EDMDenoiser, budget_embed: bool, budget_rescale: bool
+                         ) -> EDMDenoiser:
+    """A trainable copy of the teacher, with the budget modules added (identity at init)."""
+    cfg = copy.deepcopy(teacher.net.cfg)
+    cfg.budget_embed, cfg.budget_rescale = bool(budget_embed), bool(budget_rescale)
+    net = DiT(cfg).to(next(teacher.parameters()).device)
+    missing, unexpected = net.load_state_dict(teacher.net.state_dict(), strict=False)
+    bad = [k for k in missing if not k.startswith("budget_")] + list(unexpected)
+    if bad:
+        raise PrestoError(f"cannot initialise the student from the teacher: {bad[0]}")
+    return EDMDenoiser(net, copy.deepcopy(teacher.cfg)).train().requires_grad_(True)
+
+
+class LayerTask(Task):
+    """ASE (``self.mode = first-k``, denoising loss only) and Presto-L (``keep-last`` + parts)."""
+
+    kind = "ase"
+
+    def __init__(self, recipe, ctx, run_dir: Path):
+        super().__init__(recipe, ctx, run_dir)
+        from presto_cli.diffusion.teacher import TextCache, load_teacher
+        from presto_cli.text.encoders import build_text_encoder
+
+        self.device = ctx.device
+        path = _teacher_path(recipe)
+        teacher, meta, tensors = load_teacher(path, self.device)
+        if meta.get("kind") != "teacher":
+            raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact; layer distillation "
+                              "starts from a full-depth teacher", "point data.teacher at a "
+                              "`presto pretrain` output")
+        self.teacher_meta = meta
+        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith("codec.")}
+        lc = recipe.layers
+        self.alpha = float(getattr(lc, "self_teacher", 0.0))
+        self.w_denoise = float(getattr(lc, "denoise", 1.0))
+        if self.alpha < 0 or self.w_denoise < 0:
+            raise PrestoError("layers.self_teacher and layers.denoise must be >= 0")
+        if self.alpha == 0 and self.w_denoise == 0:
+            raise PrestoError("layers.self_teacher and layers.denoise are both 0: nothing to train",
+                              "set layers.denoise: 1.0")
+        self.student = student_from_teacher(teacher, getattr(lc, "budget_embed", False),
+                                            getattr(lc, "budget_rescale", False))
+        self.teacher = teacher.eval().requires_grad_(False) if self.alpha > 0 else None
+        self.edm = self.student.cfg
+        self.schedule = recipe.schedule_for(self.student.net.cfg.depth, self.edm)
+        self.ema = EMA(self.student, recipe.train.ema) if recipe.train.ema > 0 else None
+        self.opt = build_adamw(self.student.parameters(), recipe.train.lr, recipe.train)
+        self.text = TextCache(build_text_encoder(meta.get("text", "minilm"), device=self.device))
+        self._dataset = None
+
+    # -- data --------------------------------------------------------------------------------
+    def make_dataset(self):
+        if self._dataset is not None:
+            return self._dataset
+        r, meta = self.recipe, self.teacher_meta
+        if meta.get("toy"):
+            from presto_cli.data.toy import ToyDataset
+
+            self._dataset = ToyDataset(meta["toy"], n=r.toy_size, seed=r.seed)
+        else:
+            from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+
+            codec = r.data.codec or meta.get("codec_source", "")
+            if not r.data.path or not codec:
+                raise PrestoError(f"the {r.stage} stage needs data.path (the audio the teacher was "
+                                  "trained on) and data.codec", "copy the data section of the "
+                                  "teacher's recipe")
+            self._dataset = LatentDataset(ensure_latent_cache(codec, r.data, self.device))
+        return self._dataset
+
+    # -- training ----------------------------------------------------------------------------
+    def train_depths(self, sigma: Tensor, ctx) -> Tensor:
+        """Each sample's depth: ``k(sigma)`` [ASE], or uniform over the schedule's depths."""
+        if self.recipe.layers.train_depth == "schedule":
+            return self.schedule.depths_for(sigma)
+        choices = torch.tensor(sorted(set(self.schedule.depths)), device=sigma.device)
+        u = ctx.rand("layers.depth", (ctx.global_batch,)).to(sigma.device)
+        idx = torch.clamp((u * len(choices)).long(), max=len(choices) - 1)
+        return choices[idx]
+
+    def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        r = self.recipe
+        x0 = batch["latents"].to(self.device).float()
+        G = ctx.global_batch
+        sigma = sigma_train_from_normal(self.edm, ctx.randn("layers.sigma", (G,)))
+        noise = ctx.randn("layers.noise", (G, *x0.shape[1:]))
+        cond = self.text(list(batch["caption"]), self.device)
+        cond = drop_condition(cond, self.edm.p_uncond, ctx.rand("layers.cfg_drop", (G,)))
+        depths = self.train_depths(sigma, ctx)
+        lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
+        set_lr(self.opt, lr)
+        self.student.train()
+        with ctx.autocast():
+            total, parts = layer_losses(self.student, self.teacher, x0, sigma, noise, cond, depths,
+                                        self.schedule, denoise=self.w_denoise,
+                                        self_teacher=self.alpha)
+        loss = total.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.sync_grads(self.student)
+        gnorm = clip_and_norm(self.student.parameters(), r.train.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.student, ctx.step)
+        out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
+               "depth": float(depths.float().mean()) / self.schedule.depth_total}
+        out.update({k: float(v.mean()) for k, v in parts.items()})
+        return out
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        sd = {"student": self.student.state_dict(), "opt": self.opt.state_dict(),
+              "schedule": self.schedule.to_dict()}
+        if self.ema is not None:
+            sd["ema"] = self.ema.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        if LayerSchedule.from_dict(sd["schedule"]) != self.schedule:
+            raise PrestoError("the checkpoint was trained with another layer schedule",
+                              "resume with the recipe the run started with")
+        load_state_strict(self.student, sd["student"], f"{self.kind} checkpoint")
+        self.opt.load_state_dict(sd["opt"])
+        if self.ema is not None:
+            if "ema" not in sd:
+                raise PrestoError("the checkpoint has no EMA but the recipe enables one")
+            self.ema.load_state_dict(sd["ema"])
+
+    def export_denoiser(self) -> EDMDenoiser:
+        return self.ema.shadow if self.ema is not None else self.student
+
+    def export(self, path: Path) -> None:
+        den = self.export_denoiser()
+        tensors = prefixed({k: v.float() for k, v in den.net.state_dict().items()}, "dit")
+        tensors.update(self.codec_tensors)
+        save_artefact(path, tensors, layer_meta(self.teacher_meta, self.kind, den.net.cfg,
+                                                self.schedule, self.recipe))
+
+    def describe(self) -> dict:
+        return {"params": self.student.net.num_params(),
+                **_describe_schedule(self.schedule, recipe_to_dict(self.edm))}
+
+
+def layer_meta(teacher_meta: dict, kind: str, model_cfg, schedule: LayerSchedule, recipe,
+               sampler: dict | None = None) -> dict:
+    """Artefact metadata: the teacher's, with the kind, model, schedule and provenance updated."""
+    meta = {k: v for k, v in teacher_meta.items() if k not in ("version", "created")}
+    meta.update(kind=kind, name=recipe.name or kind, model=recipe_to_dict(model_cfg),
+                schedule=schedule.to_dict(), teacher=recipe.data.teacher,
+                recipe=recipe_to_dict(recipe))
+    if sampler is not None:
+        meta["sampler"] = sampler
+    return meta
+
+
+@register_task("ase")
+class ASETask(LayerTask):
+    kind = "ase"
+
+
+@register_task("presto-l")
+class PrestoLTask(LayerTask):
+    kind = "presto-l"
