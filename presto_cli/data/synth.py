@@ -759,25 +759,48 @@ def find_fluidsynth() -> str:
     return exe
 
 
-def render_midi(pm, sample_rate: int, soundfont: Path, workdir: Path, exe: str = "fluidsynth") -> np.ndarray:
-    """Render a PrettyMIDI with the FluidSynth CLI; returns mono float32 at ``sample_rate``."""
-    import soundfile as sf
+def render_midi(pm, sample_rate: int, soundfont: Path, workdir: Path, exe: str = "fluidsynth",
+                tail_seconds: float = 2.0, timeout: float = 120.0) -> np.ndarray:
+    """Render a PrettyMIDI with the FluidSynth CLI; returns mono float32 at ``sample_rate``.
 
-    mid, wav = workdir / "clip.mid", workdir / "clip.wav"
+    FluidSynth 2.3's fast file renderer can keep rendering forever on some files (a sustained
+    voice that never ends: seen here on 4 s clips that grew to 18 GB). So it writes headerless raw
+    float32 stereo, and we stop it as soon as ``end_time + tail_seconds`` of audio exist: the first
+    N samples do not depend on when the process is stopped, so the clip stays deterministic.
+    """
+    import time
+
+    mid, raw = workdir / "clip.mid", workdir / "clip.raw"
     pm.write(str(mid))
+    raw.unlink(missing_ok=True)
+    frames = int(np.ceil((pm.get_end_time() + tail_seconds) * sample_rate))
+    need = frames * 2 * 4  # stereo float32
     cmd = [exe, "-ni", "-q", "-g", "0.5", "-R", "0", "-C", "0", "-r", str(sample_rate),
            "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256", "-o", "synth.dynamic-sample-loading=1",
-           "-o", "audio.file.format=float", "-o", "audio.file.type=wav", "-F", str(wav), str(soundfont), str(mid)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0 or not wav.is_file():
-        raise PrestoError(f"fluidsynth failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:200]}",
-                          INSTALL_HINT)
-    data, sr = sf.read(str(wav), dtype="float32", always_2d=True)
-    wav.unlink(missing_ok=True)
-    if sr != sample_rate:
-        from presto_cli.audio import resample
-
-        data = resample(data.T, sr, sample_rate).T
+           "-o", "audio.file.format=float", "-o", "audio.file.type=raw", "-o", "audio.file.endian=little",
+           "-F", str(raw), str(soundfont), str(mid)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            if raw.is_file() and raw.stat().st_size >= need:
+                break
+            if time.monotonic() - t0 > timeout:
+                raise PrestoError(f"fluidsynth did not finish rendering a clip in {timeout:.0f} s")
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+    if not raw.is_file() or (proc.returncode not in (0, -9) and raw.stat().st_size < need):
+        raise PrestoError(f"fluidsynth failed ({proc.returncode}): {(err or '').strip()[:200]}", INSTALL_HINT)
+    with open(raw, "rb") as f:
+        buf = f.read(need)
+    raw.unlink(missing_ok=True)
+    n = len(buf) // 8
+    data = np.frombuffer(buf[: n * 8], dtype="<f4").reshape(n, 2)
+    if n < frames:  # the renderer stopped early (all voices released): pad with silence
+        data = np.concatenate([data, np.zeros((frames - n, 2), np.float32)])
     return data.mean(axis=1).astype(np.float32)
 
 
