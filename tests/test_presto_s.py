@@ -1,0 +1,273 @@
+"""Presto-S (METHOD.md section 3): known-answer toy distillation and the mechanics of one iteration.
+
+The toy: the shared tiny DiT teacher (tests/toy.py) on the captioned 2-D Gaussian mixture
+(2-channel, 1-frame latents). Its one-step output collapses each caption's mode to a point; a
+correct Presto-S run must bring one- and two-step samples close to the data (MMD, bandwidth 0.1),
+and the same run with the DMD gradient's sign flipped must not.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy import mmd_rbf, sample_gmm, sample_teacher, train_toy_teacher  # noqa: E402
+
+from presto_cli.data.toy import ToyDataset  # noqa: E402
+from presto_cli.diffusion.edm import EDMConfig, sigma_inf_from_uniform, sigma_train_from_normal  # noqa: E402
+from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss  # noqa: E402
+from presto_cli.distill.noise import SigmaDist  # noqa: E402
+from presto_cli.distill.presto_s import (DistillConfig, OptimConfig, PrestoS, dmd_gradient,  # noqa: E402
+                                         dmd_loss)
+from presto_cli.errors import PrestoError  # noqa: E402
+from presto_cli.train.loop import BatchSource, Context  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+NOISE_FLOOR = 0.005  # |MMD| of two independent 1000-point samples of gmm2d is below this
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return train_toy_teacher("gmm2d", 300, 0)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return sample_gmm("gmm2d", 1000, 7)
+
+
+def make(teacher, ocfg: OptimConfig | None = None, batch: int = 64, **distill) -> tuple:
+    distill.setdefault("disc_blocks", [2])
+    ps = PrestoS(teacher.denoiser, DistillConfig(**distill),
+                 ocfg or OptimConfig(lr_gen=5e-4, lr_fake=2e-3, ema=0.9), w=1.0)
+    ctx = Context(0, torch.device("cpu"), "fp32", batch)
+    src = BatchSource(ToyDataset("toy:gmm2d", 4096, 0), 0, ctx)
+    return ps, ctx, src
+
+
+def run(teacher, ps, ctx, src, iters: int, start: int = 0) -> list[dict]:
+    out = []
+    for it in range(start, start + iters):
+        ctx.step = it
+        b = src.batch(it)
+        out.append(ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the known answer
+
+
+def test_toy_distillation_reaches_the_data_and_a_flipped_dmd_sign_does_not(teacher, ref):
+    m_teacher = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=18, sampler="heun"), ref)
+    m_undistilled = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep"), ref)
+    assert m_teacher < NOISE_FLOOR and m_undistilled > 0.05  # the toy is what we think it is
+
+    ps, ctx, src = make(teacher, update_ratio=3)
+    run(teacher, ps, ctx, src, 200)
+    G = ps.export_generator()
+    m1 = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=G), ref)
+    m2 = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=2, sampler="fewstep", denoiser=G), ref)
+    bound = 5 * max(m_teacher, NOISE_FLOOR)  # within 5x of the teacher's 18-step Heun samples
+    far_below = 0.25 * m_undistilled  # at least 4x better than the undistilled one-step model
+    for m in (m1, m2):
+        assert m < bound and m < far_below, (m1, m2, m_teacher, m_undistilled)
+
+    bad, ctx, src = make(teacher, update_ratio=3, dmd_sign=-1.0)
+    run(teacher, bad, ctx, src, 60)
+    mb = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep",
+                                denoiser=bad.export_generator()), ref)
+    assert mb > bound and mb > far_below, (mb, bound)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) the GAN term reaches G through the frozen fake score and head
+
+
+def test_gan_term_moves_generator_and_generator_step_leaves_fake_score_alone(teacher):
+    def one_gen_iteration(nu1: float):
+        # lr_fake = 0: the fake score stays the teacher, so m_f = m_r and the DMD gradient is 0
+        ocfg = OptimConfig(lr_gen=1e-3, lr_fake=0.0, weight_decay=0.0, ema=0.0)
+        ps, ctx, src = make(teacher, ocfg, batch=16, update_ratio=1, nu1=nu1)
+        g0 = [p.detach().clone() for p in ps.generator.parameters()]
+        f0 = [p.detach().clone() for p in list(ps.fake.parameters()) + list(ps.head.parameters())]
+        m = run(teacher, ps, ctx, src, 1)[0]
+        moved = max(float((a - p.detach()).abs().max()) for a, p in zip(g0, ps.generator.parameters()))
+        fake_same = all(torch.equal(a, p) for a, p in
+                        zip(f0, list(ps.fake.parameters()) + list(ps.head.parameters())))
+        return m, moved, fake_same, ps
+
+    m, moved, fake_same, ps = one_gen_iteration(nu1=1.0)
+    assert m["gen_step"] == 1.0 and m["dmd_grad_norm"] == 0.0  # DMD contributes nothing here
+    assert moved > 1e-5  # ... so the generator moved because of the GAN term alone
+    assert fake_same  # and the generator step did not touch the fake score or the head
+    assert all(p.requires_grad for p in ps.fake.parameters())  # unfrozen again afterwards
+    _, moved0, _, _ = one_gen_iteration(nu1=0.0)
+    assert moved0 == 0.0
+
+    # directly: the generator loss gives gradients to G only
+    ps, ctx, src = make(teacher, batch=8, nu1=1.0)
+    b = src.batch(0)
+    cond = teacher.task.text(b["caption"], "cpu")
+    x_hat, _ = ps.generate(b["latents"], cond, ctx, 8, grad=True)
+    ps.fake.requires_grad_(False)
+    ps.head.requires_grad_(False)
+    _, l_gan, _ = ps.generator_loss(x_hat, cond, ctx, 8)
+    l_gan.backward()
+    assert sum(float(p.grad.abs().sum()) for p in ps.generator.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in list(ps.fake.parameters()) + list(ps.head.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the update ratio
+
+
+def test_generator_updates_exactly_every_rth_iteration(teacher):
+    ps, ctx, src = make(teacher, batch=8, update_ratio=3)
+    changed_g, changed_f = [], []
+    for it in range(7):
+        g0 = [p.detach().clone() for p in ps.generator.parameters()]
+        f0 = [p.detach().clone() for p in ps.fake.parameters()]
+        m = run(teacher, ps, ctx, src, 1, start=it)[0]
+        changed_g.append(any(not torch.equal(a, p) for a, p in zip(g0, ps.generator.parameters())))
+        changed_f.append(any(not torch.equal(a, p) for a, p in zip(f0, ps.fake.parameters())))
+        assert m["gen_step"] == float(it in (2, 5))
+    assert changed_g == [False, False, True, False, False, True, False]
+    assert all(changed_f)
+    assert ps.gen_updates == 2 and ps.fake_updates == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) the teacher is frozen
+
+
+def test_teacher_gets_no_gradient_and_no_update(teacher):
+    before = {k: v.clone() for k, v in teacher.denoiser.state_dict().items()}
+    ps, ctx, src = make(teacher, batch=8, update_ratio=1)
+    run(teacher, ps, ctx, src, 2)
+    assert ps.teacher is teacher.denoiser
+    for k, v in teacher.denoiser.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in teacher.denoiser.parameters())
+    opt_params = {id(p) for o in (ps.opt_gen, ps.opt_fake) for g in o.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in teacher.denoiser.parameters()}
+    # the generator and fake score are copies, not views of the teacher
+    assert not {id(p) for p in ps.generator.parameters()} & {id(p) for p in teacher.denoiser.parameters()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the losses and distributions on their own
+
+
+def test_dmd_gradient_and_loss_known_values():
+    x_hat = torch.tensor([[[1.0], [3.0]], [[0.0], [0.0]]], requires_grad=True)  # [2, 2, 1]
+    m_r = torch.tensor([[[0.0], [1.0]], [[1.0], [-1.0]]])
+    m_f = torch.tensor([[[2.0], [1.0]], [[1.0], [1.0]]])
+    g = dmd_gradient(m_r, m_f, x_hat)
+    # sample 0: mean|x - m_r| = (1 + 2)/2 = 1.5; sample 1: (1 + 1)/2 = 1
+    assert torch.allclose(g, torch.tensor([[[2 / 1.5], [0.0]], [[0.0], [2.0]]]))
+    loss = dmd_loss(x_hat, g)
+    loss.backward()
+    assert torch.allclose(x_hat.grad, g / x_hat.numel())  # d L_DMD / d x_hat = g (mean reduction)
+    # a gradient step on L_DMD moves x_hat toward the real score's estimate, away from the fake's
+    assert float(((x_hat - 0.1 * g - m_r).abs()).sum()) < float((x_hat - m_r).abs().sum())
+
+
+def test_lsgan_losses_and_head_shapes():
+    head = DiscriminatorHead(width=16, blocks=[0, 3], hidden=8)
+    h = {0: torch.randn(4, 5, 16), 3: torch.randn(4, 5, 16)}
+    assert head(h).shape == (4, 5)  # per-frame logits
+    one, zero = torch.ones(3), torch.zeros(3)
+    assert float(lsgan_d_loss(one, zero)) == 0.0 and float(lsgan_d_loss(zero, one)) == 2.0
+    assert float(lsgan_g_loss(one)) == 0.0 and float(lsgan_g_loss(zero)) == 1.0
+    # with one latent frame the head still depends on its input (a per-channel norm would not)
+    h1 = {0: torch.randn(4, 1, 16), 3: torch.randn(4, 1, 16)}
+    assert float(head(h1).std()) > 0
+    with pytest.raises(PrestoError):
+        DiscriminatorHead(width=16, blocks=[])
+
+
+def test_noise_distributions_match_their_definitions():
+    edm = EDMConfig()
+    z, u, c = torch.randn(20000), torch.rand(20000), torch.rand(20000)
+    train = SigmaDist.from_edm("train", edm).from_noise(z, u, c)
+    inf = SigmaDist.from_edm("inf", edm).from_noise(z, u, c)
+    assert torch.allclose(train, sigma_train_from_normal(edm, z))
+    assert torch.allclose(inf, sigma_inf_from_uniform(edm, u))
+    mix = SigmaDist.from_edm("train/inf", edm).from_noise(z, u, c)
+    assert torch.equal(mix, torch.where(c < 0.5, train, inf))
+    # histogram of ln(sigma) of the mixture against its analytic density
+    d = SigmaDist.from_edm("train/inf", edm)
+    edges = torch.linspace(math.log(0.01), math.log(50.0), 13)
+    ls = mix.log()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        frac = float(((ls >= lo) & (ls < hi)).float().mean())
+        mid = torch.exp((lo + hi) / 2).reshape(1)
+        expected = float(d.log_density(mid).exp()) * float(hi - lo)
+        assert abs(frac - expected) < 0.02, (float(lo), frac, expected)
+    # the discrete variant: exactly the points of an N-step Karras schedule
+    pts = SigmaDist.from_edm("inf", edm, steps=4).from_noise(z, u, c)
+    want = sigma_inf_from_uniform(edm, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    assert torch.allclose(torch.unique(pts), torch.sort(want).values)
+    with pytest.raises(PrestoError):
+        SigmaDist(kind="nope")
+
+
+def test_bad_distill_settings_are_refused():
+    with pytest.raises(PrestoError):
+        DistillConfig(update_ratio=0).validate()
+    with pytest.raises(PrestoError):
+        DistillConfig(nu1=-1).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) end to end through the Trainer with the tiny recipe, export, exact resume
+
+
+def test_tiny_recipe_end_to_end_with_exact_resume(teacher, tmp_path):
+    from presto_cli.io import load_artefact
+    from presto_cli.pipeline import load_pipeline
+    from presto_cli.recipes import load_recipe
+    from presto_cli.train.loop import run_stage
+
+    tpath = tmp_path / "teacher.safetensors"
+    teacher.task.export(tpath)
+    common = [f"data.teacher={tpath}", "train.batch_size=16", "train.log_every=1",
+              "distill.update_ratio=2"]
+
+    full = load_recipe(REPO / "recipes/tiny/presto-s.yaml", common + ["train.steps=4"])
+    art = run_stage(full, tmp_path / "full", progress=False)
+    tensors, meta = load_artefact(art)
+    assert meta["kind"] == "presto-s" and meta["sampler"]["name"] == "fewstep"
+    assert meta["sampler"]["cfg"] == 1.0 and meta["sampler"]["steps"] == 4
+    assert any(k.startswith("dit.") for k in tensors)
+
+    # kill after step 2 (the checkpoint), then resume to step 4: identical metrics and weights
+    part = load_recipe(REPO / "recipes/tiny/presto-s.yaml", common + ["train.steps=2"])
+    run_stage(part, tmp_path / "resumed", progress=False)
+    (tmp_path / "resumed" / "model.safetensors").unlink()
+    run_stage(full, tmp_path / "resumed", resume=True, progress=False)
+
+    def lines(d):
+        out = []
+        for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            rec.pop("time")
+            out.append(rec)
+        return out
+
+    assert lines("full") == lines("resumed")
+    t2, _ = load_artefact(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(tensors[k], t2[k]) for k in tensors)
+    m = lines("full")[-1]
+    for key in ("fake_dsm", "disc_loss", "d_real", "d_fake", "dmd_grad_norm", "dmd_gap", "gen_gan"):
+        assert key in m  # the diagnostics users need to read DMD curves
+
+    # the artefact generates through the pipeline with any step count, one evaluation per step
+    pipe = load_pipeline(str(art), device="cpu")
+    assert pipe.nfe() == 4 and pipe.nfe(steps=2) == 2
