@@ -212,3 +212,28 @@ def test_combine_refuses_bad_input(artefacts, tmp_path):
                                 f"combine.layers={pl}", "train.steps=0"]), tmp_path)
     with pytest.raises(PrestoError, match="combine.mode"):
         load_recipe("recipes/tiny/presto-ls.yaml", ["combine.mode=fuse"])
+
+
+def test_presto_ls_distils_the_layered_generator_on_toy(artefacts):
+    """Known answer: the Presto-L model sampled in one step (x = sigma_max eps, x_hat = G(x)) is
+    far from the data (it outputs E[x0 | x], the blurred mean); after Presto-LS with its schedule
+    running at every step (depth 2 of 4 at sigma_max), one step lands near the data. Measured:
+    0.100 -> 0.031 (MMD, bandwidth 0.1; Presto-S at full depth: 0.024, and the training-free
+    schedule on that Presto-S generator: 0.046, at 100 iterations)."""
+    from presto_cli.distill.combine import load_layered
+    from presto_cli.distill.layers import LayeredDenoiser
+    from tests.toy import mmd_rbf, sample_gmm, sample_teacher
+
+    teacher, tpath, pl, _, _ = artefacts
+    ref = sample_gmm("gmm2d", 1000, 7)
+    den, sched, _ = load_layered(pl)
+    m_l = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep",
+                                 denoiser=LayeredDenoiser(den.eval(), sched)), ref)
+    task, ctx, source = _ls_task(tpath, pl, "train.batch_size=64", steps=120)
+    for s in range(120):
+        ctx.step = s
+        task.train_step(source.batch(s), ctx)
+    gen = task.model.export_generator().eval()
+    assert isinstance(gen, LayeredDenoiser) and gen.schedule == sched
+    m_ls = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=gen), ref)
+    assert m_l > 0.06 and m_ls < 0.4 * m_l and m_ls < 0.05, (m_l, m_ls)
