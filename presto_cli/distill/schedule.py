@@ -124,11 +124,12 @@ class LayerSchedule:
         if not 0.0 < min_fraction <= 1.0:
             raise PrestoError(f"layers.min_fraction must lie in (0, 1], got {min_fraction}")
         L = int(depth_total)
-        lo = max(1, keep_last if mode == "keep-last" else 1, int(round(L * min_fraction)))
+        half_up = lambda v: int(math.floor(v + 0.5))  # noqa: E731  (not banker's rounding)
+        lo = max(1, keep_last if mode == "keep-last" else 1, half_up(L * min_fraction))
         if n_bins == 1:
             depths = [lo]
         else:
-            depths = [int(round(L - i * (L - lo) / (n_bins - 1))) for i in range(n_bins)]
+            depths = [half_up(L - i * (L - lo) / (n_bins - 1)) for i in range(n_bins)]
         a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
         # u = 1 is sigma_min (low noise): edges ascending in ln sigma means u descending.
         edges = [math.log((a + u * (b - a)) ** rho) for u in
