@@ -271,3 +271,21 @@ def test_tiny_recipe_end_to_end_with_exact_resume(teacher, tmp_path):
     # the artefact generates through the pipeline with any step count, one evaluation per step
     pipe = load_pipeline(str(art), device="cpu")
     assert pipe.nfe() == 4 and pipe.nfe(steps=2) == 2
+
+
+def test_backward_simulation_inputs_lie_on_the_generators_schedule(teacher):
+    from presto_cli.diffusion.samplers import get_sigmas_karras
+
+    ps, ctx, src = make(teacher, batch=64, gen_input="backward-sim", gen_steps=3)
+    b = src.batch(0)
+    cond = teacher.task.text(b["caption"], "cpu")
+    x_in, sig = ps._backward_sim(b["latents"], cond, ctx, 64)
+    sched = get_sigmas_karras(3, 0.002, 80.0, 7.0)[:-1]
+    assert all(bool(torch.isclose(s, sched).any()) for s in sig)
+    assert len(torch.unique(sig)) == 3  # every step of the schedule is trained
+    first = torch.isclose(sig, sched[0])
+    assert 60 < float(x_in[first].std()) < 100  # k = 0: pure noise at sigma_max
+    late = torch.isclose(sig, sched[-1])
+    assert float(x_in[late].abs().max()) < 3  # k = N-1: the simulated near-clean state
+    m = run(teacher, ps, ctx, src, 1, start=0)[0]
+    assert math.isfinite(m["fake_loss"])
