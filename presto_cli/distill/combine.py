@@ -20,11 +20,11 @@ from typing import Literal
 import torch
 
 from presto_cli.diffusion.edm import EDMDenoiser
-from presto_cli.distill.layers import LayeredDenoiser, _artefact_meta, _describe_schedule
+from presto_cli.distill.layers import LayeredDenoiser, artefact_meta, describe_schedule
 from presto_cli.distill.presto_s import PrestoS, PrestoSRecipe, PrestoSTask, optim_config
 from presto_cli.distill.schedule import LayerSchedule
 from presto_cli.errors import PrestoError
-from presto_cli.io import load_artefact, prefixed, save_artefact
+from presto_cli.io import load_artefact, save_artefact
 from presto_cli.recipes import recipe_to_dict, register_stage
 from presto_cli.train.loop import Task, register_task
 
@@ -64,10 +64,10 @@ class PrestoLSRecipe(PrestoSRecipe):
             out = {"mode": "apply", "generator": c.generator, "layers": c.layers}
         else:
             out = {"mode": "train", **super().describe(), "layers": c.layers}
-        meta = _artefact_meta(c.layers) if c.layers else None
+        meta = artefact_meta(c.layers) if c.layers else None
         if meta and meta.get("schedule"):
             sched = LayerSchedule.from_dict(meta["schedule"])
-            out.update(_describe_schedule(sched, meta.get("edm") or {}))
+            out.update(describe_schedule(sched, meta.get("edm") or {}))
         return out
 
 
@@ -107,7 +107,7 @@ class _ApplyMode(Task):
         if self.meta.get("kind") != "presto-s":
             raise PrestoError(f"{c.generator} is a '{self.meta.get('kind')}' artefact",
                               "combine.generator must be a `presto distill-steps` output")
-        lmeta = _artefact_meta(recipe.layers_path())
+        lmeta = artefact_meta(recipe.layers_path())
         if lmeta is None:
             load_artefact(recipe.layers_path())  # raises the precise PrestoError
         if lmeta.get("kind") not in LAYER_KINDS or not lmeta.get("schedule"):
@@ -184,4 +184,4 @@ class PrestoLSTask(PrestoSTask):
         return meta
 
     def describe(self) -> dict:
-        return {**super().describe(), **_describe_schedule(self.schedule, self.layers_meta.get("edm") or {})}
+        return {**super().describe(), **describe_schedule(self.schedule, self.layers_meta.get("edm") or {})}

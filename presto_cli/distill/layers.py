@@ -218,7 +218,7 @@ def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, 
 # Stages: recipes, tasks, export
 
 
-def _artefact_meta(path: str) -> dict | None:
+def artefact_meta(path: str) -> dict | None:
     """The presto metadata of an artefact without reading its tensors (None if unreadable)."""
     import json
 
@@ -231,7 +231,7 @@ def _artefact_meta(path: str) -> dict | None:
         return None
 
 
-def _describe_schedule(schedule: LayerSchedule, edm: dict) -> dict:
+def describe_schedule(schedule: LayerSchedule, edm: dict) -> dict:
     """Facts for ``--dry-run``: the schedule and its mean compute per sampler step."""
     kw = {k: float(edm.get(k, d)) for k, d in
           (("sigma_min", 0.002), ("sigma_max", 80.0), ("rho", 7.0))}
@@ -260,14 +260,14 @@ class _LayerRecipeMixin:
         """For ``--dry-run``: the schedule and mean compute per step (needs the teacher file)."""
         from types import SimpleNamespace
 
-        meta = _artefact_meta(self.data.teacher) if self.data.teacher else None
+        meta = artefact_meta(self.data.teacher) if self.data.teacher else None
         if not meta or "model" not in meta:
             return {"schedule": "depends on the teacher's depth (data.teacher not readable yet)"}
         edm = meta.get("edm") or {}
         e = SimpleNamespace(sigma_min=float(edm.get("sigma_min", 0.002)),
                             sigma_max=float(edm.get("sigma_max", 80.0)), rho=float(edm.get("rho", 7.0)))
         sched = self.schedule_for(int(meta["model"]["depth"]), e)
-        return {"teacher": self.data.teacher, **_describe_schedule(sched, edm)}
+        return {"teacher": self.data.teacher, **describe_schedule(sched, edm)}
 
 
 @register_stage("ase")
@@ -430,7 +430,7 @@ class LayerTask(Task):
 
     def describe(self) -> dict:
         return {"params": self.student.net.num_params(),
-                **_describe_schedule(self.schedule, recipe_to_dict(self.edm))}
+                **describe_schedule(self.schedule, recipe_to_dict(self.edm))}
 
 
 def layer_meta(teacher_meta: dict, kind: str, model_cfg, schedule: LayerSchedule, recipe,
