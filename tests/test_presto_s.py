@@ -289,3 +289,18 @@ def test_backward_simulation_inputs_lie_on_the_generators_schedule(teacher):
     assert float(x_in[late].abs().max()) < 3  # k = N-1: the simulated near-clean state
     m = run(teacher, ps, ctx, src, 1, start=0)[0]
     assert math.isfinite(m["fake_loss"])
+
+
+def test_bf16_teacher_and_autocast_run_and_keep_the_generator_fp32(teacher):
+    import copy
+
+    t16 = copy.deepcopy(teacher.denoiser)
+    ps = PrestoS(t16, DistillConfig(update_ratio=1, teacher_dtype="bf16"),
+                 OptimConfig(lr_gen=1e-4, lr_fake=1e-4, ema=0.0), w=1.5)
+    assert all(p.dtype == torch.bfloat16 for p in t16.parameters())
+    assert all(p.dtype == torch.float32 for p in ps.generator.parameters())
+    ctx = Context(0, torch.device("cpu"), "bf16", 8)
+    src = BatchSource(ToyDataset("toy:gmm2d", 64, 0), 0, ctx)
+    b = src.batch(0)
+    m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+    assert m["gen_step"] == 1.0 and all(math.isfinite(v) for v in m.values())

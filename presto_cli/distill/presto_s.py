@@ -30,7 +30,6 @@ context (counter-based on (seed, step, tag)), so resume and DDP are exact.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -38,7 +37,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser, edm_weight
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, edm_weight
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss
 from presto_cli.distill.noise import SigmaDist, karras_sigma
 from presto_cli.errors import PrestoError
