@@ -175,3 +175,28 @@ def test_bf16_autocast_and_backward():
     assert torch.isfinite(y.float()).all()
     y.float().pow(2).mean().backward()  # zero-init output: only the output layer gets gradient
     assert net.out.weight.grad is not None
+
+
+@torch.no_grad()
+def test_budget_rescale_acts_on_the_stream_after_skipped_blocks():
+    """The per-budget scale multiplies the residual stream entering the first block after a gap
+    (keep-last dropping), so it changes the output there and nowhere without a gap."""
+    net = make(seed=4, budget_rescale=True)
+    args = inputs()
+    ref_gap = net(*args, blocks=[0, 3], budget=torch.full((3,), 2))
+    ref_first = net(*args, blocks=[0, 1], budget=torch.full((3,), 2))
+    net.budget_scale[2] = 2.0
+    gap = net(*args, blocks=[0, 3], budget=torch.full((3,), 2))
+    first = net(*args, blocks=[0, 1], budget=torch.full((3,), 2))
+    assert (gap - ref_gap).abs().max() > 1e-2  # a gap: the scale matters
+    torch.testing.assert_close(first, ref_first)  # first-k has no gap: unchanged
+    # equals scaling the stream by hand before block 3
+    net.budget_scale[2] = 1.0
+
+    def hook(mod, inp):
+        return (inp[0] * 2.0, *inp[1:])
+
+    handle = net.blocks[3].register_forward_pre_hook(hook)
+    manual = net(*args, blocks=[0, 3], budget=torch.full((3,), 2))
+    handle.remove()
+    torch.testing.assert_close(gap, manual)

@@ -318,12 +318,18 @@ class DiT(nn.Module):
             cond = cond + self.budget_embed(budget).to(cond.dtype)
 
         hidden: dict[int, Tensor] = {}
+        prev, rescaled = -1, False
         for i in order:
+            if cfg.budget_rescale and not rescaled and i != prev + 1:
+                # the first block after skipped ones sees a residual stream of another scale
+                # (METHOD section 4: Presto-L preserves hidden-state variance): rescale it here,
+                # per budget. (After the last block a rescale would be cancelled by final_norm.)
+                h = h * self.budget_scale[budget].to(h.dtype)[:, None, None]
+                rescaled = True
             h = self.blocks[i](h, cond, text, mask)
+            prev = i
             if i in want:
                 hidden[i] = h
-        if cfg.budget_rescale:
-            h = h * self.budget_scale[budget].to(h.dtype)[:, None, None]
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
         y = self.out(_modulate(self.final_norm(h), shift, scale))  # (B, n, C*p)
         y = y.reshape(b, n, c, p).permute(0, 2, 1, 3).reshape(b, c, n * p)[:, :, :frames]
