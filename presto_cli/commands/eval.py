@@ -11,6 +11,33 @@ import typer
 from presto_cli.errors import PrestoError
 
 
+def bundled_eval_defaults(opts: dict) -> dict:
+    """No models and no folders: the bundled demo models on the bundled held-out prompts, scored
+    against the bundled reference statistics with the bundled in-domain CLAP (presto-clap)."""
+    from presto_cli.pipeline import ASSETS, bundled_models
+
+    models = [m for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") if m in bundled_models()]
+    if not models:
+        raise PrestoError("nothing to evaluate and no bundled demo models are installed",
+                          "pass --model M and/or --gen DIR")
+    out = dict(opts)
+    out["models"] = models
+    emb = out.get("embedder") or "presto-clap"
+    out["embedder"] = emb
+    if emb == "presto-clap" and not out.get("clap_ckpt"):
+        out["clap_ckpt"] = str(ASSETS / "demo-clap.safetensors")
+    defaults = {"prompts": ASSETS / "heldout_prompts.jsonl", "ref": ASSETS / f"ref_heldout_{emb}.npz",
+                "styles": ASSETS / "styles.json"}
+    for key, path in defaults.items():
+        if not out.get(key):
+            if not path.is_file():
+                raise PrestoError(f"the bundled {path.name} is missing", f"pass --{key}")
+            out[key] = str(path)
+    if not out.get("metrics"):
+        out["metrics"] = ["fad", "mmd", "prdc", "clap", "adherence"] if emb != "mel" else ["fad", "mmd", "prdc"]
+    return out
+
+
 def eval_cmd(
     config: Optional[Path] = typer.Argument(None, help="Optional eval YAML whose keys are the options below "
                                             "(metrics, models, gen, ref, prompts, embedder, ...); flags override it."),
@@ -74,6 +101,8 @@ def eval_cmd(
              "out": str(out) if out else None, "report": str(report) if report else None,
              "batch_size": batch_size, "device": device}
     merged = {**base, **{k_: v for k_, v in flags.items() if v is not None}}
+    if not merged.get("models") and not merged.get("gen"):
+        merged = bundled_eval_defaults(merged)
     ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
     doc = evaluate(ecfg, log=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     for s in doc["systems"]:

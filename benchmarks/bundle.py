@@ -1,0 +1,100 @@
+"""Bundle the demo chain's inference artefacts (fp16) and the held-out evaluation set with presto.
+
+    python benchmarks/bundle.py --runs runs/demo --data data/synth
+
+Writes presto_cli/assets/: demo-{teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
+metadata), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
+seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap
+and mel embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
+<data>-heldout/ (not bundled).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from presto_cli.io import atomic_write_text, load_artefact, save_artefact  # noqa: E402
+from presto_cli.pipeline import ASSETS  # noqa: E402
+
+RUNS = {"teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
+        "presto-ls": "demo-ls", "clap": "demo-clap"}
+
+
+def bundle_models(runs: Path) -> list[str]:
+    import torch
+
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    done = []
+    for run, name in RUNS.items():
+        src = runs / run / "model.safetensors"
+        if not src.is_file():
+            print(f"skip {name}: {src} missing")
+            continue
+        tensors, meta = load_artefact(src)
+        meta = dict(meta)
+        meta["bundled_as"] = name
+        meta["source_run"] = str(runs / run)
+        # keep integer/boolean buffers as they are; floating weights go to fp16
+        save_artefact(ASSETS / f"{name}.safetensors", tensors, meta, dtype=torch.float16)
+        size = (ASSETS / f"{name}.safetensors").stat().st_size / 2**20
+        print(f"bundled {name}: {size:.1f} MiB")
+        done.append(name)
+    return done
+
+
+def heldout_set(data: Path) -> Path:
+    rows = [json.loads(l) for l in (data / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    held = [r for r in rows if r.get("split") == "heldout"]
+    if not held:
+        raise SystemExit(f"{data} has no held-out split (presto data synth --split-heldout 0.1)")
+    out = data.parent / (data.name + "-heldout")
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    for r in held:
+        shutil.copy2(data / r["path"], out / r["path"])
+    atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in held))
+    shutil.copy2(data / "styles.json", out / "styles.json")
+    prompts = [{"prompt": r["caption"], "seed": i, "name": f"heldout_{i:04d}", "style": r["labels"]["style"]}
+               for i, r in enumerate(held)]
+    atomic_write_text(ASSETS / "heldout_prompts.jsonl", "".join(json.dumps(p) + "\n" for p in prompts))
+    shutil.copy2(data / "styles.json", ASSETS / "styles.json")
+    print(f"held-out set: {len(held)} clips in {out}; prompts in {ASSETS / 'heldout_prompts.jsonl'}")
+    return out
+
+
+def reference_stats(heldout: Path) -> None:
+    from presto_cli.eval.embedders import EmbeddingCache, build_embedder
+    from presto_cli.eval.evaluate import load_reference, save_reference_stats
+
+    for emb_name, ckpt in (("presto-clap", ASSETS / "demo-clap.safetensors"), ("mel", None)):
+        if ckpt is not None and not ckpt.is_file():
+            print(f"skip reference statistics for {emb_name}: {ckpt} missing")
+            continue
+        emb = build_embedder(emb_name, clap_ckpt=str(ckpt) if ckpt else None, device="cpu")
+        ref = load_reference(str(heldout), emb, EmbeddingCache(), print)
+        save_reference_stats(str(ASSETS / f"ref_heldout_{emb_name}.npz"), ref, emb)
+        print(f"reference statistics: {ASSETS / f'ref_heldout_{emb_name}.npz'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--data", type=Path, default=Path("data/synth"))
+    ap.add_argument("--default", default="", help="default model name (written to assets/default.txt)")
+    ap.add_argument("--skip-models", action="store_true")
+    a = ap.parse_args()
+    if not a.skip_models:
+        bundle_models(a.runs)
+    held = heldout_set(a.data)
+    reference_stats(held)
+    if a.default:
+        atomic_write_text(ASSETS / "default.txt", a.default + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Retrain the whole bundled demo chain from scratch with presto's own recipes (recipes/demo/), then
+# bundle the inference artefacts as fp16 into presto_cli/assets/. Every stage resumes where it
+# stopped if the script is run again. On 2 CPU cores the chain takes a few hours; on a GPU, minutes.
+#   OUT=runs/demo DATA=data/synth N=2400 bash benchmarks/train_demo_models.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/demo}
+DATA=${DATA:-data/synth}
+N=${N:-2400}
+DEVICE=${DEVICE:-auto}
+P="python -m presto_cli"
+dev="train.device=$DEVICE"
+
+if [ ! -f "$DATA/manifest.jsonl" ]; then
+  $P data synth --out "$DATA" --n "$N" --seconds 4 --seed 0 --split-heldout 0.1
+fi
+stage() {  # stage CMD RECIPE NAME [overrides...]
+  local cmd=$1 recipe=$2 name=$3; shift 3
+  if [ -f "$OUT/$name/model.safetensors" ]; then echo "== $name: done"; return; fi
+  echo "== $name"
+  $P "$cmd" "$recipe" "data.path=$DATA" "$dev" "$@" --out "$OUT/$name" --resume
+}
+stage pretrain       recipes/demo/autoencoder.yaml autoencoder
+stage pretrain       recipes/demo/clap.yaml        clap
+stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/autoencoder/model.safetensors"
+T="data.teacher=$OUT/teacher/model.safetensors"
+C="data.codec=$OUT/autoencoder/model.safetensors"
+stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
+stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
+stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
+stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "distill.layers=$OUT/presto-l/model.safetensors"
+python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
