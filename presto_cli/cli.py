@@ -18,6 +18,27 @@ from typer.core import TyperGroup
 from presto_cli import __version__
 from presto_cli.errors import PrestoError
 
+def _click_flow_exceptions() -> tuple:
+    """Exceptions that are click's own control flow (usage errors, --help's exit, aborts): typer
+    0.29 vendors click as typer._click, so both families are passed through."""
+    out = [SystemExit, typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException]
+    try:
+        from typer._click import exceptions as tcx
+
+        out += [getattr(tcx, n) for n in ("Exit", "Abort", "ClickException", "TyperException")
+                if isinstance(getattr(tcx, n, None), type)]
+    except ImportError:
+        pass
+    try:
+        import typer.exceptions as tex
+
+        out += [getattr(tex, n) for n in ("Exit", "Abort") if isinstance(getattr(tex, n, None), type)]
+    except ImportError:
+        pass
+    return tuple(dict.fromkeys(out))
+
+
+_PASS_THROUGH = _click_flow_exceptions()
 _DEBUG = {"on": os.environ.get("PRESTO_DEBUG", "") not in ("", "0")}
 
 
@@ -37,7 +58,7 @@ class PrestoGroup(TyperGroup):
                 raise
             _err(f"error: {e}")
             ctx.exit(e.exit_code)
-        except (click.exceptions.Exit, typer.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             _err("interrupted")
