@@ -72,6 +72,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            os.chmod(self.tmp, _umask_mode())  # writers that recreate the file (safetensors) reset it
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,36 @@
+"""The bundled demo models load on a fresh install and generate a short clip (quality is measured
+by benchmarks/results.py, not here)."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import presto
+from presto_cli.pipeline import BUNDLED, bundled_models, default_model_name, load_pipeline
+
+
+def test_a_default_model_is_bundled():
+    name = default_model_name()
+    assert name in BUNDLED and name in bundled_models()
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_bundled_model_generates(name):
+    if name not in bundled_models():
+        pytest.skip(f"{name} is not bundled in this build")
+    pipe = load_pipeline(name, "cpu")
+    assert pipe.kind in ("teacher", "presto-s", "ase", "presto-l", "presto-ls")
+    audio = pipe.generate(["an upbeat jazz trio with walking bass"], [0], steps=2, duration=0.5)
+    assert audio.shape[0] == 1 and abs(audio.shape[-1] / pipe.sample_rate - 0.5) < 0.05
+    assert np.isfinite(audio.numpy()).all() and float(audio.abs().max()) > 0
+
+
+def test_readme_first_command(tmp_path):
+    """`presto generate "jazz trio" -o out.wav --steps 4` with the bundled default model."""
+    out = tmp_path / "out.wav"
+    presto("generate", "jazz trio", "-o", out, "--steps", 4, "--seed", 0, "--duration", 1.0, cwd=tmp_path)
+    x, sr = sf.read(str(out))
+    meta = json.loads((tmp_path / "out.wav.json").read_text())
+    assert sr == meta["sample_rate"] and len(x) > 0.9 * sr
+    assert meta["steps"] == 4 and meta["model"] == default_model_name()
