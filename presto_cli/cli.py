@@ -173,6 +173,30 @@ def combine(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES,
     _train(("presto-ls",), recipe, overrides or [], out, resume, dry_run, as_json)
 
 
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run directory made by a training command."),
+           out: Path = typer.Option(..., "--out", "-o", help="Artefact to write (.safetensors)."),
+           step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
+           force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")):
+    """Export the inference artefact (EMA weights + metadata) from any checkpoint of a run."""
+    import torch
+
+    from presto_cli.recipes import load_recipe
+    from presto_cli.train.loop import build_task, checkpoint_name, latest_checkpoint
+
+    ck = (run_dir / "checkpoints" / checkpoint_name(step)) if step is not None else latest_checkpoint(run_dir)
+    if ck is None or not ck.is_file():
+        raise PrestoError(f"no checkpoint {'for step %d ' % step if step is not None else ''}in {run_dir}")
+    if out.exists() and not force:
+        raise PrestoError(f"{out} already exists", "pass --force to overwrite it")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    task = build_task(recipe, run_dir)
+    sd = torch.load(ck, map_location="cpu", weights_only=True)
+    task.load_state_dict(sd["task"])
+    task.export(out)
+    typer.echo(str(out))
+
+
 # --------------------------------------------------------------------------------------------
 # Other commands (defined in presto_cli/commands/*; imported lazily where they are heavy)
 

@@ -80,3 +80,25 @@ def test_torchrun_two_processes_match_one(tmp_path):
     w2, _ = load_artefact(two / "model.safetensors")
     for k in w1:
         assert torch.allclose(w1[k].float(), w2[k].float(), atol=1e-4), k
+
+
+def test_export_from_checkpoint(tmp_path):
+    import torch
+    from presto_cli.io import load_artefact
+
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "presto_cli", "pretrain", TINY, "train.steps=20", *COMMON,
+                    "--out", str(run)], check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "presto_cli", "export", str(run), "-o", str(tmp_path / "last.safetensors")],
+                   check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "presto_cli", "export", str(run), "--step", "10", "-o",
+                    str(tmp_path / "s10.safetensors")], check=True, env=ENV, capture_output=True, timeout=300)
+    final, meta = load_artefact(run / "model.safetensors")
+    last, meta2 = load_artefact(tmp_path / "last.safetensors")
+    s10, _ = load_artefact(tmp_path / "s10.safetensors")
+    assert meta["kind"] == meta2["kind"] == "teacher"
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert any(not torch.equal(final[k], s10[k]) for k in final)
+    r = subprocess.run([sys.executable, "-m", "presto_cli", "export", str(run), "--step", "7", "-o",
+                        str(tmp_path / "x.safetensors")], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "no checkpoint" in r.stderr and not (tmp_path / "x.safetensors").exists()
