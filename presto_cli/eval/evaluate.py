@@ -11,6 +11,7 @@ steps, sampler), because FAD-like numbers are not comparable across any of them.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,6 +330,19 @@ def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
     return out
 
 
+def system_name(model: str) -> str:
+    """A readable, file-safe name: a bundled name as is; for a run's model.safetensors the run
+    folder's name (runs/demo/ase/model.safetensors -> ase), else the file's stem."""
+    p = Path(model)
+    if not p.suffix:
+        base = model
+    elif p.stem == "model" and p.parent.name:
+        base = p.parent.name
+    else:
+        base = p.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+
+
 def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: Path,
                     log: Callable[[str], None]) -> System:
     """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
@@ -347,7 +361,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     cfgw = cfg.cfg if cfg.cfg >= 0 else None
     duration = cfg.duration or None
     s = pipe.settings(steps, sampler, cfgw) if hasattr(pipe, "settings") else None
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).stem if Path(model).suffix else model)
+    name = system_name(model)
     out_dir = audio_root / name
     files: list[Path] = []
     t0 = time.time()
@@ -455,6 +469,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
     from presto_cli import __version__
 
     metrics = parse_metrics(cfg.metrics)
+    names = [system_name(m) for m in cfg.models]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PrestoError(f"two models would be reported under the same name: {', '.join(dup)}",
+                          "give each model its own file name or run folder")
     if not cfg.models and not cfg.gen:
         raise PrestoError("nothing to evaluate", "pass --model M and/or --gen DIR")
     need_ref = [m for m in metrics if m in REF_METRICS]
