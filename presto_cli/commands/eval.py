@@ -101,9 +101,9 @@ def eval_cmd(
              "out": str(out) if out else None, "report": str(report) if report else None,
              "batch_size": batch_size, "device": device}
     merged = {**base, **{k_: v for k_, v in flags.items() if v is not None}}
-    if not merged.get("models") and not merged.get("gen"):
-        merged = bundled_eval_defaults(merged)
-    ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
+    ecfg = dataclass_from_dict(EvalConfig, merged, "eval")  # refuses unknown keys first
+    if not ecfg.models and not ecfg.gen:
+        ecfg = dataclass_from_dict(EvalConfig, bundled_eval_defaults(merged), "eval")
     doc = evaluate(ecfg, log=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     for s in doc["systems"]:
         for note in s.get("notes", []):
