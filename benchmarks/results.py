@@ -49,10 +49,16 @@ def main() -> None:
     ap.add_argument("--real", type=Path, default=ROOT / "data" / "synth",
                     help="corpus whose training-split audio is the real-audio ceiling")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ablation", type=Path, default=ROOT / "runs" / "demo" / "ablation",
+                    help="folder of Presto-L ablation runs (each */model.safetensors), if present")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
+    A = ROOT / "presto_cli" / "assets"
+    common = ["--prompts", str(A / "heldout_prompts.jsonl"), "--ref", str(A / "ref_heldout_presto-clap.npz"),
+              "--embedder", "presto-clap", "--clap-ckpt", str(A / "demo-clap.safetensors"),
+              "--styles", str(A / "styles.json"), "--metrics", "fad,mmd,prdc,clap,adherence"]
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
 
@@ -67,17 +73,21 @@ def main() -> None:
             dst = real_dir / Path(r["path"]).name
             if not dst.exists():
                 os.symlink((a.real / r["path"]).resolve(), dst)
-        real = presto("eval", "--gen", str(real_dir), "--metrics", "fad,mmd,prdc", "--out",
-                      str(a.out / "eval_real.json"))
+        real = presto("eval", "--gen", str(real_dir), *common[2:-2], "--metrics", "fad,mmd,prdc",
+                      "--out", str(a.out / "eval_real.json"))
     else:
         real = None
     steps = {}
     for s in (1, 2, 4, 8):
-        steps[s] = presto("eval", "--model", "demo-s", "--steps", str(s), "--n", str(a.n), "--device",
+        steps[s] = presto("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                           a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
+    ablation = {}
+    for run in sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []:
+        ablation[run.parent.name] = presto("eval", "--model", str(run), *common, "--n", str(a.n), "--device", a.device,
+                                           "--out", str(a.out / f"eval_{run.parent.name}.json"))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
-                                                    "presto_s_steps": steps}, indent=2))
-    table = render(bench, ev, real, steps, a)
+                                                    "presto_s_steps": steps, "ablation": ablation}, indent=2))
+    table = render(bench, ev, real, steps, a, ablation)
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
@@ -97,7 +107,7 @@ def _sys(ev: dict) -> dict:
     return {s["name"]: s for s in ev.get("systems", [])}
 
 
-def render(bench, ev, real, steps, a) -> str:
+def render(bench, ev, real, steps, a, ablation=None) -> str:
     b = _bench_rows(bench)
     e = _sys(ev)
     emb = ev.get("embedder", {})
@@ -132,6 +142,15 @@ def render(bench, ev, real, steps, a) -> str:
         sc = doc["systems"][0]["scores"]
         lines.append(f"| {s} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
                      f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
+    if ablation:
+        base = {n: e[n]["scores"] for n in ("demo-l", "demo-ase") if n in e}
+        lines += ["", "Presto-L ablation (same schedule, data and steps; one part switched off each):", "",
+                  "| model | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
+        rows = [(n, sc) for n, sc in base.items()]
+        rows += [(n, doc["systems"][0]["scores"]) for n, doc in ablation.items()]
+        for n, sc in rows:
+            lines.append(f"| {n} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
+                         f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
     return "\n".join(lines)
 
 
