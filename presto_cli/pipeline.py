@@ -179,7 +179,7 @@ class Pipeline:
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                        duration=None, rho=None, progress: bool = False) -> torch.Tensor:
-        from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas_karras
+        from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
@@ -187,8 +187,8 @@ class Pipeline:
         frames = self.frames_for(duration)
         cond = self.encode_text(list(prompts))
         noise = PerSampleNoise(list(seeds), self.device)
-        sigmas = get_sigmas_karras(s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
-                                   device=self.device)
+        sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
+                            device=self.device)
         x = noise.randn((self.latent_channels, frames)) * sigmas[0]
         return SAMPLERS[s.sampler](self.model_fn(cond, s), x, sigmas, noise=noise, disable=not progress)
 

@@ -182,3 +182,17 @@ def test_registry_and_unknown_name():
     assert set(SAMPLERS) == {"euler", "heun", "dpmpp_2m", "fewstep"}
     with pytest.raises(PrestoError, match="unknown sampler"):
         run_sampler("heunn", gauss_den, torch.zeros(1, 1, 1), get_sigmas_karras(2, SMIN, SMAX))
+
+
+def test_fewstep_schedule_spends_every_step_on_noise():
+    """The few-step schedule never ends on sigma_min (where a generator step is the identity), so
+    n steps are n useful steps; the ODE samplers keep the Karras schedule."""
+    from presto_cli.diffusion.samplers import get_sigmas, get_sigmas_karras
+
+    for n in (1, 2, 4, 8):
+        s = get_sigmas("fewstep", n, 0.002, 80.0, 7.0)
+        assert len(s) == n + 1 and float(s[-1]) == 0.0 and float(s[0]) == 80.0
+        assert (s[:-1] > 0.01).all() and (s[:-2] > s[1:-1]).all()
+        k = get_sigmas_karras(n + 1, 0.002, 80.0, 7.0)
+        torch.testing.assert_close(s[:-1], k[:n])
+    torch.testing.assert_close(get_sigmas("heun", 4, 0.002, 80.0, 7.0), get_sigmas_karras(4, 0.002, 80.0, 7.0))

@@ -23,7 +23,7 @@ from torch import Tensor
 from presto_cli.errors import PrestoError
 
 __all__ = ["PerSampleNoise", "get_sigmas_karras", "sample_euler", "sample_heun",
-           "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "nfe", "get_sampler", "run_sampler"]
+           "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "get_sigmas_fewstep", "get_sigmas", "nfe", "get_sampler", "run_sampler"]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -70,6 +70,26 @@ def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7
         a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
         sig = (a + u * (b - a)) ** rho
     return torch.cat([sig, sig.new_zeros(1)]).float().to(device)
+
+
+def get_sigmas_fewstep(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
+                       device: str | torch.device = "cpu") -> Tensor:
+    """Noise levels of an n-step few-step generator [ours]: the first n points of an (n+1)-point
+    Karras schedule, then 0. The Karras schedule's own last point is sigma_min, where a generator
+    step is the identity (c_skip ~ 1), so with it an n-step run has only n-1 useful steps (2 steps
+    = 1 step); dropping it spends every step on real noise, as DMD2's timesteps [999, 749, 499, 249]
+    do. n = 1 gives [sigma_max, 0]."""
+    if n < 1:
+        raise PrestoError(f"the number of steps must be >= 1, got {n}")
+    sig = get_sigmas_karras(n + 1, sigma_min, sigma_max, rho, device)
+    return torch.cat([sig[:n], sig.new_zeros(1)])
+
+
+def get_sigmas(sampler: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
+               device: str | torch.device = "cpu") -> Tensor:
+    """The schedule a sampler runs on: Karras for the ODE samplers, few-step points for fewstep."""
+    fn = get_sigmas_fewstep if sampler == "fewstep" else get_sigmas_karras
+    return fn(n, sigma_min, sigma_max, rho, device)
 
 
 def _sig(s: Tensor, x: Tensor) -> Tensor:

@@ -211,7 +211,10 @@ class LayerSchedule:
     def sampler_compute(self, sampler: str, steps: int, sigma_min: float = 0.002,
                         sigma_max: float = 80.0, rho: float = 7.0) -> float:
         """Mean fraction of full depth per network call for ``sampler`` with ``steps`` steps."""
-        return self.mean_compute(eval_sigmas(sampler, karras_sigmas(steps, sigma_min, sigma_max, rho)))
+        from presto_cli.diffusion.samplers import get_sigmas  # the schedule the pipeline runs
+
+        return self.mean_compute(eval_sigmas(sampler, get_sigmas(sampler, steps, sigma_min, sigma_max,
+                                                                 rho).tolist()))
 
     def describe(self) -> str:
         """One human line, e.g. for ``--dry-run``."""
