@@ -7,7 +7,7 @@ import re
 import secrets
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -19,32 +19,6 @@ FORMATS = ("wav", "flac", "mp3", "ogg")
 def _slug(text: str, n: int = 40) -> str:
     s = re.sub(r"[^a-zA-Z0-9]+", "-", text.lower()).strip("-")
     return (s[:n].rstrip("-")) or "clip"
-
-
-def read_prompt_file(path: Path) -> list[dict]:
-    """txt: one prompt per line; jsonl: {"prompt", optional "seed", "name"} per line."""
-    if not path.is_file():
-        raise PrestoError(f"prompt file not found: {path}")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise PrestoError(f"{path}:{i} is not valid JSON", "one JSON object per line") from None
-            if not isinstance(rec, dict) or not str(rec.get("prompt", "")).strip():
-                raise PrestoError(f"{path}:{i} has no \"prompt\"")
-            if "seed" in rec and not isinstance(rec["seed"], int):
-                raise PrestoError(f"{path}:{i}: \"seed\" must be an integer")
-            rows.append(rec)
-        else:
-            rows.append({"prompt": line})
-    if not rows:
-        raise PrestoError(f"prompt file {path} has no prompts")
-    return rows
 
 
 def _check_writable(directory: Path) -> None:
@@ -79,7 +53,9 @@ def plan_jobs(prompt: Optional[str], prompts_file: Optional[Path], out: Optional
             raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
         rows = [{"prompt": prompt}]
     else:
-        rows = read_prompt_file(prompts_file)
+        from presto_cli.prompts import read_prompts
+
+        rows = read_prompts(prompts_file)
     single = prompt is not None and k == 1 and (out is None or out.suffix.lstrip(".") in FORMATS)
     if fmt is None:
         fmt = out.suffix.lstrip(".") if (single and out is not None) else "wav"
@@ -123,8 +99,6 @@ def generate_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON record per file on stdout."),
 ):
     """Generate music from text with a presto model."""
-    import torch
-
     from presto_cli import __version__
     from presto_cli.audio import write_audio
     from presto_cli.io import atomic_write_json

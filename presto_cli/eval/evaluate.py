@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from presto_cli.errors import PrestoError
+from presto_cli.prompts import read_prompts  # noqa: F401  (re-exported)
 from presto_cli.eval import metrics as M
 from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
 
@@ -85,33 +86,6 @@ def parse_metrics(text: str | list[str]) -> list[str]:
     if not out:
         raise PrestoError("no metrics asked for", f"--metrics {','.join(METRICS)}")
     return out
-
-
-def read_prompts(path: str | Path) -> list[dict]:
-    """txt: one prompt per line; jsonl: ``{"prompt", "seed"?, "name"?, "style"?}`` per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrestoError(f"prompt file not found: {path}")
-    rows: list[dict] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if path.suffix.lower() in (".jsonl", ".json"):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise PrestoError(f"{path}:{i} is not valid JSON", "one JSON object per line") from None
-            if not isinstance(rec, dict) or not str(rec.get("prompt", "")).strip():
-                raise PrestoError(f"{path}:{i} has no \"prompt\"")
-            if "seed" in rec and not isinstance(rec["seed"], int):
-                raise PrestoError(f"{path}:{i}: \"seed\" must be an integer")
-            rows.append({k: rec[k] for k in ("prompt", "seed", "name", "style") if k in rec})
-        else:
-            rows.append({"prompt": line})
-    if not rows:
-        raise PrestoError(f"prompt file {path} has no prompts")
-    return rows
 
 
 def audio_files(folder: str | Path) -> list[Path]:
@@ -346,8 +320,6 @@ def system_name(model: str) -> str:
 def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: Path,
                     log: Callable[[str], None]) -> System:
     """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
-    import re
-
     from presto_cli.audio import write_audio
     from presto_cli.io import atomic_write_json
     from presto_cli.pipeline import load_pipeline, resolve_model
