@@ -102,3 +102,27 @@ def test_export_from_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "presto_cli", "export", str(run), "--step", "7", "-o",
                         str(tmp_path / "x.safetensors")], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "no checkpoint" in r.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+def test_presto_s_sigkill_then_resume_matches(tmp_path):
+    """Presto-S (three networks, two optimisers, update ratio) resumes exactly after SIGKILL."""
+    teacher = tmp_path / "teacher"
+    subprocess.run([sys.executable, "-m", "presto_cli", "pretrain", TINY, "train.steps=60", "--out", str(teacher)],
+                   check=True, env=ENV, capture_output=True, timeout=300)
+    rec = str(ROOT / "recipes" / "tiny" / "presto-s.yaml")
+    args = [f"data.teacher={teacher / 'model.safetensors'}", "train.steps=30", "train.batch_size=32", *COMMON]
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(full)],
+                   check=True, env=ENV, capture_output=True, timeout=300)
+    run = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(run)],
+                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while _steps(run) < 13 and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert 13 <= _steps(run) < 30, f"the run was not killed mid-way ({_steps(run)})"
+    subprocess.run([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(run), "--resume"],
+                   check=True, env=ENV, capture_output=True, timeout=300)
+    assert _strip(_metrics(full)) == _strip(_metrics(run))
