@@ -30,26 +30,30 @@ def _strip(ms):
     return [{k: v for k, v in m.items() if k != "time"} for m in ms]
 
 
+def _kill_midway_then_resume(cmd: list[str], run: Path, kill_after: int, total: int) -> None:
+    """Start ``presto *cmd --out run``, SIGKILL it once ``kill_after`` steps are logged, check a
+    plain rerun refuses the existing run, then finish it with --resume."""
+    base = [sys.executable, "-m", "presto_cli", *cmd, "--out", str(run)]
+    p = subprocess.Popen(base, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while _steps(run) < kill_after and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = _steps(run)
+    assert kill_after <= killed_at < total, f"the run was not killed mid-way ({killed_at})"
+    r = subprocess.run(base, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--resume" in r.stderr  # never silently overwrites a run
+    subprocess.run(base + ["--resume"], check=True, env=ENV, capture_output=True, timeout=300)
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     steps = ["train.steps=60", *COMMON]
     full = tmp_path / "full"
     subprocess.run([sys.executable, "-m", "presto_cli", "pretrain", TINY, *steps, "--out", str(full)],
                    check=True, env=ENV, capture_output=True, timeout=300)
     run = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "presto_cli", "pretrain", TINY, *steps, "--out", str(run)],
-                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while _steps(run) < 25 and p.poll() is None and time.time() - t0 < 240:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    killed_at = _steps(run)
-    assert 25 <= killed_at < 60, f"the run was not killed mid-way ({killed_at})"
-    r = subprocess.run([sys.executable, "-m", "presto_cli", "pretrain", TINY, *steps, "--out", str(run)],
-                       env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "--resume" in r.stderr  # never silently overwrites a run
-    subprocess.run([sys.executable, "-m", "presto_cli", "pretrain", TINY, *steps, "--out", str(run),
-                    "--resume"], check=True, env=ENV, capture_output=True, timeout=300)
+    _kill_midway_then_resume(["pretrain", TINY, *steps], run, 25, 60)
     a, b = _strip(_metrics(full)), _strip(_metrics(run))
     assert [m["step"] for m in b] == list(range(1, 61))
     assert a == b
@@ -115,14 +119,5 @@ def test_presto_s_sigkill_then_resume_matches(tmp_path):
     subprocess.run([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(full)],
                    check=True, env=ENV, capture_output=True, timeout=300)
     run = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(run)],
-                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while _steps(run) < 13 and p.poll() is None and time.time() - t0 < 240:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert 13 <= _steps(run) < 30, f"the run was not killed mid-way ({_steps(run)})"
-    subprocess.run([sys.executable, "-m", "presto_cli", "distill-steps", rec, *args, "--out", str(run), "--resume"],
-                   check=True, env=ENV, capture_output=True, timeout=300)
+    _kill_midway_then_resume(["distill-steps", rec, *args], run, 13, 30)
     assert _strip(_metrics(full)) == _strip(_metrics(run))

@@ -64,6 +64,20 @@ class TeacherRecipe(BaseRecipe):
                 "text_encoder": self.text}
 
 
+def distillation_dataset(recipe, teacher_meta: dict, device):
+    """The data a distillation stage trains on: the teacher's toy mixture, or the latent cache of
+    ``data.path`` under the teacher's codec (``data.codec`` or the one it was trained with)."""
+    if teacher_meta.get("toy"):
+        return ToyDataset(teacher_meta["toy"], n=recipe.toy_size, seed=recipe.seed)
+    from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+
+    codec = recipe.data.codec or teacher_meta.get("codec_source", "")
+    if not recipe.data.path or not codec:
+        raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
+                          "trained on) and data.codec", "copy the data section of the teacher's recipe")
+    return LatentDataset(ensure_latent_cache(codec, recipe.data, device))
+
+
 class TextCache:
     """Encodes captions with a frozen text encoder, caching each distinct caption on the CPU
     (training captions repeat: this saves a MiniLM forward per step)."""

@@ -344,20 +344,9 @@ class LayerTask(Task):
     def make_dataset(self):
         if self._dataset is not None:
             return self._dataset
-        r, meta = self.recipe, self.teacher_meta
-        if meta.get("toy"):
-            from presto_cli.data.toy import ToyDataset
+        from presto_cli.diffusion.teacher import distillation_dataset
 
-            self._dataset = ToyDataset(meta["toy"], n=r.toy_size, seed=r.seed)
-        else:
-            from presto_cli.data.latents import LatentDataset, ensure_latent_cache
-
-            codec = r.data.codec or meta.get("codec_source", "")
-            if not r.data.path or not codec:
-                raise PrestoError(f"the {r.stage} stage needs data.path (the audio the teacher was "
-                                  "trained on) and data.codec", "copy the data section of the "
-                                  "teacher's recipe")
-            self._dataset = LatentDataset(ensure_latent_cache(codec, r.data, self.device))
+        self._dataset = distillation_dataset(self.recipe, self.teacher_meta, self.device)
         return self._dataset
 
     # -- training ----------------------------------------------------------------------------
