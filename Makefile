@@ -23,4 +23,4 @@ demo-models:
 	bash benchmarks/train_demo_models.sh
 
 results:
-	bash benchmarks/results.sh
+	$(PY) benchmarks/results.py

@@ -1,19 +1,25 @@
 """Regenerate README's results table from the bundled demo models, in one run on this machine.
 
-    python benchmarks/results.py [--n 240] [--device cpu] [--out results/]
+    python benchmarks/results.py [--n 240] [--seeds 3] [--device cpu] [--out results/]
 
-1. `presto bench` (batch 1, after warm-up, teacher first): latency, real-time factor, NFE, and the
-   ratio to the teacher, all in the same process and run.
-2. `presto eval` on the bundled held-out prompts (fixed seeds), scored with the bundled in-domain
-   CLAP (presto-clap) against the held-out real audio's statistics: FAD, MMD, CLAP score, PRDC and
-   prompt adherence; plus real training-split audio as the ceiling, and Presto-S at 1/2/4/8 steps.
-3. Writes results/*.json, results/report.html and the table between the README's markers.
+1. `presto bench` (batch 1, after warm-up, teacher first, timed rounds interleaved across the
+   models): latency, real-time factor, NFE, and the ratio to the teacher, all in one process.
+2. `presto eval` on the bundled held-out prompts, scored with the bundled in-domain CLAP
+   (presto-clap) against the held-out real audio's statistics: FAD, MMD, CLAP score, PRDC and
+   prompt adherence. Repeated for ``--seeds`` fixed seed sets (the prompts' seeds + 1000 k), so
+   each score is a mean with its spread across seed sets: two models whose FADs differ by less
+   than that spread are not separated by this measurement. Plus real training-split audio as the
+   ceiling, Presto-S at 1/2/4/8 steps and the Presto-L ablation (runs/demo/ablation).
+3. With the training runs present (runs/demo), `benchmarks/layer_diag.py`: per-noise-bin denoising
+   error and distance to the full teacher of ASE, Presto-L and the ablations on held-out latents.
+4. Writes results/*.json, results/report.html and the tables between the README's markers.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -48,7 +54,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--real", type=Path, default=ROOT / "data" / "synth",
                     help="corpus whose training-split audio is the real-audio ceiling")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds of the bench")
+    ap.add_argument("--seeds", type=int, default=3, help="seed sets per quality measurement")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "demo",
+                    help="the demo chain's training runs (for the per-bin layer diagnostics), if present")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "synth",
+                    help="the demo corpus (its held-out latents feed the layer diagnostics)")
     ap.add_argument("--ablation", type=Path, default=ROOT / "runs" / "demo" / "ablation",
                     help="folder of Presto-L ablation runs (each */model.safetensors), if present")
     a = ap.parse_args()
@@ -62,8 +73,23 @@ def main() -> None:
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
 
-    ev = presto("eval", "--n", str(a.n), "--device", a.device, "--out", str(a.out / "eval.json"),
-                "--report", str(a.out / "report.html"))
+    prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
+
+    def prompt_set(k: int) -> list[str]:
+        if k == 0:
+            return ["--prompts", str(A / "heldout_prompts.jsonl")]
+        f = a.out / f"heldout_prompts_seed{k}.jsonl"
+        f.write_text("".join(json.dumps({**r, "seed": int(r["seed"]) + 1000 * k}) + "\n" for r in prompts))
+        return ["--prompts", str(f)]
+
+    def sfx(k: int) -> str:
+        return "" if k == 0 else f"_seed{k}"
+
+    ev = [presto("eval", "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
+                 "--report", str(a.out / "report.html"))]
+    for k in range(1, a.seeds):
+        ev.append(presto("eval", "--n", str(a.n), "--device", a.device, *prompt_set(k),
+                         "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
     real_dir = a.out / "real_train"
     if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
         rows = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
@@ -83,11 +109,26 @@ def main() -> None:
                           a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
     ablation = {}
     for run in sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []:
-        ablation[run.parent.name] = presto("eval", "--model", str(run), *common, "--n", str(a.n), "--device", a.device,
-                                           "--out", str(a.out / f"eval_{run.parent.name}.json"))
+        name = run.parent.name
+        ablation[name] = [presto("eval", "--model", str(run), *common[2:], *prompt_set(k), "--n", str(a.n),
+                                 "--device", a.device, "--audio-dir", str(a.out / f"eval_{name}{sfx(k)}_audio"),
+                                 "--out", str(a.out / f"eval_{name}{sfx(k)}.json"))
+                          for k in range(a.seeds)]
+    diag = None
+    teacher_run = a.runs / "teacher" / "model.safetensors"
+    layer_runs = [a.runs / n / "model.safetensors" for n in ("ase", "presto-l")]
+    layer_runs += sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []
+    if teacher_run.is_file() and all(p.is_file() for p in layer_runs[:2]) and (a.data / "manifest.jsonl").is_file():
+        print("$ python benchmarks/layer_diag.py ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layer_diag.py"), "--teacher", str(teacher_run),
+                        "--data", str(a.data), "--n", str(a.n), "--per-bin", "2",
+                        "--out", str(a.out / "layer_diag.json"), *map(str, layer_runs)], cwd=ROOT, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        diag = json.loads((a.out / "layer_diag.json").read_text())
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
-                                                    "presto_s_steps": steps, "ablation": ablation}, indent=2))
-    table = render(bench, ev, real, steps, a, ablation)
+                                                    "presto_s_steps": steps, "ablation": ablation,
+                                                    "layer_diag": diag}, indent=2))
+    table = render(bench, ev, real, steps, a, ablation, diag)
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
@@ -107,50 +148,89 @@ def _sys(ev: dict) -> dict:
     return {s["name"]: s for s in ev.get("systems", [])}
 
 
-def render(bench, ev, real, steps, a, ablation=None) -> str:
+def _agg(docs: list[dict], name: str | None = None) -> dict:
+    """Per score: (mean, sd over seed sets) of one system across the seed sets' eval documents."""
+    per = []
+    for d in docs:
+        sy = _sys(d).get(name) if name else d["systems"][0]
+        if sy:
+            per.append(sy["scores"])
+    out = {}
+    for key in (per[0] if per else {}):
+        vals = [p[key] for p in per if isinstance(p.get(key), (int, float))]
+        if vals:
+            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
+    return out
+
+
+def _pm(v, nd=3) -> str:
+    if not v:
+        return "–"
+    m, sd = v
+    return _f(m, nd) if sd is None else f"{_f(m, nd)} ± {_f(sd, 1)}"
+
+
+def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
     b = _bench_rows(bench)
-    e = _sys(ev)
-    emb = ev.get("embedder", {})
+    emb = ev[0].get("embedder", {})
+    seeds = len(ev)
+    spread = (f" Quality scores are the mean ± standard deviation over {seeds} seed sets of {a.n} clips "
+              "(the held-out prompts' seeds + 0, 1000, 2000, ...)." if seeds > 1 else "")
     lines = [
-        f"Measured by `python benchmarks/results.py --n {a.n} --device {a.device}` on "
-        f"{bench.get('device_name', bench.get('device', a.device))}, {time.strftime('%Y-%m-%d')}. "
-        f"Latency: batch 1, after warm-up, median of {a.repeats}; ratios are to the teacher in the same run. "
-        f"Quality: {a.n} clips per model on the bundled held-out prompts (fixed seeds), embedder "
-        f"{emb.get('name', '?')} ({emb.get('version', '')}), reference: held-out real audio statistics.",
+        f"Measured by `python benchmarks/results.py --n {a.n} --seeds {a.seeds} --device {a.device}` on "
+        f"{bench.get('device_name', bench.get('device', a.device))} ({bench.get('threads', '?')} threads), "
+        f"{time.strftime('%Y-%m-%d')}. "
+        f"Latency: batch 1, after warm-up, median of {a.repeats} rounds interleaved across the models; "
+        f"speed-ups are to the teacher in the same run. "
+        f"Quality: {a.n} clips per model on the bundled held-out prompts, embedder "
+        f"{emb.get('name', '?')} ({emb.get('version', '')}), reference: held-out real audio statistics."
+        + spread,
         "",
         "| model | sampler | steps | NFE | latency (s) | RTF | speed-up | FAD ↓ | MMD ↓ | CLAP ↑ | precision | recall | density | coverage | adherence |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = list(b) or list(e)
+    names = list(b) or list(_sys(ev[0]))
     for name in names:
         br = b.get(name, {})
-        sc = e.get(name, {}).get("scores", {})
+        sc = _agg(ev, name)
         lines.append("| " + " | ".join([
             str(name), str(br.get("sampler", "")), _f(br.get("steps")), _f(br.get("nfe")),
             _f(br.get("latency_s")), _f(br.get("rtf")), _f(br.get("speedup_vs_base")),
-            _f(sc.get("fad")), _f(sc.get("mmd2")), _f(sc.get("clap_score")), _f(sc.get("precision")),
-            _f(sc.get("recall")), _f(sc.get("density")), _f(sc.get("coverage")), _f(sc.get("adherence")),
+            _pm(sc.get("fad")), _pm(sc.get("mmd2")), _pm(sc.get("clap_score")), _pm(sc.get("precision")),
+            _pm(sc.get("recall")), _pm(sc.get("density")), _pm(sc.get("coverage")), _pm(sc.get("adherence")),
         ]) + " |")
     if real:
         sc = real["systems"][0]["scores"]
         lines.append("| real audio (training split) | – | – | – | – | – | – | " + " | ".join(
             _f(sc.get(k)) for k in ("fad", "mmd2")) + " | – | " + " | ".join(
             _f(sc.get(k)) for k in ("precision", "recall", "density", "coverage")) + " | – |")
-    lines += ["", "Presto-S (demo-s) at other step counts:", "",
+    lines += ["", "Presto-S (demo-s) at other step counts (first seed set):", "",
               "| steps | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
     for s, doc in steps.items():
         sc = doc["systems"][0]["scores"]
         lines.append(f"| {s} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
                      f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
     if ablation:
-        base = {n: e[n]["scores"] for n in ("demo-l", "demo-ase") if n in e}
         lines += ["", "Presto-L ablation (same schedule, data and steps; one part switched off each):", "",
                   "| model | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
-        rows = [(n, sc) for n, sc in base.items()]
-        rows += [(n, doc["systems"][0]["scores"]) for n, doc in ablation.items()]
+        rows = [(n, _agg(ev, n)) for n in ("demo-l", "demo-ase") if n in _sys(ev[0])]
+        rows += [(n, _agg(docs)) for n, docs in ablation.items()]
         for n, sc in rows:
-            lines.append(f"| {n} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
-                         f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
+            lines.append(f"| {n} | {_pm(sc.get('fad'))} | {_pm(sc.get('mmd2'))} | {_pm(sc.get('clap_score'))} | "
+                         f"{_pm(sc.get('recall'))} | {_pm(sc.get('adherence'))} |")
+    if diag:
+        d = diag["depths_low_to_high_noise"]
+        lines += ["", f"Layer dropping per noise bin (`benchmarks/layer_diag.py`, {diag['n']} held-out latents, "
+                  f"{diag['per_bin']} noise levels per bin, no CFG): EDM-weighted denoising error λ(σ)‖D−x0‖² "
+                  "and, in brackets, distance to the full-depth teacher λ(σ)‖D−D_full‖². Lower is better; "
+                  "'untuned' is the teacher's weights run with the schedule before any fine-tuning.", "",
+                  "| model | " + " | ".join(f"k={k}" for k in d) + " | mean |",
+                  "|---|" + "---|" * (len(d) + 1)]
+        for n, v in diag["results"].items():
+            dn, st = v["dn"], v["st"]
+            cells = [f"{x:.3f}" + ("" if n.startswith("teacher") else f" ({y:.3f})") for x, y in zip(dn, st)]
+            mean = f"{statistics.fmean(dn):.3f}" + ("" if n.startswith("teacher") else f" ({statistics.fmean(st):.3f})")
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
 
 

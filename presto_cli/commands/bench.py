@@ -17,9 +17,11 @@ def bench_cmd(
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of audio per clip (default: the model's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the DiT (compile time goes into warm-up)."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed runs per row (the median is reported)."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed rounds; each runs every row once (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs first."),
     prompt: str = typer.Option("an upbeat jazz trio with walking bass", "--prompt", help="The prompt generated."),
+    memory: bool = typer.Option(True, "--memory/--no-memory",
+                                help="On CPU, measure each model's peak memory in a fresh process (a few seconds each)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):
     """Benchmark generation speed at batch 1 (teacher first, ratios to it in the same run)."""
@@ -32,7 +34,8 @@ def bench_cmd(
     if duration is not None and duration <= 0:
         raise PrestoError(f"--duration must be positive, got {duration}")
     settings = BenchSettings(steps=steps, samplers=tuple(sampler) if sampler else (None,), duration=duration,
-                             repeats=repeats, warmup=warmup, compile=compile_, prompt=prompt)
+                             repeats=repeats, warmup=warmup, compile=compile_, prompt=prompt,
+                             memory=memory)
     doc = run_bench(list(model) if model else None, settings, device,
                     log=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     for s in doc["skipped"]:

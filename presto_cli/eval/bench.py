@@ -1,14 +1,16 @@
 """Latency, real-time factor, network evaluations and peak memory (METHOD.md §6, "Latency / RTF").
 
-For each model (and sampler) one clip is generated at batch 1: first ``warmup`` untimed runs
-(they absorb lazy initialisation and ``torch.compile``), then ``repeats`` timed runs, each
-bracketed by a device synchronisation, split into the model part (text encoding + sampling) and
-the autoencoder decode. Latency is the median total wall time; the real-time factor is audio
-seconds per wall second (higher is faster; > 1 is faster than real time). Peak memory is CUDA's
-max allocated bytes during the timed runs, or on CPU the rise of the resident set's high-water
-mark (Linux ``/proc/self/clear_refs`` reset, else ``ru_maxrss``, a lower bound). Teacher rows
-come first and every row carries its speed-up over the teacher measured in the same run, since
-absolute numbers only compare on the same machine.
+Each model (and sampler) generates one clip at batch 1. All models are loaded and warmed up first
+(``warmup`` untimed runs absorb lazy initialisation and ``torch.compile``); then ``repeats`` timed
+rounds run every model once each, in a rotated order, so that load from elsewhere on the machine
+falls on all models alike. Each run is bracketed by a device synchronisation and split into the
+model part (text encoding + sampling) and the autoencoder decode. Latency is the median total wall
+time (the inter-quartile range is kept); the real-time factor is audio seconds per wall second
+(> 1 is faster than real time). Peak memory: on CUDA ``max_memory_allocated`` over one run; on CPU
+the peak resident memory of a fresh process that loads the model and generates one clip (an
+in-process figure reads 0 once an earlier model has left freed memory mapped). Teacher rows come
+first and every row carries its speed-up over the teacher measured in the same run, since absolute
+numbers only compare on the same machine.
 """
 from __future__ import annotations
 
@@ -43,48 +45,21 @@ def _proc_kib(field: str) -> int | None:
 
 
 class PeakMemory:
-    """Context manager measuring the peak memory of the enclosed work (bytes) and how."""
+    """CUDA: the peak allocated bytes of the enclosed work (``max_memory_allocated``)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes: int | None = None
-        self.method = ""
+        self.method = "cuda max_memory_allocated (absolute)"
 
     def __enter__(self):
-        if self.device.type == "cuda":
-            _sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            self.method = "cuda max_memory_allocated (absolute)"
-            return self
-        self.base = _proc_kib("VmRSS")
-        self.reset = False
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            self.reset = True
-            self.method = "RSS high-water rise (VmHWM after reset)"
-        except OSError:
-            import resource
-
-            self.base_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.method = "ru_maxrss rise (lower bound)"
+        _sync(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
     def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            _sync(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-            return False
-        if self.reset and self.base is not None:
-            hwm = _proc_kib("VmHWM")
-            self.peak_bytes = max(0, (hwm or 0) - self.base) * 1024
-        else:
-            import resource
-
-            now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            scale = 1 if platform.system() == "Darwin" else 1024  # bytes on macOS, KiB on Linux
-            self.peak_bytes = max(0, now - self.base_max) * scale
+        _sync(self.device)
+        self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         return False
 
 
@@ -98,46 +73,100 @@ class BenchSettings:
     compile: bool = False
     prompt: str = "an upbeat jazz trio with walking bass"
     seed: int = 0
+    memory: bool = True  # on CPU: peak RSS of a fresh process per model (a few seconds each)
+
+
+def _entry(pipe, settings: BenchSettings, sampler: str | None) -> dict:
+    """What one (model, sampler) row generates: its sampler settings and audio length."""
+    s = pipe.settings(settings.steps, sampler, None)
+    frames = pipe.frames_for(settings.duration)
+    return {"pipe": pipe, "s": s, "dur": frames / pipe.frame_rate, "model_t": [], "dec_t": []}
+
+
+def _time_once(e: dict, prompt: str, seed: int) -> tuple[float, float]:
+    """One batch-1 generation: (text encoding + sampling, decode) wall seconds, synchronised."""
+    pipe, s, dev = e["pipe"], e["s"], e["pipe"].device
+    _sync(dev)
+    t0 = time.perf_counter()
+    lat = pipe.sample_latents([prompt], [seed], s.steps, s.sampler, s.cfg, e["dur"], s.rho)
+    _sync(dev)
+    t1 = time.perf_counter()
+    if getattr(pipe, "codec", None) is not None:
+        pipe.decode(lat)
+        _sync(dev)
+    return t1 - t0, time.perf_counter() - t1
+
+
+_MEM_SCRIPT = """
+import json, resource, sys
+from presto_cli.eval.bench import _proc_kib
+from presto_cli.pipeline import load_pipeline
+path, steps, sampler, duration, prompt = json.loads(sys.argv[1])
+pipe = load_pipeline(path, "cpu")
+s = pipe.settings(steps, sampler, None)
+load = _proc_kib("VmRSS")
+lat = pipe.sample_latents([prompt], [0], s.steps, s.sampler, s.cfg, duration, s.rho)
+if pipe.codec is not None:
+    pipe.decode(lat)
+peak = _proc_kib("VmHWM")
+if peak is None:  # no /proc: ru_maxrss (KiB on Linux, bytes on macOS)
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = r // 1024 if sys.platform == "darwin" else r
+print(json.dumps({"peak_kib": peak, "load_kib": load}))
+"""
+
+
+def cpu_peak_memory(path: str, steps: int, sampler: str, duration: float, prompt: str) -> dict:
+    """Peak resident memory of a fresh process that loads ``path`` and generates one clip.
+
+    In-process measures cannot be trusted on CPU: memory freed by an earlier model stays mapped
+    (the allocator keeps it), so a later model's rise reads 0. A fresh process per model gives
+    the absolute figure a user's process needs (Python, torch, text encoder and model included).
+    """
+    import json
+    import subprocess
+    import sys
+
+    arg = json.dumps([str(path), steps, sampler, duration, prompt])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    r = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, arg], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise PrestoError(f"memory measurement of {path} failed: {tail}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"peak_mem_mb": d["peak_kib"] / 1024,
+            "load_mem_mb": None if d["load_kib"] is None else d["load_kib"] / 1024}
 
 
 def bench_pipeline(pipe, settings: BenchSettings, sampler: str | None) -> dict:
-    """Time one (model, sampler) at batch 1. ``pipe`` follows ARCHITECTURE.md's Pipeline."""
-    s = pipe.settings(settings.steps, sampler, None)
-    frames = pipe.frames_for(settings.duration)
-    dur = frames / pipe.frame_rate
-    dev = pipe.device
-    has_codec = getattr(pipe, "codec", None) is not None
-
-    def once(seed: int) -> tuple[float, float]:
-        _sync(dev)
-        t0 = time.perf_counter()
-        lat = pipe.sample_latents([settings.prompt], [seed], s.steps, s.sampler, s.cfg, dur, s.rho)
-        _sync(dev)
-        t1 = time.perf_counter()
-        if has_codec:
-            pipe.decode(lat)
-            _sync(dev)
-        return t1 - t0, time.perf_counter() - t1
-
+    """Time one (model, sampler) at batch 1, alone (``run_bench`` interleaves several)."""
+    e = _entry(pipe, settings, sampler)
     t0 = time.perf_counter()
     for w in range(settings.warmup):
-        once(settings.seed + 1000 + w)
-    warm = time.perf_counter() - t0
-    model_t, dec_t = [], []
-    with PeakMemory(dev) as mem:
-        for r in range(settings.repeats):
-            a, b = once(settings.seed + r)
-            model_t.append(a)
-            dec_t.append(b)
-    total = [a + b for a, b in zip(model_t, dec_t)]
+        _time_once(e, settings.prompt, settings.seed + 1000 + w)
+    e["warm"] = time.perf_counter() - t0
+    for r in range(settings.repeats):
+        a, b = _time_once(e, settings.prompt, settings.seed + r)
+        e["model_t"].append(a)
+        e["dec_t"].append(b)
+    return _summarise(e, settings)
+
+
+def _summarise(e: dict, settings: BenchSettings) -> dict:
+    pipe, s, dur = e["pipe"], e["s"], e["dur"]
+    has_codec = getattr(pipe, "codec", None) is not None
+    total = [a + b for a, b in zip(e["model_t"], e["dec_t"])]
     lat = statistics.median(total)
+    q = statistics.quantiles(total, n=4) if len(total) >= 2 else [lat, lat, lat]
     return {"kind": pipe.kind, "sampler": s.sampler, "steps": s.steps, "cfg": s.cfg,
             "nfe": int(pipe.nfe(s.steps, s.sampler, s.cfg)), "audio_seconds": round(dur, 4),
             "latency_s": lat, "latency_mean_s": statistics.fmean(total), "latency_min_s": min(total),
-            "model_s": statistics.median(model_t), "decode_s": statistics.median(dec_t) if has_codec else None,
-            "rtf": dur / lat if lat > 0 else None, "warmup_s": round(warm, 4),
-            "peak_mem_mb": None if mem.peak_bytes is None else mem.peak_bytes / 2**20,
-            "memory_method": mem.method, "repeats": settings.repeats}
+            "latency_iqr_s": [q[0], q[2]],
+            "model_s": statistics.median(e["model_t"]),
+            "decode_s": statistics.median(e["dec_t"]) if has_codec else None,
+            "rtf": dur / lat if lat > 0 else None, "warmup_s": round(e.get("warm", 0.0), 4),
+            "peak_mem_mb": e.get("peak_mem_mb"), "load_mem_mb": e.get("load_mem_mb"),
+            "memory_method": e.get("memory_method", ""), "repeats": len(total)}
 
 
 def _compile(pipe) -> None:
@@ -150,9 +179,15 @@ def _compile(pipe) -> None:
 
 def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "auto",
               log: Callable[[str], None] = lambda s: None) -> dict:
-    """Benchmark each model x sampler; teacher rows first, ratios to the (first) teacher."""
+    """Benchmark each model x sampler; teacher rows first, ratios to the (first) teacher.
+
+    All models are loaded and warmed up first; then the timed runs are interleaved, round by
+    round (each round in a rotated order), so a slow spell of the machine (another process, a
+    frequency change) lands on every model alike instead of on whichever ran then.
+    """
     from presto_cli import __version__
-    from presto_cli.pipeline import load_pipeline, resolve_model
+    from presto_cli.io import load_artefact
+    from presto_cli.pipeline import Pipeline, resolve_model
     from presto_cli.runtime import resolve_device
 
     if settings.repeats < 1 or settings.warmup < 0:
@@ -160,7 +195,7 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
     dev = resolve_device(device)
     names = list(models) if models else list(DEMO_MODELS)
     skipped: list[dict] = []
-    rows: list[dict] = []
+    entries: list[dict] = []
     first_error: PrestoError | None = None
     for name in names:
         try:
@@ -171,23 +206,47 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             skipped.append({"model": name, "reason": str(e)})
             log(f"skipping {name}: {e}")
             continue
-        pipe = load_pipeline(str(path), dev)
+        tensors, meta = load_artefact(path)
+        pipe = Pipeline(tensors, meta, dev, path)
         if settings.compile:
             _compile(pipe)
         for sampler in settings.samplers:
-            log(f"benchmarking {name} (sampler {sampler or pipe.default_sampler})")
             try:
-                r = bench_pipeline(pipe, settings, sampler)
-            except PrestoError as e:
-                first_error = first_error or e
-                skipped.append({"model": name, "sampler": sampler, "reason": str(e)})
-                log(f"skipping {name} with {sampler}: {e}")
+                e = _entry(pipe, settings, sampler)
+                log(f"warming up {name} (sampler {e['s'].sampler})")
+                t0 = time.perf_counter()
+                for w in range(settings.warmup):
+                    _time_once(e, settings.prompt, settings.seed + 1000 + w)
+                e["warm"] = time.perf_counter() - t0
+            except PrestoError as err:
+                first_error = first_error or err
+                skipped.append({"model": name, "sampler": sampler, "reason": str(err)})
+                log(f"skipping {name} with {sampler}: {err}")
                 continue
-            rows.append({"model": name, "path": str(path), **r})
-    if not rows:
+            e.update(model=name, path=str(path))
+            entries.append(e)
+    if not entries:
         if first_error is not None:
             raise first_error
         raise PrestoError("no model to benchmark", "pass --model PATH (bundled demo models are not installed)")
+    log(f"timing {len(entries)} row(s), {settings.repeats} interleaved round(s)")
+    for r in range(settings.repeats):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            a, b = _time_once(e, settings.prompt, settings.seed + r)
+            e["model_t"].append(a)
+            e["dec_t"].append(b)
+    for e in entries:  # memory: one measured run per row, after the timing
+        if dev.type == "cuda":
+            with PeakMemory(dev) as mem:
+                _time_once(e, settings.prompt, settings.seed)
+            e["peak_mem_mb"] = mem.peak_bytes / 2**20
+            e["memory_method"] = mem.method
+        elif settings.memory:
+            log(f"measuring the memory of {e['model']} in a fresh process")
+            e.update(cpu_peak_memory(e["path"], e["s"].steps, e["s"].sampler, e["dur"], settings.prompt))
+            e["memory_method"] = "peak RSS of a fresh process loading the model and generating one clip"
+    rows = [{"model": e["model"], "path": e["path"], **_summarise(e, settings)} for e in entries]
     rows.sort(key=lambda r: r["kind"] != "teacher")  # stable: teacher rows first
     base = rows[0]
     for r in rows:
@@ -198,7 +257,7 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             "device": str(dev), "device_name": dev_name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "batch": 1,
             "repeats": settings.repeats, "warmup": settings.warmup, "compile": settings.compile,
-            "prompt": settings.prompt,
+            "interleaved": True, "prompt": settings.prompt,
             "base": {"model": base["model"], "sampler": base["sampler"], "steps": base["steps"],
                      "is_teacher": base["kind"] == "teacher"},
             "rows": rows, "skipped": skipped}
@@ -210,14 +269,15 @@ def bench_table(doc: dict):
     b = doc["base"]
     what = "teacher" if b["is_teacher"] else f"{b['model']} (no teacher benchmarked)"
     t = Table(title=f"presto bench on {doc['device']} ({doc['device_name']}), batch 1, median of "
-                    f"{doc['repeats']}", caption=f"ratios relative to {what}; RTF = audio seconds per second")
-    for h in ("model", "kind", "sampler", "steps", "NFE", "audio s", "latency ms", "model ms",
+                    f"{doc['repeats']} interleaved rounds", caption=f"ratios relative to {what}; RTF = audio seconds per second")
+    for h in ("model", "kind", "sampler", "steps", "NFE", "audio s", "latency ms", "IQR ms", "model ms",
               "decode ms", "RTF", "peak MB", "speed-up", "NFE ratio"):
         t.add_column(h, justify="left" if h in ("model", "kind", "sampler") else "right")
     f = lambda v, p="{:.3g}": "-" if v is None else p.format(v)  # noqa: E731
     for r in doc["rows"]:
         t.add_row(r["model"], r["kind"], r["sampler"], str(r["steps"]), str(r["nfe"]), f(r["audio_seconds"]),
-                  f(r["latency_s"] * 1e3, "{:.1f}"), f(r["model_s"] * 1e3, "{:.1f}"),
+                  f(r["latency_s"] * 1e3, "{:.1f}"),
+                  "{:.1f}-{:.1f}".format(*(v * 1e3 for v in r["latency_iqr_s"])), f(r["model_s"] * 1e3, "{:.1f}"),
                   f(None if r["decode_s"] is None else r["decode_s"] * 1e3, "{:.1f}"), f(r["rtf"], "{:.1f}"),
                   f(r["peak_mem_mb"], "{:.1f}"), f(r["speedup_vs_base"], "{:.2f}x"),
                   f(r["nfe_ratio_vs_base"], "{:.2f}x"))
