@@ -164,7 +164,13 @@ def test_styles_differ_measurably(corpus):
 
 
 @needs_fluidsynth
-def test_deterministic_for_a_seed_and_any_worker_count(corpus, tmp_path):
+def test_deterministic_for_a_seed_and_any_worker_count(corpus, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the render scratch goes,
+    monkeypatch.setenv("TMPDIR", str(scratch))  # here and in the spawned workers
     out, _ = corpus
     # clip bytes depend on (seed, index) only: a 3-clip run with 2 workers repeats the first 3 clips
     synth.synth_corpus(tmp_path / "a", n=3, seconds=4.0, seed=0, workers=2)
@@ -173,6 +179,7 @@ def test_deterministic_for_a_seed_and_any_worker_count(corpus, tmp_path):
     synth.synth_corpus(tmp_path / "b", n=1, seconds=4.0, seed=1, workers=1)
     r0 = read_manifest(out / "manifest.jsonl")[0]
     assert (tmp_path / "b" / r0["path"]).read_bytes() != (out / r0["path"]).read_bytes()
+    assert list(scratch.iterdir()) == []  # the workers' MIDI scratch folders are removed
 
 
 @needs_fluidsynth

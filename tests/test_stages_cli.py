@@ -46,3 +46,30 @@ def test_distill_steps_layers_and_combine(tiny_chain, tmp_path):
            "train.steps=6", "--out", tmp_path / "ls")
     meta = _gen(tmp_path / "ls" / "model.safetensors", tmp_path / "ls.wav", 2)
     assert meta["kind"] == "presto-ls" and meta["nfe"] == 2
+
+
+def test_resume_refuses_a_changed_teacher(tiny_chain, tmp_path):
+    """A distillation run resumed against a teacher file that changed since it started is refused
+    with one line (and the run's checkpoint is left as it was)."""
+    import shutil
+
+    from presto_cli.io import load_artefact, save_artefact
+
+    teacher = tmp_path / "teacher.safetensors"
+    shutil.copy(tiny_chain["teacher"], teacher)
+    common = _common({**tiny_chain, "teacher": teacher}) + ["train.ckpt_every=2"]
+    presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=2", "--out", tmp_path / "s")
+    presto("distill-layers", TINY / "ase.yaml", *common, "train.steps=2", "--out", tmp_path / "ase")
+    # same resume, same teacher: accepted
+    presto("distill-layers", TINY / "ase.yaml", *common, "train.steps=3", "--out", tmp_path / "ase", "--resume")
+    tensors, meta = load_artefact(teacher)
+    k = next(n for n in tensors if n.startswith("dit."))
+    tensors[k] = tensors[k] + 0.01  # another teacher under the same name
+    save_artefact(teacher, tensors, meta)
+    for cmd, recipe, run in (("distill-steps", "presto-s.yaml", "s"), ("distill-layers", "ase.yaml", "ase")):
+        before = (tmp_path / run / "latest").read_text() if (tmp_path / run / "latest").exists() else None
+        r = presto(cmd, TINY / recipe, *common, "train.steps=4", "--out", tmp_path / run, "--resume", check=False)
+        assert r.returncode == 1, r.stderr
+        assert "not the file this run started with" in r.stderr and "Traceback" not in r.stderr
+        after = (tmp_path / run / "latest").read_text() if (tmp_path / run / "latest").exists() else None
+        assert before == after

@@ -892,11 +892,12 @@ def _clip_name(plan: dict[str, Any]) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(soundfont: str, exe: str) -> None:
+def _worker_init(soundfont: str, exe: str, tmp_root: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER["soundfont"] = Path(soundfont)
     _WORKER["exe"] = exe
-    _WORKER["tmp"] = Path(tempfile.mkdtemp(prefix="presto-synth-"))
+    # inside the run's temporary folder, which the parent removes however the workers end
+    _WORKER["tmp"] = Path(tempfile.mkdtemp(prefix="worker-", dir=tmp_root))
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -950,25 +951,26 @@ def synth_corpus(out: str | Path, n: int, seconds: float, seed: int = 0, sample_
     t0 = time.perf_counter()
     workers = max(1, min(int(workers), n))
     done = 0
-    if workers == 1:
-        _worker_init(str(sf2), exe)
-        try:
+    tmp_root = tempfile.mkdtemp(prefix="presto-synth-")
+    try:
+        if workers == 1:
+            _worker_init(str(sf2), exe, tmp_root)
             for j in jobs:
                 _worker_job(j)
                 done += 1
                 if progress:
                     progress(done, n)
-        finally:
-            shutil.rmtree(_WORKER["tmp"], ignore_errors=True)
-    else:
-        import multiprocessing as mp
+        else:
+            import multiprocessing as mp
 
-        ctx = mp.get_context("spawn")  # no forked torch/OpenMP state in the workers
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(str(sf2), exe)) as pool:
-            for _ in pool.imap_unordered(_worker_job, jobs, chunksize=1):
-                done += 1
-                if progress:
-                    progress(done, n)
+            ctx = mp.get_context("spawn")  # no forked torch/OpenMP state in the workers
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(str(sf2), exe, tmp_root)) as pool:
+                for _ in pool.imap_unordered(_worker_job, jobs, chunksize=1):
+                    done += 1
+                    if progress:
+                        progress(done, n)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
     elapsed = time.perf_counter() - t0
     lines = []
     for p in plans:

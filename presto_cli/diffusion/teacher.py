@@ -270,3 +270,13 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu",
     edm = dataclass_from_dict(EDMConfig, meta.get("edm", {}), "edm")
     den = EDMDenoiser(net, edm).to(device).eval()
     return den, meta, tensors
+
+
+def check_same_teacher(state: dict, path: str | Path, sha256: str) -> None:
+    """Refuse to resume a distillation run against a teacher file that changed since it started
+    (checkpoints from before this check carry no digest and are accepted)."""
+    old = state.get("teacher_sha256")
+    if old is not None and old != sha256:
+        raise PrestoError(f"the teacher {path} is not the file this run started with (SHA-256 "
+                          f"{sha256[:12]} != {old[:12]})",
+                          "resume with the original teacher, or start a new run in another --out folder")

@@ -310,11 +310,13 @@ class LayerTask(Task):
 
     def __init__(self, recipe, ctx, run_dir: Path):
         super().__init__(recipe, ctx, run_dir)
+        from presto_cli.data.latents import file_sha256
         from presto_cli.diffusion.teacher import TextCache, load_teacher
         from presto_cli.text.encoders import build_text_encoder
 
         self.device = ctx.device
         path = _teacher_path(recipe)
+        self.teacher_path, self.teacher_sha256 = str(path), file_sha256(path)
         teacher, meta, tensors = load_teacher(path, self.device)
         if meta.get("kind") != "teacher":
             raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact; layer distillation "
@@ -391,12 +393,15 @@ class LayerTask(Task):
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = {"student": self.student.state_dict(), "opt": self.opt.state_dict(),
-              "schedule": self.schedule.to_dict()}
+              "schedule": self.schedule.to_dict(), "teacher_sha256": self.teacher_sha256}
         if self.ema is not None:
             sd["ema"] = self.ema.state_dict()
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
+        from presto_cli.diffusion.teacher import check_same_teacher
+
+        check_same_teacher(sd, self.teacher_path, self.teacher_sha256)
         if LayerSchedule.from_dict(sd["schedule"]) != self.schedule:
             raise PrestoError("the checkpoint was trained with another layer schedule",
                               "resume with the recipe the run started with")

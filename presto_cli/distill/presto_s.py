@@ -497,6 +497,7 @@ class PrestoSTask(Task):
 
     def __init__(self, recipe: PrestoSRecipe, ctx, run_dir: Path):
         super().__init__(recipe, ctx, run_dir)
+        from presto_cli.data.latents import file_sha256
         from presto_cli.diffusion.teacher import TextCache, load_teacher
         from presto_cli.text.encoders import build_text_encoder
 
@@ -511,6 +512,7 @@ class PrestoSTask(Task):
             raise PrestoError("distill.teacher_dtype=bf16 needs a CUDA device",
                               "use distill.teacher_dtype=fp32 on CPU")
         self.teacher_path = str(path)
+        self.teacher_sha256 = file_sha256(path)
         self.teacher_meta = meta
         self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith("codec.")}
         w = recipe.distill.cfg if recipe.distill.cfg is not None else teacher_cfg_weight(meta)
@@ -545,9 +547,13 @@ class PrestoSTask(Task):
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"presto_s": self.model.state_dict(), "teacher": self.teacher_path}
+        return {"presto_s": self.model.state_dict(), "teacher": self.teacher_path,
+                "teacher_sha256": self.teacher_sha256}
 
     def load_state_dict(self, sd: dict) -> None:
+        from presto_cli.diffusion.teacher import check_same_teacher
+
+        check_same_teacher(sd, self.teacher_path, self.teacher_sha256)
         self.model.load_state_dict(sd["presto_s"])
 
     def export_meta(self) -> dict:
