@@ -2,8 +2,9 @@
 
     python benchmarks/results.py [--n 240] [--seeds 3] [--device cpu] [--out results/]
 
-1. `presto bench` (batch 1, after warm-up, teacher first, timed rounds interleaved across the
-   models): latency, real-time factor, NFE, and the ratio to the teacher, all in one process.
+1. `presto bench` (run last, so nothing of this script runs beside it; batch 1, after warm-up,
+   teacher first, timed rounds interleaved across the models): latency, real-time factor, NFE,
+   and the ratio to the teacher, all in one process.
 2. `presto eval` on the bundled held-out prompts, scored with the bundled in-domain CLAP
    (presto-clap) against the held-out real audio's statistics: FAD, MMD, CLAP score, PRDC and
    prompt adherence. Repeated for ``--seeds`` fixed seed sets (the prompts' seeds + 1000 k), so
@@ -62,6 +63,10 @@ def main() -> None:
                     help="the demo corpus (its held-out latents feed the layer diagnostics)")
     ap.add_argument("--ablation", type=Path, default=ROOT / "runs" / "demo" / "ablation",
                     help="folder of Presto-L ablation runs (each */model.safetensors), if present")
+    ap.add_argument("--diag", type=Path, nargs="*",
+                    default=[ROOT / "runs" / "demo" / "control", ROOT / "runs" / "demo" / "long"],
+                    help="folders of further diagnostic runs (each */model.safetensors), scored like the "
+                         "ablation: the full-depth fine-tuning control and the longer ASE/Presto-L runs")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -70,8 +75,6 @@ def main() -> None:
     common = ["--prompts", str(A / "heldout_prompts.jsonl"), "--ref", str(A / "ref_heldout_presto-clap.npz"),
               "--embedder", "presto-clap", "--clap-ckpt", str(A / "demo-clap.safetensors"),
               "--styles", str(A / "styles.json"), "--metrics", "fad,mmd,prdc,clap,adherence"]
-    bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
-    (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
 
     prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
 
@@ -108,23 +111,28 @@ def main() -> None:
         steps[s] = presto("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                           a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
     ablation = {}
-    for run in sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []:
-        name = run.parent.name
+    extra = [run for d in a.diag if d.is_dir() for run in sorted(d.glob("*/model.safetensors"))]
+    abl_runs = sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []
+    for run in abl_runs + extra:
+        name = run.parent.name if run in abl_runs else f"{run.parent.parent.name}/{run.parent.name}"
         ablation[name] = [presto("eval", "--model", str(run), *common[2:], *prompt_set(k), "--n", str(a.n),
-                                 "--device", a.device, "--audio-dir", str(a.out / f"eval_{name}{sfx(k)}_audio"),
-                                 "--out", str(a.out / f"eval_{name}{sfx(k)}.json"))
+                                 "--device", a.device, "--audio-dir", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}_audio"),
+                                 "--out", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}.json"))
                           for k in range(a.seeds)]
     diag = None
     teacher_run = a.runs / "teacher" / "model.safetensors"
     layer_runs = [a.runs / n / "model.safetensors" for n in ("ase", "presto-l")]
-    layer_runs += sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []
+    layer_runs += abl_runs + [r for r in extra if json.loads(_meta(r)).get("schedule")]
     if teacher_run.is_file() and all(p.is_file() for p in layer_runs[:2]) and (a.data / "manifest.jsonl").is_file():
         print("$ python benchmarks/layer_diag.py ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layer_diag.py"), "--teacher", str(teacher_run),
-                        "--data", str(a.data), "--n", str(a.n), "--per-bin", "2",
+                        "--data", str(a.data), "--n", str(min(a.n, 120)), "--per-bin", "2",
                         "--out", str(a.out / "layer_diag.json"), *map(str, layer_runs)], cwd=ROOT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
         diag = json.loads((a.out / "layer_diag.json").read_text())
+    # timing last: on a machine with nothing else running by then
+    bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
+    (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
                                                     "presto_s_steps": steps, "ablation": ablation,
                                                     "layer_diag": diag}, indent=2))
@@ -137,6 +145,15 @@ def main() -> None:
         readme.write_text(head + START + "\n" + table + "\n" + END + tail)
     print(table)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def _meta(path: Path) -> str:
+    """The JSON metadata string of a .safetensors artefact (without loading its tensors)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        m = f.metadata() or {}
+    return m.get("presto", "{}")
 
 
 def _bench_rows(bench: dict) -> dict:
@@ -211,7 +228,10 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
         lines.append(f"| {s} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
                      f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
     if ablation:
-        lines += ["", "Presto-L ablation (same schedule, data and steps; one part switched off each):", "",
+        lines += ["", "Presto-L ablation (same schedule, data and steps; one part switched off each), and "
+                  "diagnostic runs: control/full-depth-finetune = ASE's recipe at full depth everywhere (the "
+                  "same 400 fine-tuning steps, no layer dropped); long/* = ASE and Presto-L trained 1200 steps "
+                  "instead of 400:", "",
                   "| model | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
         rows = [(n, _agg(ev, n)) for n in ("demo-l", "demo-ase") if n in _sys(ev[0])]
         rows += [(n, _agg(docs)) for n, docs in ablation.items()]
