@@ -230,3 +230,15 @@ def test_eval_generates_with_models(tiny_models, folders, tmp_path):
     side = json.loads((audio / "teacher" / "p1.wav.json").read_text())
     assert side["prompt"] == "tune 1" and side["seed"] == 11
     assert math.isfinite(t["scores"]["fad"]) and math.isfinite(s["scores"]["mmd2"])
+
+
+def test_module_bytes_counts_shared_tensors_once():
+    import torch
+
+    from presto_cli.eval.bench import module_bytes
+
+    a = torch.nn.Linear(10, 4)  # 44 fp32 values
+    b = torch.nn.Sequential(a, torch.nn.BatchNorm1d(4))  # + 8 parameters, 2 x 4 buffers + counter
+    assert module_bytes(a) == 44 * 4
+    assert module_bytes(a, b) == module_bytes(b) == (44 + 8 + 8) * 4 + 8  # a inside b once; int64 counter
+    assert module_bytes(None) == 0

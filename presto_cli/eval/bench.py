@@ -6,7 +6,8 @@ rounds run every model once each, in a rotated order, so that load from elsewher
 falls on all models alike. Each run is bracketed by a device synchronisation and split into the
 model part (text encoding + sampling) and the autoencoder decode. Latency is the median total wall
 time (the inter-quartile range is kept); the real-time factor is audio seconds per wall second
-(> 1 is faster than real time). Peak memory: on CUDA ``max_memory_allocated`` over one run; on CPU
+(> 1 is faster than real time). Peak memory: on CUDA the model's own weights plus the rise of
+``max_memory_allocated`` over one run (all rows' models are resident together); on CPU
 the peak resident memory of a fresh process that loads the model and generates one clip (an
 in-process figure reads 0 once an earlier model has left freed memory mapped). Teacher rows come
 first and every row carries its speed-up over the teacher measured in the same run, since absolute
@@ -44,22 +45,36 @@ def _proc_kib(field: str) -> int | None:
     return None
 
 
+def module_bytes(*modules) -> int:
+    """Bytes of the parameters and buffers of ``modules`` (each tensor counted once)."""
+    seen, n = set(), 0
+    for m in modules:
+        if m is None:
+            continue
+        for t in list(m.parameters()) + list(m.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                n += t.numel() * t.element_size()
+    return n
+
+
 class PeakMemory:
-    """CUDA: the peak allocated bytes of the enclosed work (``max_memory_allocated``)."""
+    """CUDA: how far allocated memory rose above its level at entry during the enclosed work
+    (``max_memory_allocated`` after a reset, minus the allocation at entry)."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.peak_bytes: int | None = None
-        self.method = "cuda max_memory_allocated (absolute)"
+        self.rise_bytes: int | None = None
 
     def __enter__(self):
         _sync(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
         return self
 
     def __exit__(self, *exc):
         _sync(self.device)
-        self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        self.rise_bytes = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.base)
         return False
 
 
@@ -238,10 +253,15 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             e["dec_t"].append(b)
     for e in entries:  # memory: one measured run per row, after the timing
         if dev.type == "cuda":
+            # every row's model is resident at once, so the absolute peak would count the others:
+            # this model's own weights plus the rise of allocated memory over one run
+            pipe = e["pipe"]
             with PeakMemory(dev) as mem:
                 _time_once(e, settings.prompt, settings.seed)
-            e["peak_mem_mb"] = mem.peak_bytes / 2**20
-            e["memory_method"] = mem.method
+            own = module_bytes(pipe.denoiser, getattr(pipe, "codec", None), getattr(pipe, "text", None))
+            e["load_mem_mb"] = own / 2**20
+            e["peak_mem_mb"] = (own + mem.rise_bytes) / 2**20
+            e["memory_method"] = "cuda: the model's weights (DiT, codec, text encoder) + max_memory_allocated rise over one run"
         elif settings.memory:
             log(f"measuring the memory of {e['model']} in a fresh process")
             e.update(cpu_peak_memory(e["path"], e["s"].steps, e["s"].sampler, e["dur"], settings.prompt))
