@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=240, help="held-out latents")
     ap.add_argument("--per-bin", type=int, default=4, help="noise levels per latent and bin")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cfg", type=float, default=1.0,
+                    help="guidance weight: > 1 compares guided outputs (as sampled), D_null + w (D_c - D_null)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -69,12 +71,19 @@ def main() -> None:
     models = {}
     for p in a.models:
         den, meta, _ = load_teacher(p, "cpu")
-        models[p.parent.name if p.name == "model.safetensors" else p.stem] = (
-            den, LayerSchedule.from_dict(meta["schedule"]))
+        name = p.parent.name if p.name == "model.safetensors" else p.stem
+        if name in models:  # runs/demo/ase vs runs/demo/long/ase
+            name = f"{p.parent.parent.name}/{name}"
+        if name in models:
+            raise SystemExit(f"two models are both named {name}: {p}")
+        models[name] = (den, LayerSchedule.from_dict(meta["schedule"]))
     ref_sched = next(iter(models.values()))[1]
     for mode in ("first-k", "keep-last"):  # the untuned teacher under each block choice
         models[f"untuned {mode}"] = (teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
                                                             ref_sched.depth_total, mode, 1))
+
+    def run(den, x, sig, c, kw):
+        return den.guided(x, sig, c, a.cfg, **kw) if a.cfg != 1.0 else den(x, sig, c, **kw)
 
     gen = torch.Generator().manual_seed(a.seed)
     cfg = teacher.cfg
@@ -88,15 +97,16 @@ def main() -> None:
             sig = torch.full((n,), s)
             xs = x0 + s * noise[j]
             lam = edm_weight(sig, cfg.sigma_data)
-            full = torch.cat([teacher(xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)))
+            full = torch.cat([run(teacher, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)), {})
                               for i in range(0, n, 60)])
             err = lambda d: float((lam * (d - x0).pow(2).flatten(1).mean(1)).mean())  # noqa: E731
             acc["teacher (full depth)"][0] += err(full)
             for name, (den, sch) in models.items():
                 kw = sch.net_kwargs(s, n)
-                d = torch.cat([den(xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)),
-                                   blocks=kw["blocks"], **({"budget": kw["budget"][i:i + 60]}
-                                                           if den.net.cfg.budget_embed or den.net.cfg.budget_rescale else {}))
+                extra = {"blocks": kw["blocks"]}
+                if den.net.cfg.budget_embed or den.net.cfg.budget_rescale:
+                    extra["budget"] = kw["budget"][:1]
+                d = torch.cat([run(den, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)), dict(extra))
                                for i in range(0, n, 60)])
                 acc[name][0] += err(d)
                 acc[name][1] += float((lam * (d - full).pow(2).flatten(1).mean(1)).mean())
@@ -104,10 +114,10 @@ def main() -> None:
         for k, (dn, st) in acc.items():
             res[k]["dn"].append(dn / len(sigmas))
             res[k]["st"].append(st / len(sigmas))
-    doc = {"n": n, "per_bin": a.per_bin, "depths_low_to_high_noise": depths,
+    doc = {"n": n, "per_bin": a.per_bin, "cfg": a.cfg, "depths_low_to_high_noise": depths,
            "bins_ln_sigma": ref_sched.bins, "results": res}
     w = max(len(k) for k in res)
-    print(f"held-out latents: {n}, {a.per_bin} noise levels per bin; depths per bin (low -> high noise): {depths}")
+    print(f"held-out latents: {n}, {a.per_bin} noise levels per bin, CFG {a.cfg:g}; depths per bin (low -> high noise): {depths}")
     for key, title in (("dn", "denoising error lambda|D - x0|^2"), ("st", "distance to full teacher lambda|D - D_full|^2")):
         print(f"\n{title}")
         print(" " * w + "  " + "  ".join(f"bin{b}(k={d})".rjust(10) for b, d in enumerate(depths)) + "      mean")

@@ -67,9 +67,18 @@ def main() -> None:
                     default=[ROOT / "runs" / "demo" / "control", ROOT / "runs" / "demo" / "long"],
                     help="folders of further diagnostic runs (each */model.safetensors), scored like the "
                          "ablation: the full-depth fine-tuning control and the longer ASE/Presto-L runs")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-run only the layer diagnostics and rewrite the tables from results/summary.json")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if a.render_only:
+        S = json.loads((a.out / "summary.json").read_text())
+        S["layer_diag"] = layer_diag(a)
+        (a.out / "summary.json").write_text(json.dumps(S, indent=2))
+        write_readme(render(S["bench"], S["eval"], S["real"], {int(k): v for k, v in S["presto_s_steps"].items()},
+                            a, S["ablation"], S["layer_diag"]))
+        return
 
     A = ROOT / "presto_cli" / "assets"
     common = ["--prompts", str(A / "heldout_prompts.jsonl"), "--ref", str(A / "ref_heldout_presto-clap.npz"),
@@ -111,25 +120,15 @@ def main() -> None:
         steps[s] = presto("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                           a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
     ablation = {}
-    extra = [run for d in a.diag if d.is_dir() for run in sorted(d.glob("*/model.safetensors"))]
-    abl_runs = sorted(a.ablation.glob("*/model.safetensors")) if a.ablation.is_dir() else []
+    extra = [run for d in a.diag for run in _runs(d)]
+    abl_runs = _runs(a.ablation)
     for run in abl_runs + extra:
         name = run.parent.name if run in abl_runs else f"{run.parent.parent.name}/{run.parent.name}"
         ablation[name] = [presto("eval", "--model", str(run), *common[2:], *prompt_set(k), "--n", str(a.n),
                                  "--device", a.device, "--audio-dir", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}_audio"),
                                  "--out", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}.json"))
                           for k in range(a.seeds)]
-    diag = None
-    teacher_run = a.runs / "teacher" / "model.safetensors"
-    layer_runs = [a.runs / n / "model.safetensors" for n in ("ase", "presto-l")]
-    layer_runs += abl_runs + [r for r in extra if json.loads(_meta(r)).get("schedule")]
-    if teacher_run.is_file() and all(p.is_file() for p in layer_runs[:2]) and (a.data / "manifest.jsonl").is_file():
-        print("$ python benchmarks/layer_diag.py ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layer_diag.py"), "--teacher", str(teacher_run),
-                        "--data", str(a.data), "--n", str(min(a.n, 120)), "--per-bin", "2",
-                        "--out", str(a.out / "layer_diag.json"), *map(str, layer_runs)], cwd=ROOT, check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        diag = json.loads((a.out / "layer_diag.json").read_text())
+    diag = layer_diag(a)
     # timing last: on a machine with nothing else running by then
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
@@ -137,14 +136,42 @@ def main() -> None:
                                                     "presto_s_steps": steps, "ablation": ablation,
                                                     "layer_diag": diag}, indent=2))
     table = render(bench, ev, real, steps, a, ablation, diag)
+    write_readme(table)
+    print(table)
+    print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def _runs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*/model.safetensors")) if folder.is_dir() else []
+
+
+def layer_diag(a) -> list[dict] | None:
+    """benchmarks/layer_diag.py on the demo chain's layer runs, when the runs and data are here."""
+    teacher_run = a.runs / "teacher" / "model.safetensors"
+    layer_runs = [a.runs / n / "model.safetensors" for n in ("ase", "presto-l")]
+    if not (teacher_run.is_file() and all(p.is_file() for p in layer_runs)
+            and (a.data / "manifest.jsonl").is_file()):
+        return None
+    layer_runs += _runs(a.ablation) + [r for d in a.diag for r in _runs(d) if json.loads(_meta(r)).get("schedule")]
+    docs = []
+    for cfg in (1.0, 2.0):  # unguided (what the layer stages train) and the teacher's CFG (what sampling sees)
+        out = a.out / ("layer_diag.json" if cfg == 1.0 else f"layer_diag_cfg{cfg:g}.json")
+        print(f"$ python benchmarks/layer_diag.py --cfg {cfg:g} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layer_diag.py"), "--teacher", str(teacher_run),
+                        "--data", str(a.data), "--n", str(min(a.n, 120)), "--per-bin", "2", "--cfg", str(cfg),
+                        "--out", str(out), *map(str, layer_runs)], cwd=ROOT, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        docs.append(json.loads(out.read_text()))
+    return docs
+
+
+def write_readme(table: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
         readme.write_text(head + START + "\n" + table + "\n" + END + tail)
-    print(table)
-    print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
 
 
 def _meta(path: Path) -> str:
@@ -238,15 +265,19 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
         for n, sc in rows:
             lines.append(f"| {n} | {_pm(sc.get('fad'))} | {_pm(sc.get('mmd2'))} | {_pm(sc.get('clap_score'))} | "
                          f"{_pm(sc.get('recall'))} | {_pm(sc.get('adherence'))} |")
-    if diag:
-        d = diag["depths_low_to_high_noise"]
-        lines += ["", f"Layer dropping per noise bin (`benchmarks/layer_diag.py`, {diag['n']} held-out latents, "
-                  f"{diag['per_bin']} noise levels per bin, no CFG): EDM-weighted denoising error λ(σ)‖D−x0‖² "
-                  "and, in brackets, distance to the full-depth teacher λ(σ)‖D−D_full‖². Lower is better; "
-                  "'untuned' is the teacher's weights run with the schedule before any fine-tuning.", "",
+    if isinstance(diag, dict):  # one document (older summaries)
+        diag = [diag]
+    for dg in diag or []:
+        d = dg["depths_low_to_high_noise"]
+        cfg = dg.get("cfg", 1.0)
+        how = "no CFG" if cfg == 1.0 else f"guided outputs at CFG {cfg:g}, as the sampler uses them"
+        lines += ["", f"Layer dropping per noise bin (`benchmarks/layer_diag.py --cfg {cfg:g}`, {dg['n']} held-out "
+                  f"latents, {dg['per_bin']} noise levels per bin, {how}): EDM-weighted denoising error "
+                  "λ(σ)‖D−x0‖² and, in brackets, distance to the full-depth teacher λ(σ)‖D−D_full‖². Lower is "
+                  "better; 'untuned' is the teacher's weights run with the schedule before any fine-tuning.", "",
                   "| model | " + " | ".join(f"k={k}" for k in d) + " | mean |",
                   "|---|" + "---|" * (len(d) + 1)]
-        for n, v in diag["results"].items():
+        for n, v in dg["results"].items():
             dn, st = v["dn"], v["st"]
             cells = [f"{x:.3f}" + ("" if n.startswith("teacher") else f" ({y:.3f})") for x, y in zip(dn, st)]
             mean = f"{statistics.fmean(dn):.3f}" + ("" if n.startswith("teacher") else f" ({statistics.fmean(st):.3f})")

@@ -31,3 +31,15 @@ stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "distill.layers=$OUT/presto-l/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
+
+# Diagnostic runs scored by benchmarks/results.py (not bundled; DIAGNOSTICS=0 skips them):
+# the Presto-L ablation (one part off each), ASE's recipe with no layer dropped (how much the
+# fine-tuning alone changes FAD), and ASE / Presto-L trained three times longer.
+if [ "${DIAGNOSTICS:-1}" = "1" ]; then
+  stage distill-layers recipes/demo/presto-l.yaml ablation/presto-l-no-keep-last "$T" "$C" layers.keep_last=0
+  stage distill-layers recipes/demo/presto-l.yaml ablation/presto-l-no-budget "$T" "$C" layers.budget_embed=false
+  stage distill-layers recipes/demo/presto-l.yaml ablation/presto-l-no-self-teacher "$T" "$C" layers.self_teacher=0
+  stage distill-layers recipes/demo/ase.yaml control/full-depth-finetune "$T" "$C" layers.min_fraction=1.0
+  stage distill-layers recipes/demo/ase.yaml long/ase "$T" "$C" train.steps=1200
+  stage distill-layers recipes/demo/presto-l.yaml long/presto-l "$T" "$C" train.steps=1200
+fi
