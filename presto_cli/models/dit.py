@@ -34,6 +34,14 @@ from presto_cli.errors import PrestoError
 __all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops"]
 
 
+def _rms_fp32(norm: nn.Module, t: Tensor) -> Tensor:
+    """``norm(t)`` computed in float32 whatever the dtype of ``t`` and of the norm's weight."""
+    if isinstance(norm, nn.RMSNorm):
+        w = None if norm.weight is None else norm.weight.float()
+        return F.rms_norm(t.float(), norm.normalized_shape, w, norm.eps)
+    return norm(t.float())
+
+
 @dataclass
 class DiTConfig:
     """Shape of the DiT (the ``model:`` section of teacher-family recipes)."""
@@ -144,8 +152,8 @@ class Attention(nn.Module):
         else:
             q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self._split(q), self._split(k), self._split(v)
-        # normalise in float32 (RMSNorm weights stay fp32 under autocast), attend in v's dtype
-        q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+        # normalise in float32 (weights too: a bf16-cast teacher has bf16 ones), attend in v's dtype
+        q, k = _rms_fp32(self.q_norm, q).to(v.dtype), _rms_fp32(self.k_norm, k).to(v.dtype)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         b, h, n, d = y.shape
