@@ -153,20 +153,6 @@ def cpu_peak_memory(path: str, steps: int, sampler: str, duration: float, prompt
             "load_mem_mb": None if d["load_kib"] is None else d["load_kib"] / 1024}
 
 
-def bench_pipeline(pipe, settings: BenchSettings, sampler: str | None) -> dict:
-    """Time one (model, sampler) at batch 1, alone (``run_bench`` interleaves several)."""
-    e = _entry(pipe, settings, sampler)
-    t0 = time.perf_counter()
-    for w in range(settings.warmup):
-        _time_once(e, settings.prompt, settings.seed + 1000 + w)
-    e["warm"] = time.perf_counter() - t0
-    for r in range(settings.repeats):
-        a, b = _time_once(e, settings.prompt, settings.seed + r)
-        e["model_t"].append(a)
-        e["dec_t"].append(b)
-    return _summarise(e, settings)
-
-
 def _summarise(e: dict, settings: BenchSettings) -> dict:
     pipe, s, dur = e["pipe"], e["s"], e["dur"]
     has_codec = getattr(pipe, "codec", None) is not None
