@@ -95,7 +95,7 @@ def test_heldout_prompts_are_never_seen_in_training():
 
 
 def test_missing_fluidsynth_is_one_clear_line(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(PrestoError) as e:
         synth.synth_corpus(tmp_path / "c", n=1, seconds=1.0)
     assert "apt-get install fluidsynth fluid-soundfont-gm" in str(e.value)
