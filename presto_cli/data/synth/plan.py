@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from presto_cli.data.synth.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, make_caption
+from presto_cli.data.synth.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, make_caption, train_caption
 from presto_cli.data.synth.styles import GM, KEY_NAMES, STYLES
 
 
@@ -47,10 +47,13 @@ def plan_clip(seed: int, index: int, heldout: bool = False, use_heldout: bool = 
     prog = int(r.integers(len(st.progressions)))
     noun = st.nouns[int(r.integers(len(st.nouns)))]
     templates = HELDOUT_TEMPLATES if heldout else TRAIN_TEMPLATES
-    template = int(r.integers(len(templates)))
+    template = int(r.integers(len(templates)))  # drawn in training too: keeps the composition seed below
     labels = {"style": st.name, "tempo": tempo, "key": key, "mode": mode,
               "instruments": instruments, "mood": mood}
-    caption = make_caption({**labels, "noun": noun}, templates[template])
+    if heldout:
+        caption = make_caption({**labels, "noun": noun}, templates[template])
+    else:  # its own stream, so the wording never moves the music
+        caption = train_caption(labels, _rng(seed, index, 0xCA97))
     return {"index": index, "seed": int(r.integers(2**31 - 1)), "labels": labels, "caption": caption,
             "programs": programs, "kit": kit[0] if kit else None, "progression": prog,
             "split": "heldout" if heldout else "train"}
