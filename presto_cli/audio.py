@@ -1,7 +1,7 @@
 """Audio file I/O: mono float32 tensors in, atomic files out.
 
-Reading goes through libsndfile (``soundfile``: wav, flac, ogg/vorbis, mp3 with gapless trimming,
-aiff) and falls back to pedalboard's decoders; resampling is polyphase (``scipy.signal.
+Reading goes through libsndfile (``soundfile``: wav, flac, ogg/vorbis, ogg/opus, mp3 with gapless
+trimming, aiff; a wav holding less data than its header declares is refused as truncated) and falls back to pedalboard's decoders; resampling is polyphase (``scipy.signal.
 resample_poly``), deterministic and exact in length (``round(T * sr_out / sr_in)``).
 Writing is atomic (:class:`presto_cli.io.atomic_path`) and picks the container from ``fmt`` or the
 file suffix.
@@ -19,7 +19,7 @@ import torch
 from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_path
 
-AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
 
 # format name -> (libsndfile container, default subtype)
 WRITE_FORMATS: dict[str, tuple[str, str]] = {
@@ -32,10 +32,41 @@ WRITE_FORMATS: dict[str, tuple[str, str]] = {
 }
 
 
+def wav_shortfall(path: Path) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF/WAVE file's data chunk when the file holds fewer
+    than its header declares (a truncated copy: libsndfile would silently read what is there)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, n = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                present = size - pos - 8
+                if n in (0, 0xFFFFFFFF) or present >= n:  # 0/-1: size left open by a streaming writer
+                    return None
+                return n, present
+            pos += 8 + n + (n & 1)
+    return None
+
+
+def _check_complete(path: Path) -> None:
+    short = wav_shortfall(path) if path.suffix.lower() == ".wav" else None
+    if short:
+        raise PrestoError(f"audio file {path} is truncated: its header declares {short[0]} bytes of audio, "
+                          f"the file holds {short[1]}", "copy or export the file again")
+
+
 def _read_any(path: Path) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 array and its sample rate; raises PrestoError."""
     import soundfile as sf
 
+    _check_complete(path)
     errors: list[str] = []
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)

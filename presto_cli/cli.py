@@ -69,6 +69,10 @@ class PrestoGroup(TyperGroup):
             _err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                  "(rerun with --debug for the traceback and please report it)")
             ctx.exit(1)
+        finally:
+            from presto_cli.claim import release_all
+
+            release_all()  # output paths claimed by the command (see presto_cli/claim.py)
 
 
 app = typer.Typer(
@@ -179,19 +183,17 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory made by a t
            step: Optional[int] = typer.Option(None, "--step", help="Checkpoint step (default: latest)."),
            force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")):
     """Export the inference artefact (EMA weights + metadata) from any checkpoint of a run."""
-    import torch
-
+    from presto_cli.claim import claim_outputs
     from presto_cli.recipes import load_recipe
-    from presto_cli.train.loop import build_task, checkpoint_name, latest_checkpoint
+    from presto_cli.runtime import console
+    from presto_cli.train.loop import build_task, load_checkpoint
 
-    ck = (run_dir / "checkpoints" / checkpoint_name(step)) if step is not None else latest_checkpoint(run_dir)
-    if ck is None or not ck.is_file():
-        raise PrestoError(f"no checkpoint {'for step %d ' % step if step is not None else ''}in {run_dir}")
-    if out.exists() and not force:
-        raise PrestoError(f"{out} already exists", "pass --force to overwrite it")
+    if out.suffix != ".safetensors":
+        raise PrestoError(f"-o {out}: an artefact is a .safetensors file", f"use -o {out.with_suffix('.safetensors')}")
+    claim_outputs([out], force).acquire()
     recipe = load_recipe(run_dir / "recipe.yaml")
+    ck, sd = load_checkpoint(run_dir, step, log=lambda s: console.print(s, markup=False, highlight=False))
     task = build_task(recipe, run_dir)
-    sd = torch.load(ck, map_location="cpu", weights_only=True)
     task.load_state_dict(sd["task"])
     task.export(out)
     typer.echo(str(out))

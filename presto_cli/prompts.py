@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from presto_cli.errors import PrestoError
+from presto_cli.validate import check_prompt, read_utf8
 
 
 def read_prompts(path: str | Path) -> list[dict]:
@@ -13,7 +14,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise PrestoError(f"prompt file not found: {path}")
     rows: list[dict] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_utf8(path, "prompt file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -29,6 +30,7 @@ def read_prompts(path: str | Path) -> list[dict]:
             rows.append({k: rec[k] for k in ("prompt", "seed", "name", "style") if k in rec})
         else:
             rows.append({"prompt": line})
+        check_prompt(str(rows[-1]["prompt"]), f"the prompt at {path}:{i}")
     if not rows:
         raise PrestoError(f"prompt file {path} has no prompts")
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from presto_cli.errors import PrestoError
+from presto_cli.validate import describe, read_utf8
 
 # --------------------------------------------------------------------------------------------
 # Shared sections
@@ -151,24 +153,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except PrestoError as e:
                 errs.append(e)
-        raise PrestoError(f"recipe key '{where}' has the wrong type: got {value!r}",
+        raise PrestoError(f"recipe key '{where}' has the wrong type: got {describe(value)}",
                           f"expected {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         if value not in args:
-            raise PrestoError(f"recipe key '{where}' must be one of {list(args)}, got {value!r}"
-                              f"{_suggest(value, args)}")
+            raise PrestoError(f"recipe key '{where}' must be one of {list(args)}, got {describe(value)}"
+                              f"{_suggest(value, args) if isinstance(value, str) else ''}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(tp, type) and isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise PrestoError(f"recipe key '{where}' must be a mapping, got {value!r}")
+            raise PrestoError(f"recipe key '{where}' must be a mapping, got {describe(value)}")
         return dataclass_from_dict(tp, value, where)
     if origin in (list, tuple):
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise PrestoError(f"recipe key '{where}' must be a list, got {value!r}")
+            raise PrestoError(f"recipe key '{where}' must be a list, got {describe(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise PrestoError(f"recipe key '{where}' must have {len(args)} items, got {len(value)}")
@@ -177,18 +179,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise PrestoError(f"recipe key '{where}' must be a mapping, got {value!r}")
+            raise PrestoError(f"recipe key '{where}' must be a mapping, got {describe(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise PrestoError(f"recipe key '{where}' must be true or false, got {value!r}")
+        raise PrestoError(f"recipe key '{where}' must be true or false, got {describe(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise PrestoError(f"recipe key '{where}' must be an integer, got {value!r}")
+        raise PrestoError(f"recipe key '{where}' must be an integer, got {describe(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -197,13 +199,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise PrestoError(f"recipe key '{where}' must be a number, got {value!r}")
+        raise PrestoError(f"recipe key '{where}' must be a number, got {describe(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise PrestoError(f"recipe key '{where}' must be a string, got {value!r}")
+        raise PrestoError(f"recipe key '{where}' must be a string, got {describe(value)}")
     return value
 
 
@@ -250,6 +252,51 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: recipes have hundreds
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand past ``MAX_YAML_NODES`` nodes (a
+    "billion laughs" alias bomb would otherwise hang every later walk over the data)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set(), self.name)
+        return node
+
+
+def _expanded_size(node, memo: dict, open_: set, name: str) -> int:
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise PrestoError(f"{name} has a YAML alias that refers to itself", "remove the recursive alias")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, memo, open_, name) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo, open_, name) + _expanded_size(v, memo, open_, name)
+                    for k, v in node.value)
+    else:
+        n = 1
+    open_.discard(key)
+    if n > MAX_YAML_NODES:
+        raise PrestoError(f"{name} expands to more than {MAX_YAML_NODES} values through its aliases",
+                          "write the values out instead of nesting aliases")
+    memo[key] = n
+    return n
+
+
+def load_yaml(text: str, name: str = "<text>"):
+    """``yaml.safe_load`` with alias expansion bounded (see :class:`_BoundedLoader`)."""
+    loader = _BoundedLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml_with_base(path: str | Path, _seen: tuple = ()) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -257,7 +304,7 @@ def read_yaml_with_base(path: str | Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise PrestoError(f"recipe {path} includes itself through 'base:'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(read_utf8(path, "recipe"), str(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -282,7 +329,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise PrestoError(f"override '{text}' has an empty key", "for example train.steps=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"override {key}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -315,7 +362,54 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None):
     """Read, merge bases, apply overrides and validate a recipe file."""
     data = apply_overrides(read_yaml_with_base(path), overrides or [])
     recipe = recipe_from_dict(data)
+    check_common(recipe)
     validate = getattr(recipe, "validate", None)
     if callable(validate):
         validate()
     return recipe
+
+
+# --------------------------------------------------------------------------------------------
+# Ranges every recipe shares (checked before any run directory or model exists)
+
+
+def _walk_numbers(obj, where: str = ""):
+    """(dotted key, value) of every number in a recipe dataclass tree."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _walk_numbers(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk_numbers(v, f"{where}[{i}]")
+    elif isinstance(obj, float):
+        yield where, obj
+
+
+_TRAIN_RANGES = {  # key: (lowest allowed, lowest excluded?) ... upper bounds below
+    "train.lr": (0.0, True), "train.batch_size": (1, False), "train.steps": (0, False),
+    "train.warmup": (0, False), "train.grad_clip": (0.0, False), "train.weight_decay": (0.0, False),
+    "train.ema": (0.0, False), "train.keep_ckpts": (1, False), "data.clip_seconds": (0.0, True),
+    "data.sample_rate": (1, False), "data.val_fraction": (0.0, False), "data.num_workers": (0, False),
+}
+
+
+def check_common(recipe) -> None:
+    """Finite numbers everywhere, positive learning rates, and the shared sections' ranges."""
+    for key, v in _walk_numbers(recipe):
+        if not math.isfinite(v):
+            raise PrestoError(f"recipe key '{key}' must be a finite number, got {v}", "give an ordinary number")
+        leaf = key.rsplit(".", 1)[-1]
+        if (leaf == "lr" or leaf.startswith("lr_") or leaf.endswith("_lr")) and v < 0:
+            raise PrestoError(f"recipe key '{key}' must not be negative, got {v:g}", "a learning rate such as 1e-4")
+    for key, (low, strict) in _TRAIN_RANGES.items():
+        sec, leaf = key.split(".")
+        v = getattr(getattr(recipe, sec), leaf)
+        if v < low or (strict and v == low):
+            raise PrestoError(f"recipe key '{key}' must be {'greater than' if strict else 'at least'} {low:g}, "
+                              f"got {v:g}", "a learning rate such as 1e-4" if leaf == "lr" else None)
+    for key, v in (("train.ema", recipe.train.ema), ("data.val_fraction", recipe.data.val_fraction)):
+        if v >= 1:
+            raise PrestoError(f"recipe key '{key}' must be below 1, got {v:g}")
+    if any(not 0 <= b < 1 for b in recipe.train.betas) or len(recipe.train.betas) != 2:
+        raise PrestoError("recipe key 'train.betas' must be two numbers in [0, 1)",
+                          "the usual AdamW betas are [0.9, 0.999]")

@@ -65,7 +65,7 @@ def synth_cmd(
 
 @app.command("prepare")
 def prepare_cmd(
-    data_dir: Path = typer.Argument(..., help="Folder of audio files (wav/flac/mp3/ogg/aiff)."),
+    data_dir: Path = typer.Argument(..., help="Folder of audio files (wav/flac/mp3/ogg/opus/aiff)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest to write (default DIR/manifest.jsonl)."),
     captions: Optional[Path] = typer.Option(None, "--captions",
                                             help="Captions file (jsonl or csv with path,caption); default: "
@@ -95,6 +95,7 @@ def prepare_cmd(
             typer.echo(info["manifest"])
     if info["kept"] == 0:
         from presto_cli.audio import AUDIO_EXTS
+        from presto_cli.data.folder import why_nothing_usable
 
-        raise PrestoError(f"no usable audio files in {data_dir}",
+        raise PrestoError(f"no usable audio files in {data_dir}: {why_nothing_usable(data_dir, info['problems'])}",
                           "supported: " + ", ".join(e.lstrip(".") for e in AUDIO_EXTS))

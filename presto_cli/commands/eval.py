@@ -80,8 +80,11 @@ def eval_cmd(
 
         if not config.is_file():
             raise PrestoError(f"eval config not found: {config}")
+        from presto_cli.recipes import load_yaml
+        from presto_cli.validate import read_utf8
+
         try:
-            base = yaml.safe_load(config.read_text()) or {}
+            base = load_yaml(read_utf8(config, "eval config"), str(config)) or {}
         except yaml.YAMLError:
             raise PrestoError(f"{config} is not valid YAML") from None
         if not isinstance(base, dict):

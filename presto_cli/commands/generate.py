@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from presto_cli.errors import PrestoError
+from presto_cli.validate import check_out_path, check_prompt, check_sampling
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
@@ -51,11 +52,12 @@ def plan_jobs(prompt: Optional[str], prompts_file: Optional[Path], out: Optional
     if prompt is not None:
         if not prompt.strip():
             raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
-        rows = [{"prompt": prompt}]
+        rows = [{"prompt": check_prompt(prompt)}]
     else:
         from presto_cli.prompts import read_prompts
 
         rows = read_prompts(prompts_file)
+    check_out_path(out, prompt is not None and k == 1, FORMATS)
     single = prompt is not None and k == 1 and (out is None or out.suffix.lstrip(".") in FORMATS)
     if fmt is None:
         fmt = out.suffix.lstrip(".") if (single and out is not None) else "wav"
@@ -105,16 +107,18 @@ def generate_cmd(
     from presto_cli.pipeline import load_pipeline, resolve_model
     from presto_cli.runtime import console
 
-    if steps is not None and steps < 1:
-        raise PrestoError(f"--steps must be at least 1, got {steps}")
+    check_sampling(steps, cfg, rho, duration, force)
     if batch_size < 1:
         raise PrestoError(f"--batch-size must be at least 1, got {batch_size}")
     jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
     for j in jobs:
         _check_writable(j["path"].parent)
-        if j["path"].exists() and not force:
-            raise PrestoError(f"{j['path']} already exists", "pass --force to overwrite it")
     model_path = resolve_model(model)
+    from presto_cli.claim import claim_outputs
+    from presto_cli.validate import check_steps_for_model, model_default_steps
+
+    check_steps_for_model(steps, model_default_steps(model_path), force, console.print)
+    claim_outputs([j["path"] for j in jobs], force).acquire()  # released when the command ends
     pipe = load_pipeline(str(model_path), device)
     s = pipe.settings(steps, sampler, cfg, rho)
     frames = pipe.frames_for(duration)

@@ -108,6 +108,31 @@ def find_audio(root: str | Path) -> list[Path]:
     return out
 
 
+CAPTION_EXTS = (".txt", ".json", ".jsonl", ".csv")
+
+
+def why_nothing_usable(root: str | Path, problems: list[dict[str, str]]) -> str:
+    """What `prepare` found when it kept nothing: files skipped and why, others it ignored."""
+    from collections import Counter
+
+    root = Path(root)
+    other = Counter()
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                and p.suffix.lower() not in AUDIO_EXTS + CAPTION_EXTS:
+            other[p.suffix.lower() or "(no extension)"] += 1
+    parts = []
+    if problems:
+        reasons = Counter(pr["reason"].split(" (")[0] for pr in problems)
+        parts.append(f"{len(problems)} audio files found and skipped ("
+                     + ", ".join(f"{n} {r}" for r, n in reasons.most_common(3)) + ")")
+    if other:
+        parts.append(f"{sum(other.values())} files of unsupported formats ignored ("
+                     + ", ".join(f"{n} {e}" for e, n in other.most_common(3)) + ")")
+    return "; ".join(parts) or "the folder holds no files"
+
+
 def sidecar_caption(audio: Path) -> tuple[str | None, dict[str, Any]]:
     """Caption (and extra fields) from ``<stem>.txt`` or ``<stem>.json`` next to ``audio``."""
     js = audio.with_suffix(".json")

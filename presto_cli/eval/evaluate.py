@@ -23,6 +23,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.prompts import read_prompts  # noqa: F401  (re-exported)
 from presto_cli.eval import metrics as M
 from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
+from presto_cli.validate import check_eval_options, drop_short, set_warnings
 
 METRICS = ("fad", "mmd", "prdc", "clap", "adherence")
 TEXT_METRICS = ("clap", "adherence")
@@ -190,7 +191,7 @@ def load_reference(ref: str, embedder: Embedder, cache: EmbeddingCache | None,
     p = Path(ref)
     if p.is_dir():
         files = audio_files(p)
-        emb, idx, errors = embedder.embed_files(files, cache)
+        emb, idx, errors = drop_short(files, *embedder.embed_files(files, cache))
         for f, e in errors:
             log(f"skipped reference file {f}: {e}")
         if emb.shape[0] < 2:
@@ -224,6 +225,13 @@ def load_reference(ref: str, embedder: Embedder, cache: EmbeddingCache | None,
             desc["clip_seconds"] = float(data["clip_seconds"])
         return Reference(desc, emb, mu, sigma)
     raise PrestoError(f"reference not found: {p}", "--ref takes a folder of audio or a .npz of statistics")
+
+
+def reference_notes(ref: Reference, dim: int, gen_seconds: float | None) -> list[str]:
+    """Warnings on the reference set: fewer clips than dimensions, or clips of another length."""
+    cs = ref.description.get("clip_seconds")
+    ref_seconds = cs.get("mean") if isinstance(cs, dict) else cs
+    return set_warnings(ref.description.get("n"), dim, gen_seconds, ref_seconds)
 
 
 def save_reference_stats(path: str | Path, ref: Reference, embedder: Embedder) -> None:
@@ -453,6 +461,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
         raise PrestoError(f"{', '.join(need_ref)} need a reference set", "pass --ref DIR or --ref STATS.npz")
     if cfg.n < 0 or cfg.k < 1 or cfg.batch_size < 1:
         raise PrestoError("--n must be >= 0, k >= 1 and the batch size >= 1")
+    check_eval_options(cfg)
     embedder = build_embedder(cfg.embedder, clap_ckpt=cfg.clap_ckpt or None, device=cfg.device)
     if any(m in metrics for m in TEXT_METRICS) and not embedder.has_text:
         raise PrestoError(f"the {embedder.name} embedder has no text tower, so no CLAP score/adherence",
@@ -493,11 +502,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
     results = []
     for sy in systems:
         log(f"embedding {sy.name} ({len(sy.files)} clips)")
-        emb, ok, errors = embedder.embed_files(sy.files, cache)
+        emb, ok, errors = drop_short(sy.files, *embedder.embed_files(sy.files, cache))
         for f, e in errors:
             log(f"skipped {f}: {e}")
         sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table)
         ok_files = [sy.files[i] for i in ok]
+        if ref is not None:
+            sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])
         results.append({
             "name": sy.name, "source": sy.source, **sy.info,
             "n": int(emb.shape[0]), "n_files": len(sy.files),

@@ -301,6 +301,56 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ck if ck.is_file() else None
 
 
+def _checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    """Every checkpoint of a run, the one ``latest`` points at first, then by step, newest first."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"), reverse=True)
+    latest = latest_checkpoint(run_dir)
+    return ([latest] if latest in found else []) + [p for p in found if p != latest]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint (tensors and plain data only: ``weights_only``); one clear line when
+    the file is empty, truncated or not a presto checkpoint."""
+    try:
+        if path.stat().st_size == 0:
+            raise PrestoError(f"checkpoint {path} is empty (0 bytes)")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except PrestoError:
+        raise
+    except Exception as e:  # EOFError, zip/unpickling errors, OSError on a truncated file
+        raise PrestoError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__})") from None
+    if not isinstance(sd, dict) or "task" not in sd or "step" not in sd:
+        raise PrestoError(f"checkpoint {path} is not a presto training checkpoint")
+    return sd
+
+
+def load_checkpoint(run_dir: Path, step: int | None = None,
+                    log: Callable[[str], None] = console.print) -> tuple[Path, dict]:
+    """The checkpoint of ``step``, or the newest intact one (naming every corrupt one skipped)."""
+    if step is not None:
+        ck = Path(run_dir) / "checkpoints" / checkpoint_name(step)
+        if not ck.is_file():
+            have = ", ".join(p.stem.split("_")[-1].lstrip("0") or "0" for p in _checkpoints_newest_first(run_dir))
+            raise PrestoError(f"no checkpoint for step {step} in {run_dir}",
+                              f"steps saved: {have}" if have else "the run has no checkpoints")
+        return ck, read_checkpoint(ck)
+    bad: list[str] = []
+    for ck in _checkpoints_newest_first(run_dir):
+        try:
+            sd = read_checkpoint(ck)
+        except PrestoError as e:
+            log(f"warning: {e}; trying an older one")
+            bad.append(ck.name)
+            continue
+        if bad:
+            log(f"using {ck.name} (step {int(sd['step'])}), the newest intact checkpoint")
+        return ck, sd
+    if bad:
+        raise PrestoError(f"every checkpoint in {run_dir} is corrupt ({', '.join(bad)})",
+                          "start the run again with another --out")
+    raise PrestoError(f"no checkpoint in {run_dir}", "give a run directory made by a training command")
+
+
 def _finite(metrics: dict[str, float]) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
@@ -345,27 +395,27 @@ def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
     _init_distributed(device)
     rank, world = dist_info()
     ckpt_dir = run_dir / "checkpoints"
-    latest = latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise PrestoError(f"{run_dir} already holds a run (checkpoint {latest.name})",
+    existing = _checkpoints_newest_first(run_dir)
+    if existing and not resume:
+        raise PrestoError(f"{run_dir} already holds a run (checkpoint {existing[0].name})",
                           "pass --resume to continue it, or choose another --out")
-    if resume and latest is None and rank == 0:
+    if resume and not existing and rank == 0:
         console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting from step 0[/]")
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
-    task = build_task(recipe, run_dir, device)
+    task = build_task(recipe, run_dir, device)  # before the run directory exists: a bad recipe leaves none
     ctx = task.ctx
     start = 0
-    if resume and latest is not None:
-        sd = torch.load(latest, map_location="cpu", weights_only=True)
+    if resume and existing:
+        _, sd = load_checkpoint(run_dir, log=lambda s: console.print(s, markup=False, highlight=False))
         task.load_state_dict(sd["task"])
         start = int(sd["step"])
         if rank == 0:
             console.print(f"resuming {run_dir} from step {start}")
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
         if start:

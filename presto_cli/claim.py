@@ -1,0 +1,130 @@
+"""Claiming output paths, so that two runs aimed at one file cannot both write it.
+
+A claim is a lock file ``.<name>.presto-lock`` beside the output, created with O_CREAT|O_EXCL and
+holding the owner's pid. Of two runs the first to create it wins; the other is refused with one
+line naming the path and the pid. A lock left by a process that no longer exists (SIGKILL) is
+stale and taken over. Existing outputs are refused unless ``force``.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from pathlib import Path
+from typing import Iterable
+
+from presto_cli.errors import PrestoError
+
+
+def lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.presto-lock"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _owner(lock: Path) -> int:
+    try:
+        return int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _take_stale(lock: Path, pid: int) -> None:
+    """Move a stale lock aside (atomically: only one of several racers gets it), then drop it."""
+    aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    if _owner(aside) != pid:  # someone took it over between our read and our rename: put it back
+        try:
+            os.link(aside, lock)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
+
+
+def _create(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return True
+
+
+def claim_one(path: Path, force: bool = False) -> Path:
+    """Claim ``path`` for this process; returns the lock file to release."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path(path)
+    for _ in range(3):
+        if _create(lock):
+            break
+        pid = _owner(lock)
+        if pid == os.getpid():
+            break
+        if _alive(pid):
+            raise PrestoError(f"{path} is taken: another presto run (pid {pid}) is writing it",
+                              "wait for it to finish, or choose another output path")
+        _take_stale(lock, pid)
+    else:
+        raise PrestoError(f"{path} is taken: cannot claim its lock {lock}", "choose another output path")
+    if path.exists() and not force:
+        lock.unlink(missing_ok=True)
+        raise PrestoError(f"{path} already exists", "pass --force to overwrite it")
+    return lock
+
+
+_HELD: list["claim_outputs"] = []
+
+
+def release_all() -> None:
+    """Release every claim this process still holds (the CLI calls it when a command ends)."""
+    while _HELD:
+        _HELD.pop().release()
+
+
+atexit.register(release_all)
+
+
+class claim_outputs:
+    """``with claim_outputs(paths, force):`` hold every path's claim for the block's duration."""
+
+    def __init__(self, paths: Iterable[Path], force: bool = False):
+        self.paths = list(dict.fromkeys(Path(p) for p in paths))
+        self.force = force
+        self.locks: list[Path] = []
+
+    def acquire(self) -> "claim_outputs":
+        """Claim every path (all or none); held until :meth:`release` or :func:`release_all`."""
+        try:
+            for p in self.paths:
+                self.locks.append(claim_one(p, self.force))
+        except BaseException:
+            self.release()
+            raise
+        _HELD.append(self)
+        return self
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        for lock in self.locks:
+            if _owner(lock) == os.getpid():
+                lock.unlink(missing_ok=True)
+        self.locks = []
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
