@@ -192,7 +192,7 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory made by a t
         raise PrestoError(f"-o {out}: an artefact is a .safetensors file", f"use -o {out.with_suffix('.safetensors')}")
     claim_outputs([out], force).acquire()
     recipe = load_recipe(run_dir / "recipe.yaml")
-    ck, sd = load_checkpoint(run_dir, step, log=lambda s: console.print(s, markup=False, highlight=False))
+    _, sd = load_checkpoint(run_dir, step, log=lambda s: console.print(s, markup=False, soft_wrap=True))
     task = build_task(recipe, run_dir)
     task.load_state_dict(sd["task"])
     task.export(out)

@@ -180,5 +180,8 @@ def drop_short(files: Sequence[Path], emb, ok: list[int], errors: list[tuple[str
                min_seconds: float = MIN_EVAL_SECONDS):
     """``embed_files``' result without the clips too short to score (added to ``errors``)."""
     keep, short = short_clips(files, ok, min_seconds)
+    if short and not keep:
+        raise PrestoError(f"all {len(short)} readable clips in {Path(short[0][0]).parent} are too short to score "
+                          f"(under {min_seconds:g} s)", f"evaluate clips of at least {min_seconds:g} s")
     rows = [ok.index(i) for i in keep]
     return emb[rows], keep, list(errors) + short

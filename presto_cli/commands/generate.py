@@ -117,7 +117,8 @@ def generate_cmd(
     from presto_cli.claim import claim_outputs
     from presto_cli.validate import check_steps_for_model, model_default_steps
 
-    check_steps_for_model(steps, model_default_steps(model_path), force, console.print)
+    check_steps_for_model(steps, model_default_steps(model_path), force,
+                          lambda s: console.print(s, markup=False, soft_wrap=True))
     claim_outputs([j["path"] for j in jobs], force).acquire()  # released when the command ends
     pipe = load_pipeline(str(model_path), device)
     s = pipe.settings(steps, sampler, cfg, rho)

@@ -408,7 +408,7 @@ def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
     ctx = task.ctx
     start = 0
     if resume and existing:
-        _, sd = load_checkpoint(run_dir, log=lambda s: console.print(s, markup=False, highlight=False))
+        _, sd = load_checkpoint(run_dir, log=lambda s: console.print(s, markup=False, soft_wrap=True))
         task.load_state_dict(sd["task"])
         start = int(sd["step"])
         if rank == 0:
