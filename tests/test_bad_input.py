@@ -238,7 +238,6 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     assert "step_0000006.pt is corrupt or truncated" in r.stderr and "step_0000004.pt is empty" in r.stderr
     assert "using step_0000002.pt (step 2), the newest intact checkpoint" in r.stderr
     assert _sub("export", run, "--step", 2, "-o", tmp_path / "b.safetensors").returncode == 0
-    assert (tmp_path / "a.safetensors").read_bytes()[8:] != b""
     from presto_cli.io import load_artefact
 
     a, _ = load_artefact(tmp_path / "a.safetensors")
