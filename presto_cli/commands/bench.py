@@ -25,14 +25,12 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):
     """Benchmark generation speed at batch 1 (teacher first, ratios to it in the same run)."""
-    from presto_cli.errors import PrestoError
     from presto_cli.eval.bench import BenchSettings, bench_table, run_bench
     from presto_cli.runtime import console
 
-    if steps is not None and steps < 1:
-        raise PrestoError(f"--steps must be at least 1, got {steps}")
-    if duration is not None and duration <= 0:
-        raise PrestoError(f"--duration must be positive, got {duration}")
+    from presto_cli.validate import check_sampling
+
+    check_sampling(steps, duration=duration)
     settings = BenchSettings(steps=steps, samplers=tuple(sampler) if sampler else (None,), duration=duration,
                              repeats=repeats, warmup=warmup, compile=compile_, prompt=prompt,
                              memory=memory)
