@@ -172,7 +172,9 @@ def check_eval_options(cfg) -> None:
     """`presto eval`'s numbers (an EvalConfig), before any model or embedder is loaded."""
     number("--cfg", cfg.cfg)  # negative means the model's default; NaN must not pass as one
     number("--duration", cfg.duration, at_least=0)
-    number("--bandwidth", cfg.bandwidth, at_least=0)
+    from presto_cli.eval.metrics import parse_bandwidth
+
+    parse_bandwidth(cfg.bandwidth)  # cmmd | median | a positive finite number
     check_sampling(cfg.steps or None)
 
 

@@ -99,6 +99,46 @@ def test_mmd_unbiased_near_zero_for_same_distribution_and_grows_with_shift():
     assert vals[0] < 0.02 and all(b > a for a, b in zip(vals, vals[1:]))
 
 
+def _cmmd_reference(x, y, sigma=10.0, scale=1000.0):
+    """CMMD's own formula (google-research/cmmd distance.py, transcribed to numpy): the biased
+    V-statistic, expanding squared distances through Gram matrices."""
+    xx, yy, xy = x @ x.T, y @ y.T, x @ y.T
+    xs, ys = np.diag(xx), np.diag(yy)
+    g = 1 / (2 * sigma ** 2)
+    k_xx = np.mean(np.exp(-g * (-2 * xx + xs[:, None] + xs[None, :])))
+    k_yy = np.mean(np.exp(-g * (-2 * yy + ys[:, None] + ys[None, :])))
+    k_xy = np.mean(np.exp(-g * (-2 * xy + xs[:, None] + ys[None, :])))
+    return scale * (k_xx + k_yy - 2 * k_xy), (k_xx, k_yy, k_xy)
+
+
+def test_mmd_default_is_cmmd_convention_matching_an_independent_cmmd():
+    """presto's default MMD = CMMD's σ = 10 and ×1000 with the unbiased estimator: equal to the
+    CMMD reference formula once its kernel-matrix diagonals (each exactly 1) are removed."""
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(40, 16)) * 3, rng.normal(size=(30, 16)) * 3 + 0.8
+    n, m = len(x), len(y)
+    biased, (k_xx, k_yy, k_xy) = _cmmd_reference(x, y)
+    unbiased = 1000 * ((n * n * k_xx - n) / (n * (n - 1)) + (m * m * k_yy - m) / (m * (m - 1)) - 2 * k_xy)
+    out = M.mmd(x, y)
+    assert out["bandwidth"] == 10.0 and out["scale"] == 1000.0
+    assert out["mmd"] == pytest.approx(unbiased, rel=1e-10) and out["mmd2"] == pytest.approx(unbiased / 1000)
+    assert out["mmd"] != pytest.approx(biased, rel=1e-3)  # the estimators differ at this N ...
+    big_x, big_y = rng.normal(size=(1500, 4)), rng.normal(size=(1500, 4)) + 2.0
+    assert M.mmd(big_x, big_y)["mmd"] == pytest.approx(_cmmd_reference(big_x, big_y)[0], rel=0.02)  # ... not at large N
+    assert "CMMD" in out["convention"] and "σ = 10" in out["convention"] and "×1000" in out["convention"]
+
+
+def test_mmd_median_and_explicit_bandwidth_options():
+    ref = np.array([[0.0], [1.0], [3.0]])
+    med = M.mmd(ref + 0.1, ref, "median")
+    assert med["bandwidth"] == pytest.approx(2.0) and "median" in med["convention"] and not med["convention"].startswith("CMMD")
+    assert med["mmd"] == pytest.approx(1000 * M.mmd_rbf(ref + 0.1, ref)["mmd2"])
+    assert M.mmd(ref + 0.1, ref, "2.5")["bandwidth"] == 2.5 == M.mmd(ref + 0.1, ref, 2.5)["bandwidth"]
+    for bad in ("wide", 0, -1.0, "nan"):
+        with pytest.raises(PrestoError):
+            M.mmd(ref, ref, bad)
+
+
 # ------------------------------------------------------------------------------------------ PRDC
 
 REAL = np.array([[0.0], [1.0], [2.0], [3.0], [6.0]])  # k=1 radii: 1, 1, 1, 1, 3

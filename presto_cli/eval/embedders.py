@@ -1,9 +1,13 @@
 """Audio (and text) embedders for evaluation, with an on-disk embedding cache (METHOD.md §6).
 
-Three embedders share one interface:
+Four embedders share one interface:
 
 * ``mel``: fixed log-mel statistics (mean and standard deviation of each log-mel band over time).
   No weights, no downloads, deterministic: a sanity metric and the embedder of the tests.
+* ``music`` (reported as ``music-features``): weight-free chroma, tonnetz, chroma change over
+  0.25/0.5 s, spectral contrast and onset/rhythm statistics per 2 s window (hop 1 s), averaged
+  over windows, fixed scales (:mod:`presto_cli.eval.music_features`). It hears whether notes are
+  there and change, which the envelope-only statistics cannot.
 * ``clap`` / ``clap-audio``: LAION-CLAP (the paper's FAD space), through the ``laion_clap`` package
   and a local checkpoint. LAION-CLAP crops long audio at random; we instead cut each clip into
   deterministic 10 s windows (evenly spaced, covering the clip; a clip shorter than 10 s is
@@ -33,7 +37,7 @@ from presto_cli.errors import PrestoError
 
 AudioItem = Union[torch.Tensor, str, Path]
 
-EMBEDDERS = ("mel", "clap", "clap-audio", "presto-clap")
+EMBEDDERS = ("mel", "music", "clap", "clap-audio", "presto-clap")
 CLAP_INSTALL_HINT = "pip install presto-music[clap]"
 CLAP_CKPT_HINT = ("download a LAION-CLAP checkpoint (music: music_audioset_epoch_15_esc_90.14.pt, "
                   "audio: 630k-audioset-best.pt, from https://huggingface.co/lukewys/laion_clap) "
@@ -281,6 +285,53 @@ class MelEmbedder(Embedder):
 
 
 # --------------------------------------------------------------------------------------------
+# Music features (chroma, tonnetz, pitch change, contrast, onsets)
+
+
+class MusicFeatureEmbedder(Embedder):
+    """Weight-free music features (:func:`presto_cli.eval.music_features.music_features`).
+
+    ``groups`` picks feature groups (default: all); the tests use a pitch-blind subset
+    (contrast, onset) to show that the pitch groups are what hears the notes.
+    """
+
+    has_text = False
+
+    def __init__(self, groups: Sequence[str] | None = None):
+        from presto_cli.eval import music_features as F
+
+        self._F = F
+        groups = tuple(groups) if groups else tuple(F.GROUPS)
+        bad = [g for g in groups if g not in F.GROUPS]
+        if bad or len(set(groups)) != len(groups):
+            raise PrestoError(f"unknown or repeated music feature group(s): {', '.join(bad) or groups}",
+                              f"choose from {', '.join(F.GROUPS)}")
+        self.groups = groups
+        self.name = "music-features" if groups == tuple(F.GROUPS) else "music-features[" + ",".join(groups) + "]"
+        self.sample_rate = F.SAMPLE_RATE
+        self.window_seconds = F.WINDOW_SECONDS
+        self.dim = sum(F.GROUPS[g] for g in groups)
+
+    @property
+    def version(self) -> str:
+        F = self._F
+        scales = ";".join(f"{g}={','.join(f'{v:g}' for v in F.GROUP_SCALES[g])}" for g in self.groups)
+        return (f"music-v1-sr{F.SAMPLE_RATE}-fft{F.N_FFT}-hop{F.HOP}-win{F.WINDOW_SECONDS:g}s"
+                f"-hop{F.WINDOW_HOP_SECONDS:g}s-chroma{F.CHROMA_FMIN:g}-{F.CHROMA_FMAX:g}"
+                f"-lags{','.join(f'{v:g}' for v in F.CHANGE_LAGS_SECONDS)}-groups[{scales}]")
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"groups": list(self.groups),
+                  "windowing": f"deterministic {self._F.WINDOW_SECONDS:g} s windows, hop "
+                               f"{self._F.WINDOW_HOP_SECONDS:g} s, averaged; fixed per-group scales"})
+        return d
+
+    def _embed_waveforms(self, wavs: list[torch.Tensor]) -> np.ndarray:
+        return np.stack([self._F.music_features(w[0].double().numpy(), self.groups) for w in wavs])
+
+
+# --------------------------------------------------------------------------------------------
 # LAION-CLAP
 
 
@@ -509,10 +560,13 @@ class PrestoClapEmbedder(Embedder):
 
 def build_embedder(name: str, clap_ckpt: str | Path | None = None, device: str = "auto",
                    **kw) -> Embedder:
-    """``mel`` | ``clap`` (LAION-CLAP music) | ``clap-audio`` (LAION-CLAP general) | ``presto-clap``."""
+    """``mel`` | ``music`` (music-features) | ``clap`` (LAION-CLAP music) | ``clap-audio`` (LAION-CLAP
+    general) | ``presto-clap``."""
     key = (name or "").strip().lower()
     if key == "mel":
         return MelEmbedder(**kw)
+    if key in ("music", "music-features"):
+        return MusicFeatureEmbedder(**kw)
     if key in ("clap", "laion-clap"):
         return LaionClapEmbedder(clap_ckpt, kind="music", device=device, **kw)
     if key in ("clap-audio", "laion-clap-audio"):

@@ -49,7 +49,7 @@ class EvalConfig:
     duration: float = 0.0  # 0: the model's default
     seed: int = 0  # base seed for prompts without one
     k: int = 5  # PRDC neighbours
-    bandwidth: float = 0.0  # MMD RBF bandwidth; 0: median heuristic on the reference
+    bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
     device: str = "auto"
     cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
@@ -409,9 +409,10 @@ def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | 
         if ref.embeddings is None:
             raise PrestoError("MMD needs the reference embeddings, and the stats file has none",
                               "use --ref DIR, or stats written by --save-ref-stats")
-        r = M.mmd_rbf(emb, ref.embeddings, cfg.bandwidth or None)
-        scores["mmd2"] = r["mmd2"]
+        r = M.mmd(emb, ref.embeddings, cfg.bandwidth)
+        scores["mmd2"] = r["mmd"]  # in the convention of doc["conditions"]["mmd"] (default CMMD's, ×1000)
         scores["mmd_bandwidth"] = r["bandwidth"]
+        scores["mmd_scale"] = r["scale"]
     if "prdc" in metrics:
         if ref.embeddings is None:
             raise PrestoError("PRDC needs the reference embeddings, and the stats file has none",
@@ -461,7 +462,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
         raise PrestoError(f"{', '.join(need_ref)} need a reference set", "pass --ref DIR or --ref STATS.npz")
     if cfg.n < 0 or cfg.k < 1 or cfg.batch_size < 1:
         raise PrestoError("--n must be >= 0, k >= 1 and the batch size >= 1")
-    check_eval_options(cfg)
+    check_eval_options(cfg)  # --mmd-bandwidth included: a bad one fails before any generation
     embedder = build_embedder(cfg.embedder, clap_ckpt=cfg.clap_ckpt or None, device=cfg.device)
     if any(m in metrics for m in TEXT_METRICS) and not embedder.has_text:
         raise PrestoError(f"the {embedder.name} embedder has no text tower, so no CLAP score/adherence",
@@ -530,7 +531,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
         "embedder": embedder.describe(),
         "reference": ref.description if ref is not None else None,
         "prompts": cfg.prompts or None,
-        "conditions": {"k": cfg.k, "mmd_bandwidth": cfg.bandwidth or "median heuristic on the reference",
+        "conditions": {"k": cfg.k, "mmd": M.mmd_convention(cfg.bandwidth),
                        "steps": cfg.steps or "model default", "sampler": cfg.sampler or "model default",
                        "cfg": cfg.cfg if cfg.cfg >= 0 else "model default",
                        "duration": cfg.duration or "model default", "base_seed": cfg.seed,
@@ -550,7 +551,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
     return doc
 
 
-SCORE_COLUMNS = (("fad", "FAD"), ("mmd2", "MMD²"), ("precision", "P"), ("recall", "R"),
+SCORE_COLUMNS = (("fad", "FAD"), ("mmd2", "MMD² ×1000"), ("precision", "P"), ("recall", "R"),
                  ("density", "D"), ("coverage", "C"), ("clap_score", "CLAP"), ("adherence", "Adh."))
 
 
@@ -565,7 +566,7 @@ def results_table(doc: dict):
            + (f", reference {ref.get('path')} (N={ref.get('n')})" if ref else ""))
     if any("mmd_bandwidth" in s["scores"] for s in doc["systems"]):
         bw = next(s["scores"]["mmd_bandwidth"] for s in doc["systems"] if "mmd_bandwidth" in s["scores"])
-        cap += f", MMD RBF bandwidth {bw:.4g}"
+        cap += f", MMD: {(doc.get('conditions') or {}).get('mmd', '')} (σ used: {bw:.4g})"
     t = Table(title="presto eval", caption=cap)
     for h in ("system", "N", "clip s", "steps", "sampler"):
         t.add_column(h)

@@ -17,7 +17,7 @@ from scipy.spatial.distance import cdist
 
 from presto_cli.errors import PrestoError
 
-__all__ = ["gaussian_stats", "fad", "fad_from_embeddings", "mmd_rbf", "median_bandwidth", "prdc",
+__all__ = ["gaussian_stats", "fad", "fad_from_embeddings", "mmd", "mmd_rbf", "median_bandwidth", "prdc",
            "clap_score", "prompt_adherence"]
 
 
@@ -140,6 +140,54 @@ def mmd_rbf(a, b, bandwidth: float | None = None) -> dict[str, float]:
     term_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
     term_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return {"mmd2": float(term_x + term_y - 2.0 * kxy.mean()), "bandwidth": sigma}
+
+
+CMMD_SIGMA = 10.0  # CMMD (Jayasumana et al. 2024), which the paper follows: RBF σ = 10, scaled ×1000
+MMD_SCALE = 1000.0
+
+
+def mmd_convention(bandwidth: str | float = "cmmd") -> str:
+    """The words every MMD number is printed with: which bandwidth, which scale."""
+    spec = parse_bandwidth(bandwidth)
+    if spec == "cmmd":
+        return f"CMMD convention: unbiased MMD², Gaussian RBF σ = {CMMD_SIGMA:g}, ×{MMD_SCALE:g}"
+    sigma = "median pairwise distance of the reference" if spec == "median" else f"{spec:g}"
+    return f"unbiased MMD², Gaussian RBF σ = {sigma}, ×{MMD_SCALE:g} (not CMMD's σ = {CMMD_SIGMA:g})"
+
+
+def parse_bandwidth(bandwidth: str | float | None) -> str | float:
+    """``"cmmd"`` (default, also None), ``"median"``, or a positive number (a numeric string too)."""
+    if bandwidth is None:
+        return "cmmd"
+    if isinstance(bandwidth, str):
+        key = bandwidth.strip().lower()
+        if key in ("cmmd", "median"):
+            return key
+        try:
+            bandwidth = float(key)
+        except ValueError:
+            raise PrestoError(f"unknown MMD bandwidth '{bandwidth}'",
+                              "use cmmd (σ = 10, the default), median, or a positive number") from None
+    value = float(bandwidth)
+    if not (value > 0 and math.isfinite(value)):
+        raise PrestoError(f"MMD bandwidth must be a positive number, got {bandwidth}",
+                          "use cmmd (σ = 10, the default), median, or a positive number")
+    return value
+
+
+def mmd(a, b, bandwidth: str | float = "cmmd") -> dict:
+    """MMD between evaluated ``a`` and reference ``b`` in a stated convention (METHOD.md §6).
+
+    Default: CMMD's, the unbiased squared MMD of :func:`mmd_rbf` with σ = 10, times 1000.
+    ``bandwidth="median"`` uses the median heuristic on the reference, a number that σ; the ×1000
+    scale stays. Returns ``{"mmd": scaled value, "mmd2": unscaled, "bandwidth", "scale",
+    "convention"}``.
+    """
+    spec = parse_bandwidth(bandwidth)
+    sigma = CMMD_SIGMA if spec == "cmmd" else (None if spec == "median" else spec)
+    r = mmd_rbf(a, b, sigma)
+    return {"mmd": MMD_SCALE * r["mmd2"], "mmd2": r["mmd2"], "bandwidth": r["bandwidth"],
+            "scale": MMD_SCALE, "convention": mmd_convention(spec)}
 
 
 # --------------------------------------------------------------------------------------------

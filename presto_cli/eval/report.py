@@ -195,7 +195,7 @@ def render_html(doc: dict, grid: list[list[dict | None]], prompts: list[str | No
     cond.update({k: v for k, v in (doc.get("conditions") or {}).items()})
     for s in systems:
         if "mmd_bandwidth" in s["scores"]:
-            cond["MMD RBF bandwidth"] = f"{s['scores']['mmd_bandwidth']:.6g}"
+            cond["MMD RBF σ used"] = f"{s['scores']['mmd_bandwidth']:.6g}"
             break
     for k, v in cond.items():
         if v is not None and v != "":
