@@ -63,7 +63,8 @@ def test_onset_strength_and_rhythm_see_a_click_train():
     x[:: SR // 4] = 1.0  # a click every 0.25 s
     noise = np.random.default_rng(0).normal(scale=0.01, size=4 * SR)
     env_c, env_n = F.onset_strength(F.power_spectrum(x + noise)), F.onset_strength(F.power_spectrum(noise))
-    assert env_c.max() > 10 * env_n.max()
+    assert env_c[3:].max() > 10 * env_n[3:].max()  # frames 0-2: the rise from the zero padding before
+    # the clip, an onset in both
     acf_c, acf_n = F.onset_acf_bands(env_c), F.onset_acf_bands(env_n)
     assert acf_c[:2].max() > 0.3 and abs(acf_n).max() < 0.15  # periodic at 0.25 s vs none
 
@@ -121,21 +122,21 @@ def test_the_stand_ins_reproduce_the_old_codec_failure(clip_sets):
 @pytest.mark.parametrize("groups, hears_notes", [(None, True), (("contrast", "onset"), False)],
                          ids=["music-features", "pitch-blind"])
 def test_music_fad_orders_real_erased_drone(clip_sets, groups, hears_notes):
-    """FAD against 24 other real clips. Measured (music-features): real 41.8, note-erased 192.7,
-    drone 605.5, so erased/real = 4.6, drone/erased = 3.1 and the note-erased set sits 27 % of the
-    way from real to drone. Pitch-blind (contrast + onset): 3.9, 7.9, 380.1: erased/real = 2.0 and
+    """FAD against 24 other real clips. Measured (music-features): real 40.0, note-erased 191.1,
+    drone 615.2, so erased/real = 4.8, drone/erased = 3.2 and the note-erased set sits 26 % of the
+    way from real to drone. Pitch-blind (contrast + onset): 2.6, 7.0, 389.8: erased/real = 2.65 and
     1 % of the way: it hears the drone (no onsets, a fixed spectrum) but not the missing notes.
     Margins: erased/real >= 3 and >= 15 % of the way for an embedder that hears notes; < 5 % for
     the pitch-blind one. Under the pitch-blind variant the first branch fails on both counts."""
     e = MusicFeatureEmbedder(groups)
     ref = _embed(e, clip_sets["ref"])
     fad = {k: fad_from_embeddings(_embed(e, clip_sets[k]), ref) for k in ("real", "erased", "drone")}
-    assert fad["drone"] > 2 * fad["erased"] > 2 * fad["real"], fad  # the drone is worst under both
+    assert fad["drone"] > 2 * fad["erased"] and fad["erased"] > fad["real"], fad  # drone worst under both
     way = (fad["erased"] - fad["real"]) / (fad["drone"] - fad["real"])
     if hears_notes:
         assert fad["erased"] > 3 * fad["real"] and way > 0.15, (fad, way)
         c = {k: mmd(_embed(e, clip_sets[k]), ref)["mmd"] for k in ("real", "erased", "drone")}
-        assert c["real"] < 0.1 * c["erased"] and c["erased"] < 0.6 * c["drone"], c  # CMMD: -20, 561, 1235
+        assert c["real"] < 0.1 * c["erased"] and c["erased"] < 0.6 * c["drone"], c  # CMMD: -19.6, 575.6, 1249.1
     else:
         assert way < 0.05, (fad, way)
 
