@@ -50,10 +50,14 @@ def test_png_roundtrip_and_colour_ramp():
 
 def test_spectrogram_puts_a_tone_at_its_frequency():
     t = np.arange(SR) / SR
-    img = _decode_png(spectrogram_png(np.sin(2 * math.pi * 4000 * t), SR, height=64))
-    bright = img.astype(float).sum(axis=2).mean(axis=1)  # per row, top = highest frequency
-    row = int(bright.argmax())
-    assert abs((63 - row) / 64 * (SR / 2) - 4000) < 300  # 4 kHz is half-way up an 8 kHz axis
+    from presto_cli.eval.embedders import mel_filterbank
+
+    for f in (150.0, 4000.0):
+        img = _decode_png(spectrogram_png(np.sin(2 * math.pi * f * t), SR, height=64))
+        bright = img.astype(float).sum(axis=2).mean(axis=1)  # per row, top = highest frequency
+        band = 63 - int(bright.argmax())  # mel band index, 0 = lowest
+        centres = np.fft.rfftfreq(2048, 1 / SR)[mel_filterbank(SR, 2048, 64).argmax(axis=1)]
+        assert abs(centres[band] - f) < 0.08 * f, (f, centres[band])
 
 
 def _chromium() -> str | None:
@@ -138,3 +142,52 @@ def test_write_report_refuses_non_html(tmp_path):
 
     with pytest.raises(PrestoError):
         write_report({"systems": []}, tmp_path / "r.txt")
+
+
+def _arpeggio(seed: int, seconds: float = 2.0) -> np.ndarray:
+    """Plucked notes changing every 0.25 s (harmonic tones, decaying), a deterministic melody."""
+    rng = np.random.default_rng(seed)
+    n = int(0.25 * SR)
+    t = np.arange(n) / SR
+    notes = []
+    for midi in rng.integers(48, 72, size=int(seconds / 0.25)):
+        f = 440.0 * 2 ** ((midi - 69) / 12)
+        notes.append(sum(0.2 / h * np.sin(2 * math.pi * h * f * t) for h in (1, 2, 3)) * np.exp(-6 * t))
+    return np.concatenate(notes)
+
+
+@pytest.fixture(scope="module")
+def music_vs_drone(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from music_clips import comb_drone
+
+    base = tmp_path_factory.mktemp("report_drone")
+    for name in ("music", "drone"):
+        (base / name).mkdir()
+    for i in range(3):
+        x = _arpeggio(i)
+        write_audio(base / "music" / f"{i:02d}.wav", torch.from_numpy(x).float()[None], SR)
+        write_audio(base / "drone" / f"{i:02d}.wav", torch.from_numpy(comb_drone(x, i)).float()[None], SR)
+    out = base / "report.html"
+    evaluate(EvalConfig(metrics=["fad"], gen=[str(base / "music"), str(base / "drone")], ref=str(base / "music"),
+                        no_cache=True, report=str(out), report_rows=3))
+    return out
+
+
+def test_report_spectrograms_show_notes_changing_in_music_and_not_in_a_drone(music_vs_drone):
+    """One PNG per clip beside its player, valid (decoded, CRCs checked), and its content follows
+    the audio: columns (time) of a melody's spectrogram vary far more than a steady drone's."""
+    out = music_vs_drone
+    text = out.read_text()
+    cells = re.findall(r'<audio controls preload="metadata" src="([^"]+)"></audio><img src="([^"]+)"', text)
+    assert len(cells) == 6  # 3 rows x 2 systems, each player with its image next to it
+    change = {}
+    for audio, img in cells:
+        pix = _decode_png((out.parent / img).read_bytes()).astype(np.float64).sum(axis=2)
+        assert pix.shape[0] == 128 and pix.shape[1] > 50 and pix.std() > 0
+        # mean over frequency rows of the spread over time
+        change.setdefault(audio.split("/")[-1][:3], []).append(pix.std(axis=1).mean())
+    music, drone = np.mean(change["s00"]), np.mean(change["s01"])
+    assert music > 10 * drone, (music, drone)  # measured 70 vs 0.9

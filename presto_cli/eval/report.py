@@ -3,8 +3,8 @@
 One row per prompt, one column per system (model or folder) with an audio player and a spectrogram
 image side by side; the metric table; every condition the scores depend on. The audio is copied and
 the spectrogram PNGs are written into ``<report>_files/`` next to the page and referenced relatively,
-so the folder can be zipped or served as it is. No dependency beyond numpy: spectrograms are drawn
-with a small PNG writer (zlib). The page's own script checks that every audio element loads and every
+so the folder can be zipped or served as it is. No dependency beyond numpy: log-mel spectrograms are
+drawn with a small PNG writer (zlib). The page's own script checks that every audio element loads and every
 image decodes and writes the result into ``#status`` (used by the tests, handy when sharing).
 """
 from __future__ import annotations
@@ -56,18 +56,26 @@ def colourise(v: np.ndarray) -> np.ndarray:
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, height: int = 128, max_width: int = 480,
-                    n_fft: int = 512, floor_db: float = 80.0) -> bytes:
-    """Log-magnitude spectrogram (low frequencies at the bottom) as PNG bytes."""
+                    window_seconds: float = 0.128, floor_db: float = 80.0) -> bytes:
+    """Log-mel power spectrogram (``height`` HTK-mel bands from 0 Hz to Nyquist, low frequencies at
+    the bottom, the top ``floor_db`` dB shown) as PNG bytes.
+
+    The FFT spans about 128 ms (2048 points at 16 kHz, hop a quarter of that): long enough to
+    resolve partials 16 Hz apart, so a steady harmonic sound draws steady lines instead of the
+    beating a short window shows, while notes of 1/8 s still separate; the mel axis gives bass and
+    melody the rows a linear axis spends on the highest octave.
+    """
+    from presto_cli.eval.embedders import mel_filterbank
+
     x = np.asarray(audio, dtype=np.float64).reshape(-1)
-    hop = max(1, n_fft // 4)
+    n_fft = 1 << max(6, int(round(np.log2(window_seconds * sample_rate))))
+    hop = n_fft // 4
     if x.shape[0] < n_fft:
         x = np.pad(x, (0, n_fft - x.shape[0]))
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
-    mag = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1)).T  # [freq, time]
-    db = 20 * np.log10(mag + 1e-9)
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1], axis=-1)) ** 2  # [time, freq]
+    db = 10 * np.log10(power @ mel_filterbank(sample_rate, n_fft, height).T + 1e-12).T  # [mel, time]
     db = (db - db.max() + floor_db) / floor_db  # [0, 1] over the top `floor_db` dB
-    rows = np.array_split(np.arange(db.shape[0]), min(height, db.shape[0]))
-    db = np.stack([db[r].mean(axis=0) for r in rows])
     if db.shape[1] > max_width:
         cols = np.array_split(np.arange(db.shape[1]), max_width)
         db = np.stack([db[:, c].mean(axis=1) for c in cols], axis=1)
