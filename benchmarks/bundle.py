@@ -4,8 +4,8 @@
 
 Writes presto_cli/assets/: demo-{teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
 metadata), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
-seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap
-and mel embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
+seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap,
+mel and music-feature embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
 <data>-heldout/ (not bundled).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def reference_stats(heldout: Path) -> None:
     from presto_cli.eval.embedders import EmbeddingCache, build_embedder
     from presto_cli.eval.evaluate import load_reference, save_reference_stats
 
-    for emb_name, ckpt in (("presto-clap", ASSETS / "demo-clap.safetensors"), ("mel", None)):
+    for emb_name, ckpt in (("presto-clap", ASSETS / "demo-clap.safetensors"), ("mel", None), ("music", None)):
         if ckpt is not None and not ckpt.is_file():
             print(f"skip reference statistics for {emb_name}: {ckpt} missing")
             continue

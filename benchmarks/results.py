@@ -7,7 +7,11 @@
    and the ratio to the teacher, all in one process.
 2. `presto eval` on the bundled held-out prompts, scored with the bundled in-domain CLAP
    (presto-clap) against the held-out real audio's statistics: FAD, MMD, CLAP score, PRDC and
-   prompt adherence. Repeated for ``--seeds`` fixed seed sets (the prompts' seeds + 1000 k), so
+   prompt adherence; the same clips are scored again with the weight-free music-feature embedder
+   (``--embedder music``: chroma, tonnetz, pitch change, contrast, onsets) against the held-out
+   audio's music statistics (assets/ref_heldout_music.npz, else <data>-heldout/), so FAD is
+   reported under both embedders. MMD is in CMMD's convention (σ = 10, ×1000). Repeated for
+   ``--seeds`` fixed seed sets (the prompts' seeds + 1000 k), so
    each score is a mean with its spread across seed sets: two models whose FADs differ by less
    than that spread are not separated by this measurement. Plus real training-split audio as the
    ceiling, Presto-S at 1/2/4/8 steps and the Presto-L ablation (runs/demo/ablation).
@@ -77,7 +81,7 @@ def main() -> None:
         S["layer_diag"] = layer_diag(a)
         (a.out / "summary.json").write_text(json.dumps(S, indent=2))
         write_readme(render(S["bench"], S["eval"], S["real"], {int(k): v for k, v in S["presto_s_steps"].items()},
-                            a, S["ablation"], S["layer_diag"]))
+                            a, S["ablation"], S["layer_diag"], S.get("music")))
         return
 
     A = ROOT / "presto_cli" / "assets"
@@ -128,17 +132,45 @@ def main() -> None:
                                  "--device", a.device, "--audio-dir", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}_audio"),
                                  "--out", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}.json"))
                           for k in range(a.seeds)]
+    music = music_eval(a, ev, real_dir if real else None)
     diag = layer_diag(a)
     # timing last: on a machine with nothing else running by then
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
                                                     "presto_s_steps": steps, "ablation": ablation,
-                                                    "layer_diag": diag}, indent=2))
-    table = render(bench, ev, real, steps, a, ablation, diag)
+                                                    "layer_diag": diag, "music": music}, indent=2))
+    table = render(bench, ev, real, steps, a, ablation, diag, music)
     write_readme(table)
     print(table)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def music_reference(a) -> str | None:
+    """The held-out audio's statistics under the music embedder (bundled), else the held-out folder."""
+    stats = ROOT / "presto_cli" / "assets" / "ref_heldout_music.npz"
+    if stats.is_file():
+        return str(stats)
+    held = a.data.parent / (a.data.name + "-heldout")
+    return str(held) if held.is_dir() else None
+
+
+def music_eval(a, ev: list[dict], real_dir: Path | None) -> list[dict] | None:
+    """FAD/MMD of the clips each seed set's presto-clap eval generated, under the music embedder."""
+    ref = music_reference(a)
+    if ref is None:
+        print("no music-feature reference (assets/ref_heldout_music.npz or <data>-heldout): "
+              "skipping the music-embedder FAD", file=sys.stderr)
+        return None
+    docs = []
+    for k, doc in enumerate(ev):
+        dirs = [s["audio_dir"] for s in doc["systems"] if s.get("audio_dir")]
+        if k == 0 and real_dir is not None:
+            dirs.append(str(real_dir))
+        gens = [x for d in dirs for x in ("--gen", d)]
+        docs.append(presto("eval", *gens, "--ref", ref, "--embedder", "music", "--metrics", "fad,mmd",
+                           "--out", str(a.out / f"eval_music{'' if k == 0 else f'_seed{k}'}.json")))
+    return docs
 
 
 def _runs(folder: Path) -> list[Path]:
@@ -211,12 +243,16 @@ def _pm(v, nd=3) -> str:
     if not v:
         return "–"
     m, sd = v
-    return _f(m, nd) if sd is None else f"{_f(m, nd)} ± {_f(sd, 1)}"
+    return _f(m, nd) if sd is None else f"{_f(m, nd)} ± {float(f'{sd:.2g}'):g}"  # sd: 2 significant digits
 
 
-def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
+def render(bench, ev, real, steps, a, ablation=None, diag=None, music=None) -> str:
     b = _bench_rows(bench)
     emb = ev[0].get("embedder", {})
+    memb = (music[0].get("embedder", {}) if music else {})
+    mmd_conv = (ev[0].get("conditions") or {}).get("mmd") or "unbiased MMD², median-heuristic bandwidth, unscaled"
+    fad_music = (f" FAD (music) is the same clips under the weight-free music-feature embedder "
+                 f"({memb.get('version', '')}) against the held-out audio." if music else "")
     seeds = len(ev)
     spread = (f" Quality scores are the mean ± standard deviation over {seeds} seed sets of {a.n} clips "
               "(the held-out prompts' seeds + 0, 1000, 2000, ...)." if seeds > 1 else "")
@@ -228,10 +264,11 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
         f"speed-ups are to the teacher in the same run. "
         f"Quality: {a.n} clips per model on the bundled held-out prompts, embedder "
         f"{emb.get('name', '?')} ({emb.get('version', '')}), reference: held-out real audio statistics."
-        + spread,
+        + fad_music + f" MMD: {mmd_conv}." + spread,
         "",
-        "| model | sampler | steps | NFE | latency (s) | RTF | speed-up | FAD ↓ | MMD ↓ | CLAP ↑ | precision | recall | density | coverage | adherence |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| model | sampler | steps | NFE | latency (s) | RTF | speed-up | FAD ({emb.get('name', '?')}) ↓ | "
+        "FAD (music) ↓ | MMD ↓ | CLAP ↑ | precision | recall | density | coverage | adherence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = list(b) or list(_sys(ev[0]))
     for name in names:
@@ -240,13 +277,14 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None) -> str:
         lines.append("| " + " | ".join([
             str(name), str(br.get("sampler", "")), _f(br.get("steps")), _f(br.get("nfe")),
             _f(br.get("latency_s")), _f(br.get("rtf")), _f(br.get("speedup_vs_base")),
-            _pm(sc.get("fad")), _pm(sc.get("mmd2")), _pm(sc.get("clap_score")), _pm(sc.get("precision")),
+            _pm(sc.get("fad")), _pm(_agg(music, name).get("fad") if music else None), _pm(sc.get("mmd2")), _pm(sc.get("clap_score")), _pm(sc.get("precision")),
             _pm(sc.get("recall")), _pm(sc.get("density")), _pm(sc.get("coverage")), _pm(sc.get("adherence")),
         ]) + " |")
     if real:
         sc = real["systems"][0]["scores"]
+        real_music = _agg(music[:1], "real_train").get("fad") if music else None
         lines.append("| real audio (training split) | – | – | – | – | – | – | " + " | ".join(
-            _f(sc.get(k)) for k in ("fad", "mmd2")) + " | – | " + " | ".join(
+            [_f(sc.get("fad")), _pm(real_music), _f(sc.get("mmd2"))]) + " | – | " + " | ".join(
             _f(sc.get(k)) for k in ("precision", "recall", "density", "coverage")) + " | – |")
     lines += ["", "Presto-S (demo-s) at other step counts (first seed set):", "",
               "| steps | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]

@@ -155,3 +155,43 @@ def test_presto_clap_hears_the_drone_but_barely_the_missing_notes(clip_sets):
     ref = _embed(e, clip_sets["ref"])
     real, drone = (fad_from_embeddings(_embed(e, clip_sets[k]), ref) for k in ("real", "drone"))
     assert drone > 1.5 * real, (real, drone)
+
+
+# ------------------------------------------------------------------------------ through the CLI
+
+def test_eval_cli_music_embedder_and_mmd_conventions(tmp_path):
+    """`presto eval --embedder music`: the embedder and the MMD convention are named in the JSON
+    and in the printed table; `--mmd-bandwidth median` switches the convention and says so; a bad
+    bandwidth is one clear line, exit 1."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from presto_cli.audio import write_audio
+    from presto_cli.commands.eval import eval_cmd
+
+    app = typer.Typer()
+    app.command("eval")(eval_cmd)
+    app.command("noop")(lambda: None)  # two commands, so typer keeps the "eval" name
+    for name, base in (("ref", 220.0), ("gen", 233.0)):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            x = tone([base * 2 ** (k / 12) for k in (0, 4, 7, 12 - i % 3)], seconds=3.0)
+            write_audio(tmp_path / name / f"{i}.wav", torch.from_numpy(x).float()[None], SR)
+    args = ["eval", "--gen", str(tmp_path / "gen"), "--ref", str(tmp_path / "ref"), "--embedder", "music",
+            "--metrics", "fad,mmd", "--no-cache"]
+    r = CliRunner().invoke(app, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(next(line for line in r.output.splitlines() if line.startswith("{")))
+    assert doc["embedder"]["name"] == "music-features" and doc["embedder"]["dim"] == 59
+    assert doc["conditions"]["mmd"].startswith("CMMD convention") and "σ = 10" in doc["conditions"]["mmd"]
+    sc = doc["systems"][0]["scores"]
+    assert sc["mmd_bandwidth"] == 10.0 and sc["mmd_scale"] == 1000.0 and sc["fad"] > 0
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0 and "CMMD convention" in table.output and "music-features" in table.output
+    med = CliRunner().invoke(app, args + ["--mmd-bandwidth", "median", "--json"])
+    doc_m = json.loads(next(line for line in med.output.splitlines() if line.startswith("{")))
+    assert "median" in doc_m["conditions"]["mmd"] and doc_m["systems"][0]["scores"]["mmd_bandwidth"] != 10.0
+    bad = CliRunner().invoke(app, args + ["--mmd-bandwidth", "wide"])
+    assert bad.exit_code == 1 and "unknown MMD bandwidth 'wide'" in str(bad.exception or bad.output)

@@ -1,0 +1,69 @@
+"""benchmarks/results.py's README table: the music-embedder FAD column beside presto-clap's, the
+MMD convention stated, and the music eval scoring the clips the presto-clap eval generated
+(rendered from hand-made eval documents; the long results script itself is not run)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _results():
+    spec = importlib.util.spec_from_file_location("presto_results", ROOT / "benchmarks" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _doc(emb: str, scores: dict, conv: str = "CMMD convention: unbiased MMD², Gaussian RBF σ = 10, ×1000",
+         audio_dirs: dict | None = None) -> dict:
+    return {"embedder": {"name": emb, "version": f"{emb}-v1"}, "conditions": {"mmd": conv},
+            "systems": [{"name": n, "scores": s, **({"audio_dir": audio_dirs[n]} if audio_dirs else {})}
+                        for n, s in scores.items()]}
+
+
+def test_table_has_music_fad_beside_presto_clap_and_states_the_mmd_convention():
+    R = _results()
+    bench = {"rows": [{"model": "demo-teacher", "steps": 32, "nfe": 63}, {"model": "demo-s", "steps": 4, "nfe": 4}]}
+    ev = [_doc("presto-clap", {"demo-teacher": {"fad": 0.5, "mmd2": 3.0}, "demo-s": {"fad": 0.7, "mmd2": 4.0}}),
+          _doc("presto-clap", {"demo-teacher": {"fad": 0.7, "mmd2": 5.0}, "demo-s": {"fad": 0.9, "mmd2": 6.0}})]
+    music = [_doc("music-features", {"demo-teacher": {"fad": 100.0}, "demo-s": {"fad": 250.0}, "real_train": {"fad": 40.0}}),
+             _doc("music-features", {"demo-teacher": {"fad": 120.0}, "demo-s": {"fad": 270.0}})]
+    real = _doc("presto-clap", {"real_train": {"fad": 0.1, "mmd2": 0.5}})
+    a = SimpleNamespace(n=8, seeds=2, device="cpu", repeats=3)
+    text = R.render(bench, ev, real, {}, a, music=music)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| model | sampler"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[7:10] == ["FAD (presto-clap) ↓", "FAD (music) ↓", "MMD ↓"]
+    row = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines
+           if line.startswith("| demo-") or line.startswith("| real audio")}
+    assert row["demo-s"][8] == "260 ± 14" and row["demo-teacher"][8] == "110 ± 14"  # mean ± sd of 2 seed sets
+    assert row["demo-s"][7] == "0.8 ± 0.14" and row["real audio (training split)"][8] == "40"
+    assert "MMD: CMMD convention: unbiased MMD², Gaussian RBF σ = 10, ×1000." in text
+    assert "music-feature embedder (music-features-v1)" in text
+    # without the music eval the column is there, empty
+    plain = R.render(bench, ev, real, {}, a)
+    assert "FAD (music) ↓" in plain and "| demo-s |" in plain
+
+
+def test_music_eval_rescoring_the_generated_clips(tmp_path, monkeypatch):
+    R = _results()
+    calls = []
+    monkeypatch.setattr(R, "presto", lambda *args: calls.append(args) or {"systems": []})
+    held = tmp_path / "synth-heldout"
+    held.mkdir()
+    a = SimpleNamespace(data=tmp_path / "synth", out=tmp_path / "results")
+    monkeypatch.setattr(R, "ROOT", tmp_path)  # no bundled ref_heldout_music.npz here: the folder is used
+    ev = [_doc("presto-clap", {"demo-s": {}}, audio_dirs={"demo-s": "/x/eval_audio/demo-s"}),
+          _doc("presto-clap", {"demo-s": {}}, audio_dirs={"demo-s": "/x/eval_seed1_audio/demo-s"})]
+    docs = R.music_eval(a, ev, tmp_path / "real_train")
+    assert len(docs) == 2 and len(calls) == 2
+    first = list(calls[0])
+    assert first[:5] == ["eval", "--gen", "/x/eval_audio/demo-s", "--gen", str(tmp_path / "real_train")]
+    assert first[first.index("--embedder") + 1] == "music" and first[first.index("--ref") + 1] == str(held)
+    assert "/x/eval_seed1_audio/demo-s" in calls[1] and str(tmp_path / "real_train") not in calls[1]
+    held.rmdir()
+    assert R.music_eval(a, ev, None) is None  # no reference: skipped, said on stderr
