@@ -17,7 +17,8 @@ import time
 import torch
 
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
-from presto_cli.distill.schedule import LayerSchedule, eval_sigmas, karras_sigmas
+from presto_cli.diffusion.schedules import karras_sigmas
+from presto_cli.distill.schedule import LayerSchedule, eval_sigmas
 from presto_cli.models.dit import DiT, DiTConfig
 from presto_cli.runtime import resolve_device
 
@@ -90,7 +91,7 @@ def main() -> None:
     sched = LayerSchedule.default(L, "keep-last")
     print(f"# default schedule: {sched.describe()}")
     for sampler in ("heun", "dpmpp_2m", "euler"):
-        sig = eval_sigmas(sampler, karras_sigmas(a.steps, 0.002, 80.0, 7.0))
+        sig = eval_sigmas(sampler, karras_sigmas(a.steps, 0.002, 80.0, 7.0).tolist())
         frac = sched.mean_compute(sig)
         t = sum(ms[sched.depth(s)] for s in sig) / (len(sig) * ms[L])
         print(f"{sampler} {a.steps} steps: mean depth {frac:.3f} of full, measured time "

@@ -12,7 +12,7 @@ from torch import nn
 from presto_cli.diffusion.edm import (Cond, EDMConfig, EDMDenoiser, drop_condition, edm_loss,
                                       edm_weight, sample_sigma_inf, sample_sigma_train,
                                       sigma_inf_from_uniform)
-from presto_cli.diffusion.samplers import get_sigmas_karras
+from presto_cli.diffusion.samplers import get_sigmas
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT, DiTConfig
 
@@ -105,8 +105,10 @@ def test_sigma_inf_continuous_and_discrete():
     # the median of u ~ U(0,1) maps to the Karras point at u = 0.5
     mid = (80 ** (1 / 7) + 0.5 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert abs(float(s.median()) - mid) / mid < 0.05
-    # N-step schedule: only its N points, each about equally often
-    sched = get_sigmas_karras(4, 0.002, 80.0, 7.0)[:-1]
+    # N-step schedule: only the N points of the few-step sampler's schedule, each about equally
+    # often ([80, 17.5, 2.52, 0.17]: never sigma_min, where a generator step does nothing)
+    sched = get_sigmas("fewstep", 4, 0.002, 80.0, 7.0)[:-1]
+    torch.testing.assert_close(sched, torch.tensor([80.0, 17.5278, 2.5152, 0.1698]), rtol=1e-3, atol=0)
     sd = sample_sigma_inf(cfg, 8000, torch.Generator().manual_seed(3), N=4)
     d = (sd[:, None] - sched[None]).abs().min(1).values
     assert float(d.max()) < 1e-3 * 80

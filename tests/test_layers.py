@@ -9,7 +9,8 @@ import torch
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
 from presto_cli.distill.layers import (LayeredDenoiser, forward_at_depths, layer_losses,
                                        layered_model_fn)
-from presto_cli.distill.schedule import LayerSchedule, eval_sigmas, karras_sigmas
+from presto_cli.diffusion.schedules import karras_sigmas
+from presto_cli.distill.schedule import LayerSchedule, eval_sigmas
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT, DiTConfig
 
@@ -65,13 +66,13 @@ def test_schedule_default_is_ase_for_dit_xl():
     assert s.blocks(80.0) == list(range(12))
     # the five bins each hold about the same number of steps of any Karras schedule
     per_bin = [0] * 5
-    for v in karras_sigmas(50, 0.002, 80.0, 7.0)[:-1]:
+    for v in karras_sigmas(50, 0.002, 80.0, 7.0)[:-1].tolist():
         per_bin[s.bin_index(v)] += 1
     assert per_bin == [10, 10, 10, 10, 10]
     assert s.mean_compute([0.002, 80.0]) == pytest.approx((28 + 12) / 56)
     assert s.sampler_compute("euler", 50) == pytest.approx(20 / 28)
     # Heun evaluates 2N-1 times; the extra calls sit at the next sigma
-    assert len(eval_sigmas("heun", karras_sigmas(10, 0.002, 80.0, 7.0))) == 19
+    assert len(eval_sigmas("heun", karras_sigmas(10, 0.002, 80.0, 7.0).tolist())) == 19
 
 
 def test_keep_last_blocks_and_bins():

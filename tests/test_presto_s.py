@@ -21,6 +21,7 @@ from toy import mmd_rbf, sample_gmm, sample_teacher, train_toy_teacher  # noqa: 
 from presto_cli.data.toy import ToyDataset  # noqa: E402
 from presto_cli.diffusion.edm import EDMConfig, sigma_inf_from_uniform, sigma_train_from_normal  # noqa: E402
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss  # noqa: E402
+from presto_cli.diffusion.samplers import get_sigmas  # noqa: E402
 from presto_cli.distill.noise import SigmaDist  # noqa: E402
 from presto_cli.distill.presto_s import (DistillConfig, OptimConfig, PrestoS, dmd_gradient,  # noqa: E402
                                          dmd_loss)
@@ -210,10 +211,10 @@ def test_noise_distributions_match_their_definitions():
         mid = torch.exp((lo + hi) / 2).reshape(1)
         expected = float(d.log_density(mid).exp()) * float(hi - lo)
         assert abs(frac - expected) < 0.02, (float(lo), frac, expected)
-    # the discrete variant: exactly the points of an N-step Karras schedule
+    # the discrete variant: exactly the points of the 4-step few-step sampler's schedule
     pts = SigmaDist.from_edm("inf", edm, steps=4).from_noise(z, u, c)
-    want = sigma_inf_from_uniform(edm, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
-    assert torch.allclose(torch.unique(pts), torch.sort(want).values)
+    want = get_sigmas("fewstep", 4, edm.sigma_min, edm.sigma_max, edm.rho)[:-1]
+    assert torch.equal(torch.unique(pts), torch.sort(want).values)
     with pytest.raises(PrestoError):
         SigmaDist(kind="nope")
 
@@ -274,15 +275,16 @@ def test_tiny_recipe_end_to_end_with_exact_resume(teacher, tmp_path):
 
 
 def test_backward_simulation_inputs_lie_on_the_generators_schedule(teacher):
-    from presto_cli.diffusion.samplers import get_sigmas_karras
+    """Backward simulation trains G on exactly the sigmas the exported sampler calls it at."""
+    from presto_cli.diffusion.samplers import get_sigmas
 
     ps, ctx, src = make(teacher, batch=64, gen_input="backward-sim", gen_steps=3)
     b = src.batch(0)
     cond = teacher.task.text(b["caption"], "cpu")
     x_in, sig = ps._backward_sim(b["latents"], cond, ctx, 64)
-    sched = get_sigmas_karras(3, 0.002, 80.0, 7.0)[:-1]
-    assert all(bool(torch.isclose(s, sched).any()) for s in sig)
-    assert len(torch.unique(sig)) == 3  # every step of the schedule is trained
+    sched = get_sigmas("fewstep", 3, 0.002, 80.0, 7.0)[:-1]  # what `generate` runs for 3 steps
+    assert torch.equal(torch.unique(sig), torch.sort(sched).values)  # all 3, and nothing else
+    assert float(sched[-1]) > 50 * 0.002  # never sigma_min, where a generator step does nothing
     first = torch.isclose(sig, sched[0])
     assert 60 < float(x_in[first].std()) < 100  # k = 0: pure noise at sigma_max
     late = torch.isclose(sig, sched[-1])

@@ -13,7 +13,8 @@
   (TeacherTask, hash text encoder, tiny DiT) on the mixture in ~10-20 s on one core and returns a
   :class:`ToyTeacher` (EMA denoiser, its recipe, the mixture, a text cache). Cached per process.
 * ``sample_teacher(teacher, n, seed, steps=18, sampler="heun", cfg=1.0, labels=None)``: samples
-  ``[n, D]`` points (captions from ``labels``, or drawn with the mixture's weights).
+  ``[n, D]`` points (captions from ``labels``, or drawn with the mixture's weights) on the
+  schedule the pipeline gives ``sampler`` (``schedules.sampler_sigmas``: few-step for fewstep).
 * ``toy_cond(teacher, labels)``: the :class:`Cond` for those labels' captions.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from presto_cli.data.toy import GMM, gmm1d, gmm2d, parse_toy_path  # noqa: F401  (re-exported)
 from presto_cli.diffusion.edm import Cond, EDMDenoiser
-from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas_karras
+from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise
+from presto_cli.diffusion.schedules import sampler_sigmas
 
 __all__ = ["GMM", "gmm1d", "gmm2d", "mmd_rbf", "ToyTeacher", "train_toy_teacher", "toy_recipe",
            "sample_teacher", "toy_cond", "sample_gmm"]
@@ -125,7 +127,7 @@ def sample_teacher(teacher: ToyTeacher, n: int, seed: int = 0, steps: int = 18, 
         labels = torch.multinomial(teacher.gmm.weights.double(), n, replacement=True, generator=g)
     cond = toy_cond(teacher, labels)
     e = teacher.recipe.edm
-    sigmas = get_sigmas_karras(steps, e.sigma_min, e.sigma_max, e.rho)
+    sigmas = sampler_sigmas(sampler, steps, e.sigma_min, e.sigma_max, e.rho)  # the pipeline's
     noise = PerSampleNoise(range(seed * 100_000, seed * 100_000 + n))
     x = noise.randn((teacher.dim, 1)) * sigmas[0]
     if cfg == 1.0:

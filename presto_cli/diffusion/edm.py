@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from presto_cli.errors import PrestoError
 
 __all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition",
-           "sigma_train_from_normal", "sigma_inf_from_uniform", "karras_sigma",
+           "sigma_train_from_normal", "sigma_inf_from_uniform",
            "sample_sigma_train", "sample_sigma_inf", "log_normal_density"]
 
 
@@ -194,23 +194,16 @@ def sigma_train_from_normal(cfg: EDMConfig, z: Tensor) -> Tensor:
     return torch.exp(cfg.p_mean + cfg.p_std * z.float())
 
 
-def karras_sigma(u: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
-    """``(sigma_max^(1/rho) + u (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` (u in [0, 1])."""
-    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    return (a + u.float() * (b - a)) ** rho
-
-
 def sigma_inf_from_uniform(cfg: EDMConfig, u: Tensor, rho: float | None = None,
                            N: int | None = None) -> Tensor:
-    """p_inf from u ~ U(0, 1) given: continuous Karras, or one of the N points of an N-step
-    schedule (``sigma_i``, i = 0..N-1, the final 0 excluded) when ``N`` is given."""
+    """p_inf from u ~ U(0, 1) given: continuous Karras, or one of the N points of the N-step
+    few-step schedule when ``N`` is given (:func:`presto_cli.diffusion.schedules.inf_sigma`)."""
+    from presto_cli.diffusion.schedules import inf_sigma
+
+    if N is not None and N < 1:
+        raise PrestoError(f"N must be >= 1, got {N}")
     rho = cfg.rho if rho is None else rho
-    if N is not None:
-        if N < 1:
-            raise PrestoError(f"N must be >= 1, got {N}")
-        idx = torch.clamp((u.float() * N).floor(), max=N - 1)
-        u = idx / (N - 1) if N > 1 else torch.zeros_like(idx)
-    return karras_sigma(u, cfg.sigma_min, cfg.sigma_max, rho)
+    return inf_sigma(u, cfg.sigma_min, cfg.sigma_max, rho, steps=int(N or 0))
 
 
 def sample_sigma_train(cfg: EDMConfig, n: int, generator: torch.Generator | None = None,

@@ -3,7 +3,7 @@
 ``sample(model_fn, x, sigmas, noise=None, callback=None, disable=True) -> x0`` where
 ``model_fn(x, sigma_batch) -> denoised`` (an EDM denoiser, possibly guided, or a few-step
 generator), ``x`` is the starting point already at ``sigmas[0]`` (``sigmas[0] * eps``) and
-``sigmas`` is a decreasing 1-D tensor ending with 0 (:func:`get_sigmas_karras`).
+``sigmas`` is a decreasing 1-D tensor ending with 0 (:mod:`presto_cli.diffusion.schedules`).
 
 * ``euler``: first-order probability-flow ODE steps (N evaluations for N steps).
 * ``heun``: EDM's second-order Heun (Karras et al. 2022, Alg. 1 without churn), 2N - 1 evaluations.
@@ -20,6 +20,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from presto_cli.diffusion.schedules import fewstep_sigmas, karras_sigmas, sampler_sigmas
 from presto_cli.errors import PrestoError
 
 __all__ = ["PerSampleNoise", "get_sigmas_karras", "sample_euler", "sample_heun",
@@ -55,41 +56,10 @@ class PerSampleNoise:
         return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
 
 
-def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                      device: str | torch.device = "cpu") -> Tensor:
-    """Karras schedule ``sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho``,
-    i = 0..n-1, then ``sigma_n = 0``: a tensor of n + 1 values. n = 1 gives [sigma_max, 0]."""
-    if n < 1:
-        raise PrestoError(f"the number of steps must be >= 1, got {n}")
-    if not 0 < sigma_min <= sigma_max:
-        raise PrestoError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    if n == 1:
-        sig = torch.tensor([sigma_max], dtype=torch.float64)
-    else:
-        u = torch.linspace(0, 1, n, dtype=torch.float64)
-        a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-        sig = (a + u * (b - a)) ** rho
-    return torch.cat([sig, sig.new_zeros(1)]).float().to(device)
-
-
-def get_sigmas_fewstep(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                       device: str | torch.device = "cpu") -> Tensor:
-    """Noise levels of an n-step few-step generator [ours]: the first n points of an (n+1)-point
-    Karras schedule, then 0. The Karras schedule's own last point is sigma_min, where a generator
-    step is the identity (c_skip ~ 1), so with it an n-step run has only n-1 useful steps (2 steps
-    = 1 step); dropping it spends every step on real noise, as DMD2's timesteps [999, 749, 499, 249]
-    do. n = 1 gives [sigma_max, 0]."""
-    if n < 1:
-        raise PrestoError(f"the number of steps must be >= 1, got {n}")
-    sig = get_sigmas_karras(n + 1, sigma_min, sigma_max, rho, device)
-    return torch.cat([sig[:n], sig.new_zeros(1)])
-
-
-def get_sigmas(sampler: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-               device: str | torch.device = "cpu") -> Tensor:
-    """The schedule a sampler runs on: Karras for the ODE samplers, few-step points for fewstep."""
-    fn = get_sigmas_fewstep if sampler == "fewstep" else get_sigmas_karras
-    return fn(n, sigma_min, sigma_max, rho, device)
+# The schedules live in presto_cli.diffusion.schedules (one formula); these are their names here.
+get_sigmas_karras = karras_sigmas
+get_sigmas_fewstep = fewstep_sigmas
+get_sigmas = sampler_sigmas
 
 
 def _sig(s: Tensor, x: Tensor) -> Tensor:
@@ -198,7 +168,10 @@ def sample_fewstep(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampl
         _report(callback, i, x, s, x_hat)
         if i == n - 1 or float(s_next) == 0.0:
             break
-        eps = noise.randn_like(x_hat) if noise is not None else torch.randn_like(x_hat)
+        if noise is None:  # never the global RNG: a clip must depend on its seed only
+            raise PrestoError("the few-step sampler needs per-sample noise for more than one step",
+                              "pass noise=PerSampleNoise(seeds)")
+        eps = noise.randn_like(x_hat)
         x = x_hat + s_next * eps
     return x_hat
 

@@ -6,8 +6,8 @@ matters. Each place picks one of:
 
 * ``"train"``: the teacher's training distribution, ``ln sigma ~ N(P_mean, P_std^2)`` (EDM).
 * ``"inf"``: the inference schedule's distribution, ``sigma = (smax^(1/rho) + u (smin^(1/rho) -
-  smax^(1/rho)))^rho`` with ``u ~ U(0, 1)``; with ``steps = N > 0`` instead the N discrete points of
-  the N-step Karras schedule (``u = i / (N - 1)``, ``i`` uniform; ``N = 1`` is sigma_max).
+  smax^(1/rho)))^rho`` with ``u ~ U(0, 1)``; with ``steps = N > 0`` instead the N points of the
+  N-step few-step schedule, the one the exported sampler runs (``N = 1`` is sigma_max).
 * ``"train/inf"`` [ours]: each sample independently from either, with probability 1/2.
 
 Sampling is split in two so training stays DDP- and resume-exact: the caller draws the raw
@@ -22,17 +22,11 @@ from typing import Literal
 
 import torch
 
+from presto_cli.diffusion.schedules import inf_sigma
 from presto_cli.errors import PrestoError
 
 SigmaKind = Literal["train", "inf", "train/inf"]
 SIGMA_KINDS: tuple[str, ...] = ("train", "inf", "train/inf")
-
-
-def karras_sigma(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """The Karras schedule at fraction ``u`` in [0, 1] (0 -> sigma_max, 1 -> sigma_min)."""
-    hi = sigma_max ** (1.0 / rho)
-    lo = sigma_min ** (1.0 / rho)
-    return (hi + u * (lo - hi)) ** rho
 
 
 @dataclass(frozen=True)
@@ -59,11 +53,12 @@ class SigmaDist:
             raise PrestoError(f"noise distribution steps must be >= 0, got {self.steps}")
 
     @classmethod
-    def from_edm(cls, kind: str, edm_cfg, steps: int = 0) -> "SigmaDist":
-        """Build from anything with EDMConfig's attributes (p_mean, p_std, sigma_min/max, rho)."""
+    def from_edm(cls, kind: str, edm_cfg, steps: int = 0, rho: float | None = None) -> "SigmaDist":
+        """Build from anything with EDMConfig's attributes (p_mean, p_std, sigma_min/max, rho);
+        ``rho`` overrides the config's (the exported few-step sampler's rho)."""
         return cls(kind=kind, p_mean=float(edm_cfg.p_mean), p_std=float(edm_cfg.p_std),
                    sigma_min=float(edm_cfg.sigma_min), sigma_max=float(edm_cfg.sigma_max),
-                   rho=float(edm_cfg.rho), steps=int(steps))
+                   rho=float(edm_cfg.rho if rho is None else rho), steps=int(steps))
 
     # the two pure distributions ---------------------------------------------------------------
     def train_sigma(self, z: torch.Tensor) -> torch.Tensor:
@@ -71,13 +66,9 @@ class SigmaDist:
         return torch.exp(self.p_mean + self.p_std * z)
 
     def inf_sigma(self, u: torch.Tensor) -> torch.Tensor:
-        """p_inf from a uniform ``u`` in [0, 1): continuous, or one of ``steps`` schedule points."""
-        if self.steps > 0:
-            if self.steps == 1:
-                return torch.full_like(u, self.sigma_max)
-            i = torch.clamp(torch.floor(u * self.steps), max=self.steps - 1)
-            u = i / (self.steps - 1)
-        return karras_sigma(u, self.sigma_min, self.sigma_max, self.rho)
+        """p_inf from a uniform ``u`` in [0, 1): continuous, or one of the ``steps`` points of the
+        few-step schedule (:mod:`presto_cli.diffusion.schedules`, the exported sampler's)."""
+        return inf_sigma(u, self.sigma_min, self.sigma_max, self.rho, self.steps)
 
     # the mapping used by training -------------------------------------------------------------
     def from_noise(self, z: torch.Tensor, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

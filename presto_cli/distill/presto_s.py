@@ -39,13 +39,14 @@ from torch import Tensor, nn
 
 from presto_cli.diffusion.edm import Cond, EDMDenoiser, edm_weight
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss
-from presto_cli.distill.noise import SigmaDist, karras_sigma
+from presto_cli.diffusion.schedules import fewstep_points
+from presto_cli.distill.noise import SigmaDist
 from presto_cli.errors import PrestoError
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.train.loop import EMA, Task, clip_and_norm, register_task, set_lr, warmup_lr
 
 __all__ = ["DistillConfig", "PrestoSRecipe", "PrestoS", "PrestoSTask", "dmd_gradient",
-           "dmd_loss", "real_score", "fewstep_sample", "teacher_cfg_weight"]
+           "dmd_loss", "real_score", "teacher_cfg_weight"]
 
 NoiseKind = Literal["train", "inf", "train/inf"]
 
@@ -245,7 +246,9 @@ class PrestoS:
                           else list(range(max(blocks) + 1)))
         edm = teacher.cfg
         self.sigma_data = float(edm.sigma_data)
-        mk = lambda kind: SigmaDist.from_edm(kind, edm, dcfg.inf_steps)  # noqa: E731
+        # p_inf (continuous, or inf_steps points) uses the exported few-step sampler's rho
+        self.rho = float(dcfg.rho if dcfg.rho is not None else edm.rho)
+        mk = lambda kind: SigmaDist.from_edm(kind, edm, dcfg.inf_steps, self.rho)  # noqa: E731
         self.p_gen, self.p_dmd = mk(dcfg.p_gen), mk(dcfg.p_dmd)
         self.p_dsm, self.p_gan = mk(dcfg.p_dsm), mk(dcfg.p_gan)
         self.opt_gen = torch.optim.AdamW(self.generator.parameters(), lr=ocfg.lr_gen,
@@ -290,14 +293,11 @@ class PrestoS:
     def _backward_sim(self, x: Tensor, cond: Cond, rng: Draws, b: int) -> tuple[Tensor, Tensor]:
         """DMD2's backward simulation [ours as an option]: run the generator's own few-step
         sampler from pure noise for k steps (k uniform in 0..N-1 per sample) and return the noisy
-        state at step k with its sigma, so G trains on the inputs it meets at inference."""
+        state at step k with its sigma, so G trains on the inputs it meets at inference: the
+        sigmas are those of the exported N-step sampler (``schedules.fewstep_points``)."""
         n = self.dcfg.gen_steps
         edm = self.teacher.cfg
-        rho = self.dcfg.rho or edm.rho
-        u = torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
-        sig = karras_sigma(u, edm.sigma_min, edm.sigma_max, rho).to(self.device)
-        if n == 1:
-            sig = torch.tensor([edm.sigma_max], device=self.device)
+        sig = fewstep_points(n, edm.sigma_min, edm.sigma_max, self.rho, self.device)
         shape = (b,) + tuple(x.shape[1:])
         k = torch.clamp((rng.rand("gen/k", (b,)) * n).floor().long(), max=n - 1).to(self.device)
         cur = sig[0] * rng.randn("gen/eps0", shape)
@@ -445,34 +445,6 @@ class PrestoS:
                 raise PrestoError("the checkpoint has no generator EMA but the recipe enables one",
                                   "resume with the recipe the run started with")
             self.ema.load_state_dict(sd["ema"])
-
-
-# --------------------------------------------------------------------------------------------
-# Few-step sampling (for checks; generation goes through the pipeline's "fewstep" sampler)
-
-
-@torch.no_grad()
-def fewstep_sample(generator: EDMDenoiser, cond: Cond | None, shape: tuple[int, ...], steps: int,
-                   rho: float | None = None, generator_rng: torch.Generator | None = None,
-                   device: torch.device | str = "cpu", **net_kwargs) -> Tensor:
-    """METHOD.md section 3, "Few-step sampling": ``x = sigma_1 eps``; ``x_hat = G(x; sigma_i)``;
-    ``x = x_hat + sigma_{i+1} eps'`` (fresh noise) unless last. One batch generator (tests)."""
-    edm = generator.cfg
-    rho = rho or edm.rho
-    if steps == 1:
-        sig = torch.tensor([edm.sigma_max])
-    else:
-        sig = karras_sigma(torch.arange(steps, dtype=torch.float32) / (steps - 1),
-                           edm.sigma_min, edm.sigma_max, rho)
-    x = sig[0] * torch.randn(shape, generator=generator_rng)
-    x = x.to(device)
-    for i in range(steps):
-        x_hat = generator(x, sig[i].to(device).expand(shape[0]), cond, **net_kwargs).float()
-        if i + 1 < steps:
-            x = x_hat + sig[i + 1] * torch.randn(shape, generator=generator_rng).to(device)
-        else:
-            x = x_hat
-    return x
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from presto_cli.diffusion.schedules import karras, sampler_sigmas
 from presto_cli.errors import PrestoError
 
 MODES = ("first-k", "keep-last")
@@ -27,16 +28,6 @@ MODES = ("first-k", "keep-last")
 # DiT-XL/2 under ASE runs 28/24/20/16/12 of its 28 blocks over five noise bins [ASE]: the
 # shallowest bin keeps 12/28 of the depth. Our default scales that to any depth.
 ASE_MIN_FRACTION = 12.0 / 28.0
-
-
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float) -> list[float]:
-    """The Karras schedule of METHOD.md section 2 (n points, then a final 0)."""
-    if n < 1:
-        raise PrestoError(f"step count must be >= 1, got {n}")
-    if n == 1:
-        return [float(sigma_max), 0.0]
-    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    return [float((a + i / (n - 1) * (b - a)) ** rho) for i in range(n)] + [0.0]
 
 
 def eval_sigmas(sampler: str, sigmas: Sequence[float]) -> list[float]:
@@ -130,10 +121,9 @@ class LayerSchedule:
             depths = [lo]
         else:
             depths = [half_up(L - i * (L - lo) / (n_bins - 1)) for i in range(n_bins)]
-        a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
         # u = 1 is sigma_min (low noise): edges ascending in ln sigma means u descending.
-        edges = [math.log((a + u * (b - a)) ** rho) for u in
-                 [1.0 - j / n_bins for j in range(1, n_bins)]]
+        edges = [math.log(karras(1.0 - j / n_bins, sigma_min, sigma_max, rho))
+                 for j in range(1, n_bins)]
         return cls(bins=edges, depths=depths, depth_total=L, mode=mode, keep_last=keep_last)
 
     @classmethod
@@ -211,10 +201,8 @@ class LayerSchedule:
     def sampler_compute(self, sampler: str, steps: int, sigma_min: float = 0.002,
                         sigma_max: float = 80.0, rho: float = 7.0) -> float:
         """Mean fraction of full depth per network call for ``sampler`` with ``steps`` steps."""
-        from presto_cli.diffusion.samplers import get_sigmas  # the schedule the pipeline runs
-
-        return self.mean_compute(eval_sigmas(sampler, get_sigmas(sampler, steps, sigma_min, sigma_max,
-                                                                 rho).tolist()))
+        return self.mean_compute(eval_sigmas(sampler, sampler_sigmas(sampler, steps, sigma_min,
+                                                                     sigma_max, rho).tolist()))
 
     def describe(self) -> str:
         """One human line, e.g. for ``--dry-run``."""
