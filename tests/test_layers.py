@@ -235,6 +235,34 @@ def test_layered_model_fn_guided_matches_manual_cfg():
     torch.testing.assert_close(got, d_u + 3.0 * (d_c - d_u), rtol=1e-5, atol=1e-5)
 
 
+def test_bins_sigma_gives_every_bin_its_share_and_train_starves_the_high_noise_bins():
+    """layers.sigma_dist: "bins" puts 1/n of the samples in each bin of the schedule, ln sigma
+    uniform within the bin; the teacher's log-normal ("train") leaves the deepest-dropping bins
+    almost empty: 0.66% and 0.012% of the samples for the ASE default's top two bins (issue 12)."""
+    from presto_cli.distill.layers import expected_bin_shares
+
+    edm = EDMConfig()
+    s = LayerSchedule.default(28, "first-k")
+    g = torch.Generator().manual_seed(0)
+    n = 50_000
+    sig = s.sigma_in_bins(torch.rand(n, generator=g), torch.rand(n, generator=g), 0.002, 80.0)
+    assert float(sig.min()) >= 0.002 * (1 - 1e-5) and float(sig.max()) <= 80.0 * (1 + 1e-5)
+    shares = s.bin_shares(sig)
+    assert all(abs(v - 0.2) < 0.01 for v in shares.values()), shares
+    idx = torch.tensor([s.bin_index(float(v)) for v in sig[:2000]])
+    for i, (lo, hi) in enumerate(s.bin_ranges(0.002, 80.0)):  # log-uniform: mean ln sigma = middle
+        ls = sig[:2000][idx == i].double().log()
+        assert abs(float(ls.mean()) - (lo + hi) / 2) < 0.06 * (hi - lo), i
+    assert expected_bin_shares(s, "bins", edm) == [0.2] * 5
+    # the log-normal: analytic shares, checked against draws, and the starved top bins
+    train = expected_bin_shares(s, "train", edm)
+    assert train[3] == pytest.approx(0.0066, abs=0.0003) and train[4] == pytest.approx(1.2e-4, rel=0.1)
+    drawn = s.bin_shares(torch.exp(edm.p_mean + edm.p_std * torch.randn(n, generator=g)))
+    assert all(abs(drawn[f"bin{i}_share"] - train[i]) < 0.005 for i in range(5)), (drawn, train)
+    # p_inf: the default edges split the Karras u axis into equal parts
+    assert expected_bin_shares(s, "inf", edm) == pytest.approx([0.2] * 5, abs=1e-9)
+
+
 # ------------------------------------------------------------------------------------------
 # the stages on a toy with a known answer, and the tiny recipes through the Trainer
 
@@ -360,3 +388,43 @@ def test_presto_l_with_every_part_off_is_ase(toy_teacher):
     for k in sa:
         torch.testing.assert_close(sa[k], so[k], rtol=0, atol=0)
     assert any((sa[k] - sn[k]).abs().max() > 0 for k in sa)
+
+
+def _budget_rows_trained(path, sigma_dist: str, steps: int = 8) -> tuple[set[int], dict[str, float]]:
+    """Run the tiny Presto-L stage (schedule depths 4/4/3/3/2) for ``steps`` steps; return the
+    budget-embedding rows that received a nonzero gradient and each bin's share of the samples."""
+    from presto_cli.recipes import load_recipe
+    from presto_cli.train.loop import BatchSource, Context, task_class
+
+    r = load_recipe("recipes/tiny/presto-l.yaml", [f"data.teacher={path}", f"train.steps={steps}",
+                                                   "train.batch_size=64",
+                                                   f"layers.sigma_dist={sigma_dist}"])
+    ctx = Context(r.seed, torch.device("cpu"), "fp32", r.train.batch_size)
+    task = task_class("presto-l")(r, ctx, ".")
+    assert task.schedule.depths == [4, 4, 3, 3, 2]
+    source = BatchSource(task.make_dataset(), r.seed, ctx)
+    rows: set[int] = set()
+    shares: dict[str, float] = {}
+    for s in range(steps):
+        ctx.step = s
+        m = task.train_step(source.batch(s), ctx)
+        grad = task.student.net.budget_embed.weight.grad
+        rows |= {int(k) for k in (grad.abs().sum(1) > 0).nonzero().flatten()}
+        for k, v in m.items():
+            if k.startswith("bin"):
+                shares[k] = shares.get(k, 0.0) + v / steps
+    return rows, shares
+
+
+def test_bins_sigma_trains_every_depth_and_train_sigma_does_not(toy_teacher):
+    """Default layers.sigma_dist=bins: every bin gets samples (logged as bin{i}_share) and every
+    depth's budget-embedding row gets a gradient. The teacher's log-normal (the old behaviour,
+    sigma_dist=train) never reaches the highest-noise bin in 512 samples: its depth-2 row stays
+    exactly zero, as depth 3's did in the demo Presto-L (issue 12)."""
+    _, path = toy_teacher
+    rows, shares = _budget_rows_trained(path, "bins")
+    assert rows == {2, 3, 4}, rows
+    assert all(0.1 < shares[f"bin{i}_share"] < 0.3 for i in range(5)), shares
+    rows_train, shares_train = _budget_rows_trained(path, "train")
+    assert shares_train["bin4_share"] == 0.0 and shares_train["bin3_share"] < 0.03, shares_train
+    assert 2 not in rows_train, rows_train

@@ -174,7 +174,7 @@ class PrestoLSTask(PrestoSTask):
         self.schedule = schedule
         self.layers_meta = lmeta
         return PrestoS(teacher, r.distill, optim_config(r), w,
-                       generator_init=LayeredDenoiser(layered, schedule))
+                       generator_init=LayeredDenoiser(layered, schedule), seed=r.seed)
 
     def export_meta(self) -> dict:
         meta = super().export_meta()

@@ -9,8 +9,12 @@ Both stages fine-tune a copy of the teacher that runs only ``k(sigma)`` of its `
   and drop the blocks right before them; a budget embedding added to the adaLN condition
   (``budget_embed``); an optional learned per-budget rescaling (``budget_rescale``); and the
   self-teacher loss ``alpha * lambda(sigma) ||D_drop(x_sigma) - sg(D_full(x_sigma))||^2`` with the
-  frozen full-depth teacher, beside the denoising loss, ``sigma ~ p_train``. Each part is one
+  frozen full-depth teacher, beside the denoising loss. Each part is one
   recipe key, so ``layers.keep_last=0 layers.budget_embed=false layers.self_teacher=0`` is ASE.
+
+Both draw each sample's sigma so that every depth of the schedule trains (``layers.sigma_dist``:
+``bins`` by default, a bin uniformly then ln sigma uniform in it; ``train``/``inf`` as options) and
+log the share of samples per bin (``bin{i}_share``, bin 0 the lowest noise).
 
 Training runs each sample at its own depth without paying for full depth: the batch is grouped by
 depth and each group runs one forward through exactly its blocks (:func:`forward_at_depths`).
@@ -30,14 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from presto_cli.diffusion.edm import (Cond, EDMDenoiser, drop_condition, edm_weight,
-                                      sigma_train_from_normal)
+                                      sigma_inf_from_uniform, sigma_train_from_normal)
 from presto_cli.distill.schedule import ASE_MIN_FRACTION, LayerSchedule
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_state_strict, prefixed, save_artefact
 from presto_cli.models.dit import DiT
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
-from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
-                                   warmup_lr)
+from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, seeded,
+                                   set_lr, warmup_lr)
 
 __all__ = ["ASEConfig", "PrestoLConfig", "ASERecipe", "PrestoLRecipe", "ASETask", "PrestoLTask",
            "LayeredDenoiser", "forward_at_depths", "layered_model_fn", "layer_losses",
@@ -61,6 +65,11 @@ class ASEConfig:
     # How each training sample's depth is chosen: "schedule" = k(sigma) of its own sigma [ASE];
     # "uniform" = any depth of the schedule, so every budget is trained at every noise [ours].
     train_depth: Literal["schedule", "uniform"] = "schedule"
+    # Where each training sample's sigma comes from [ours; METHOD.md section 4]: "bins" = a bin of
+    # the schedule uniformly, then ln sigma uniform within it, so every depth gets 1/n_bins of
+    # the samples (ASE draws its timestep uniformly: each of its bins gets a fifth); "train" = the
+    # teacher's log-normal (under 1% of it reaches the high-noise bins); "inf" = the sampler's p_inf.
+    sigma_dist: Literal["bins", "train", "inf"] = "bins"
 
 
 @dataclass
@@ -261,6 +270,29 @@ def describe_schedule(schedule: LayerSchedule, edm: dict) -> dict:
     return out
 
 
+def expected_bin_shares(schedule: LayerSchedule, kind: str, edm) -> list[float]:
+    """The share of training samples each bin (low -> high noise) gets under ``layers.sigma_dist``
+    ``kind`` (``edm``: anything with EDMConfig's sigma_min/max, rho, p_mean, p_std)."""
+    import math
+
+    n = len(schedule.depths)
+    if kind == "bins":
+        return [1.0 / n] * n
+    if kind == "train":  # log-normal mass between the (unclipped) edges
+        cdf = lambda v: 0.5 * (1 + math.erf((v - edm.p_mean) / (edm.p_std * math.sqrt(2))))  # noqa: E731
+        edges = [-math.inf] + list(schedule.bins) + [math.inf]
+        return [cdf(b) - cdf(a) for a, b in zip(edges[:-1], edges[1:])]
+    a, b = edm.sigma_max ** (1 / edm.rho), edm.sigma_min ** (1 / edm.rho)  # "inf": u-mass
+    u = lambda ln_s: (math.exp(ln_s / edm.rho) - a) / (b - a)  # noqa: E731
+    return [u(lo) - u(hi) for lo, hi in schedule.bin_ranges(edm.sigma_min, edm.sigma_max)]
+
+
+def describe_sigma(schedule: LayerSchedule, kind: str, edm) -> dict:
+    """For ``--dry-run``: layers.sigma_dist and the share of samples each bin will get."""
+    return {"sigma_dist": kind,
+            "bin_share": [round(v, 5) for v in expected_bin_shares(schedule, kind, edm)]}
+
+
 def _teacher_path(recipe) -> str:
     if not recipe.data.teacher:
         raise PrestoError(f"the {recipe.stage} stage needs data.teacher (a teacher artefact)",
@@ -283,10 +315,11 @@ class _LayerRecipeMixin:
         if not meta or "model" not in meta:
             return {"schedule": "depends on the teacher's depth (data.teacher not readable yet)"}
         edm = meta.get("edm") or {}
-        e = SimpleNamespace(sigma_min=float(edm.get("sigma_min", 0.002)),
-                            sigma_max=float(edm.get("sigma_max", 80.0)), rho=float(edm.get("rho", 7.0)))
+        e = SimpleNamespace(**{k: float(edm.get(k, d)) for k, d in (
+            ("sigma_min", 0.002), ("sigma_max", 80.0), ("rho", 7.0), ("p_mean", -1.2), ("p_std", 1.2))})
         sched = self.schedule_for(int(meta["model"]["depth"]), e)
-        return {"teacher": self.data.teacher, **describe_schedule(sched, edm)}
+        return {"teacher": self.data.teacher, **describe_schedule(sched, edm),
+                **describe_sigma(sched, self.layers.sigma_dist, e)}
 
 
 @register_stage("ase")
@@ -314,7 +347,8 @@ def student_from_teacher(teacher: EDMDenoiser, budget_embed: bool, budget_rescal
     """A trainable copy of the teacher, with the budget modules added (identity at init)."""
     cfg = copy.deepcopy(teacher.net.cfg)
     cfg.budget_embed, cfg.budget_rescale = bool(budget_embed), bool(budget_rescale)
-    net = DiT(cfg).to(next(teacher.parameters()).device)
+    with seeded("student-from-teacher"):  # every weight is then loaded or set: no global RNG
+        net = DiT(cfg).to(next(teacher.parameters()).device)
     missing, unexpected = net.load_state_dict(teacher.net.state_dict(), strict=False)
     bad = [k for k in missing if not k.startswith("budget_")] + list(unexpected)
     if bad:
@@ -380,11 +414,21 @@ class LayerTask(Task):
         idx = torch.clamp((u * len(choices)).long(), max=len(choices) - 1)
         return choices[idx]
 
+    def train_sigmas(self, ctx) -> Tensor:
+        """Each sample's sigma under ``layers.sigma_dist`` (all draws counter-based)."""
+        kind, e, G = self.recipe.layers.sigma_dist, self.edm, ctx.global_batch
+        if kind == "train":
+            return sigma_train_from_normal(e, ctx.randn("layers.sigma", (G,)))
+        if kind == "inf":
+            return sigma_inf_from_uniform(e, ctx.rand("layers.sigma_u", (G,)))
+        return self.schedule.sigma_in_bins(ctx.rand("layers.sigma_bin", (G,)),
+                                           ctx.rand("layers.sigma_u", (G,)), e.sigma_min, e.sigma_max)
+
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         r = self.recipe
         x0 = batch["latents"].to(self.device).float()
         G = ctx.global_batch
-        sigma = sigma_train_from_normal(self.edm, ctx.randn("layers.sigma", (G,)))
+        sigma = self.train_sigmas(ctx).to(self.device)
         noise = ctx.randn("layers.noise", (G, *x0.shape[1:]))
         cond = self.text(list(batch["caption"]), self.device)
         cond = drop_condition(cond, self.edm.p_uncond, ctx.rand("layers.cfg_drop", (G,)))
@@ -406,7 +450,8 @@ class LayerTask(Task):
         if self.ema is not None:
             self.ema.update(self.student, ctx.step)
         out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
-               "depth": float(depths.float().mean()) / self.schedule.depth_total}
+               "depth": float(depths.float().mean()) / self.schedule.depth_total,
+               **self.schedule.bin_shares(sigma)}
         out.update({k: float(v.mean()) for k, v in parts.items()})
         return out
 
@@ -444,7 +489,8 @@ class LayerTask(Task):
 
     def describe(self) -> dict:
         return {"params": self.student.net.num_params(),
-                **describe_schedule(self.schedule, recipe_to_dict(self.edm))}
+                **describe_schedule(self.schedule, recipe_to_dict(self.edm)),
+                **describe_sigma(self.schedule, self.recipe.layers.sigma_dist, self.edm)}
 
 
 def layer_meta(teacher_meta: dict, kind: str, model_cfg, schedule: LayerSchedule, recipe,

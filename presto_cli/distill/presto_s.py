@@ -43,7 +43,8 @@ from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
 from presto_cli.errors import PrestoError
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
-from presto_cli.train.loop import EMA, Task, clip_and_norm, register_task, set_lr, warmup_lr
+from presto_cli.train.loop import (EMA, Task, clip_and_norm, register_task, seeded, set_lr,
+                                   warmup_lr)
 
 __all__ = ["DistillConfig", "PrestoSRecipe", "PrestoS", "PrestoSTask", "dmd_gradient",
            "dmd_loss", "real_score", "teacher_cfg_weight"]
@@ -214,11 +215,12 @@ class PrestoS:
     ``teacher`` is frozen in place (``requires_grad_(False)``, ``eval()``); the generator and the
     fake score are deep copies of it, or of ``generator_init`` for the generator (Presto-LS starts
     the generator from a Presto-L model). Subclasses may override :meth:`generator_kwargs` to pass
-    ``blocks=``/``budget=`` to the generator's DiT (layer-dropping generators).
+    ``blocks=``/``budget=`` to the generator's DiT (layer-dropping generators). ``seed`` (the
+    recipe's) fixes the discriminator head's initial weights.
     """
 
     def __init__(self, teacher: EDMDenoiser, dcfg: DistillConfig, ocfg: OptimConfig, w: float,
-                 generator_init: EDMDenoiser | None = None):
+                 generator_init: EDMDenoiser | None = None, seed: int = 0):
         dcfg.validate()
         self.dcfg = dcfg
         self.ocfg = ocfg
@@ -239,8 +241,10 @@ class PrestoS:
         if bad:
             raise PrestoError(f"distill.disc_blocks {bad} out of range for a DiT of depth "
                               f"{net_cfg.depth}", f"use block indices 0..{net_cfg.depth - 1}")
-        self.head = DiscriminatorHead(net_cfg.width, blocks, dcfg.disc_hidden, dcfg.disc_layers,
-                                      dcfg.disc_kernel).to(device)
+        # the head's initial weights come from the recipe seed alone, never the global RNG
+        with seeded(seed, "init", "disc-head"):
+            self.head = DiscriminatorHead(net_cfg.width, blocks, dcfg.disc_hidden,
+                                          dcfg.disc_layers, dcfg.disc_kernel).to(device)
         # Run only the blocks the head reads (unless a budget embedding makes depth matter).
         self._disc_run = (None if (net_cfg.budget_embed or net_cfg.budget_rescale)
                           else list(range(max(blocks) + 1)))
@@ -416,6 +420,9 @@ class PrestoS:
             metrics.update(m)
             metrics["gen_loss"] = float(l_gen.detach())
         metrics["sigma_gen"] = float(sigma_g.float().log().mean().exp())  # geometric mean
+        schedule = getattr(self.generator, "schedule", None)  # Presto-LS: which depths G trained
+        if schedule is not None:
+            metrics.update(schedule.bin_shares(sigma_g))
         return metrics
 
     # -- state -------------------------------------------------------------------------------
@@ -494,7 +501,8 @@ class PrestoSTask(Task):
 
     def build_model(self, teacher: EDMDenoiser, w: float) -> PrestoS:
         """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model)."""
-        return PrestoS(teacher, self.recipe.distill, optim_config(self.recipe), w)
+        return PrestoS(teacher, self.recipe.distill, optim_config(self.recipe), w,
+                       seed=self.recipe.seed)
 
     # -- data --------------------------------------------------------------------------------
     def make_dataset(self):

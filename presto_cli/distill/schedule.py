@@ -191,6 +191,34 @@ class LayerSchedule:
         table = torch.tensor(self.depths, dtype=torch.long, device=s.device)
         return table[idx]
 
+    def bin_ranges(self, sigma_min: float, sigma_max: float) -> list[tuple[float, float]]:
+        """Each bin's ``(lo, hi)`` in ln sigma, clipped to [sigma_min, sigma_max] (low -> high)."""
+        lo_all, hi_all = math.log(sigma_min), math.log(sigma_max)
+        edges = [lo_all] + [min(max(b, lo_all), hi_all) for b in self.bins] + [hi_all]
+        return list(zip(edges[:-1], edges[1:]))
+
+    def sigma_in_bins(self, u_bin: torch.Tensor, u_in: torch.Tensor, sigma_min: float,
+                      sigma_max: float) -> torch.Tensor:
+        """σ that trains every depth [ours; ASE draws its timestep uniformly]: bin
+        ``floor(u_bin * n_bins)`` (each bin of the schedule with probability 1/n_bins), then
+        ln σ uniform over that bin's range (clipped to [sigma_min, sigma_max]) from ``u_in``.
+        ``u_bin``, ``u_in`` ~ U[0, 1) of shape [B], drawn by the caller (counter-based)."""
+        ranges = torch.tensor(self.bin_ranges(sigma_min, sigma_max), dtype=torch.float64)
+        n = len(self.depths)
+        i = torch.clamp((u_bin.double() * n).floor().long(), 0, n - 1).cpu()
+        lo, hi = ranges[i, 0], ranges[i, 1]
+        return torch.exp(lo + u_in.double().cpu() * (hi - lo)).float().to(u_bin.device)
+
+    def bin_shares(self, sigma: torch.Tensor) -> dict[str, float]:
+        """The share of ``sigma``'s samples in each bin, as metrics ``bin{i}_share`` (i = 0 is the
+        lowest-noise bin), so a log shows whether every depth is being trained."""
+        s = sigma.detach().reshape(-1).double().cpu()
+        edges = torch.tensor(self._edges, dtype=torch.float64)
+        idx = (torch.bucketize(s.clamp_min(1e-300).log(), edges, right=True) if len(self._edges)
+               else torch.zeros_like(s, dtype=torch.long))
+        counts = torch.bincount(idx, minlength=len(self.depths)).double()
+        return {f"bin{i}_share": float(c) / max(len(s), 1) for i, c in enumerate(counts.tolist())}
+
     def mean_compute(self, sigmas: Iterable[float]) -> float:
         """Mean fraction of full depth over the network calls at ``sigmas``."""
         s = [float(v) for v in sigmas]

@@ -93,6 +93,15 @@ def seed_for(*parts: Any) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
+@contextlib.contextmanager
+def seeded(*parts: Any):
+    """Run a block (e.g. building modules) on a CPU global RNG seeded by ``seed_for(*parts)``,
+    restoring the global RNG afterwards: initial weights depend on the seed alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(*parts))
+        yield
+
+
 class Context:
     """What a task sees of the loop: the step, the ranks, the device, and seeded randomness."""
 
