@@ -29,7 +29,7 @@ C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
-stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "distill.layers=$OUT/presto-l/model.safetensors"
+stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # Diagnostic runs scored by benchmarks/results.py (not bundled; DIAGNOSTICS=0 skips them):
