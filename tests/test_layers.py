@@ -13,23 +13,28 @@ from presto_cli.diffusion.schedules import karras_sigmas
 from presto_cli.distill.schedule import LayerSchedule, eval_sigmas
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT, DiTConfig
+from presto_cli.train.loop import seeded
 
 # ------------------------------------------------------------------------------------------
 # helpers
 
 
 def _net(depth=6, budget_embed=False, budget_rescale=False, seed=0) -> DiT:
-    torch.manual_seed(seed)
     cfg = DiTConfig(in_channels=3, width=32, depth=depth, heads=4, text_dim=8, max_frames=16,
                     noise_embed_dim=16, budget_embed=budget_embed, budget_rescale=budget_rescale)
-    net = DiT(cfg)
     # adaLN-zero makes a fresh block the identity: randomise every zero-initialised map so each
-    # block (and the output layer) really changes the hidden state.
-    with torch.no_grad():
+    # block (and the output layer) really changes the hidden state. All from the seed.
+    with seeded(seed, "test-net"), torch.no_grad():
+        net = DiT(cfg)
         for name, p in net.named_parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.2)
     return net.eval()
+
+
+def _randn(*shape, seed: int = 0) -> torch.Tensor:
+    """Standard normal draws from an explicit seed (never the global RNG)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1000 + seed))
 
 
 def _cond(b=4, n=5, dim=8, seed=1) -> Cond:
@@ -112,7 +117,7 @@ def test_budget_k_runs_exactly_those_blocks(mode, keep_last, k, expect):
     sched = LayerSchedule.constant(k, 6, mode, keep_last=keep_last)
     assert sched.blocks(1.0) == expect
     den, small = EDMDenoiser(net, EDMConfig()), EDMDenoiser(_pruned(net, expect), EDMConfig())
-    x, cond = torch.randn(4, 3, 10), _cond()
+    x, cond = _randn(4, 3, 10), _cond()
     sigma = torch.tensor([0.05, 0.7, 3.0, 20.0])
     with torch.no_grad():
         d, hid = den(x, sigma, cond, blocks=sched.blocks(1.0), return_hidden=expect)
@@ -130,7 +135,7 @@ def test_per_sample_depths_match_running_each_sample_alone():
     net = _net()
     den = EDMDenoiser(net, EDMConfig())
     sched = LayerSchedule(bins=[-1.0, 1.0], depths=[6, 4, 2], depth_total=6, mode="keep-last")
-    x, cond = torch.randn(4, 3, 10), _cond()
+    x, cond = _randn(4, 3, 10), _cond()
     sigma = torch.tensor([3.0, 0.1, 20.0, 0.9])  # depths 2, 6, 2, 4: groups out of order
     depths = sched.depths_for(sigma)
     assert depths.tolist() == [2, 6, 2, 4]
@@ -149,7 +154,7 @@ def test_per_sample_depths_match_running_each_sample_alone():
 
 
 def test_budget_conditioning_changes_output_only_where_enabled():
-    x, cond, sigma = torch.randn(4, 3, 10), _cond(), torch.full((4,), 2.0)
+    x, cond, sigma = _randn(4, 3, 10), _cond(), torch.full((4,), 2.0)
     sched = LayerSchedule.constant(3, 6, "keep-last")
     blocks = sched.blocks(2.0)
     plain = _net(budget_embed=False)
@@ -175,7 +180,7 @@ def test_self_teacher_loss_is_zero_when_nothing_is_dropped():
     net = _net()
     teacher = EDMDenoiser(net, EDMConfig())
     student = EDMDenoiser(copy.deepcopy(net), EDMConfig())
-    x0, noise, cond = torch.randn(4, 3, 10) * 0.5, torch.randn(4, 3, 10), _cond()
+    x0, noise, cond = _randn(4, 3, 10) * 0.5, _randn(4, 3, 10, seed=1), _cond()
     sigma = torch.tensor([0.05, 0.5, 2.0, 10.0])
     full = LayerSchedule.constant(6, 6, "keep-last")
     _, parts = layer_losses(student, teacher, x0, sigma, noise, cond, full.depths_for(sigma), full,
@@ -196,7 +201,7 @@ def test_guided_self_teacher_matches_manual_cfg_and_vanishes_at_full_depth():
     net = _net()
     teacher = EDMDenoiser(net, EDMConfig())
     student = EDMDenoiser(copy.deepcopy(net), EDMConfig())
-    x0, noise, cond = torch.randn(4, 3, 10) * 0.5, torch.randn(4, 3, 10), _cond()  # sample 1 dropped
+    x0, noise, cond = _randn(4, 3, 10) * 0.5, _randn(4, 3, 10, seed=1), _cond()  # sample 1 dropped
     sigma = torch.tensor([0.05, 0.5, 2.0, 10.0])
     w = 2.5
     full = LayerSchedule.constant(6, 6, "keep-last")
@@ -224,7 +229,7 @@ def test_layered_model_fn_guided_matches_manual_cfg():
     net = _net()
     den = EDMDenoiser(net, EDMConfig())
     sched = LayerSchedule(bins=[0.0], depths=[6, 3], depth_total=6, mode="keep-last")
-    x, cond = torch.randn(4, 3, 10), _cond()
+    x, cond = _randn(4, 3, 10), _cond()
     sigma = torch.tensor([0.5, 0.5, 5.0, 5.0])
     fn = layered_model_fn(den, sched, cond, cfg=3.0)
     with torch.no_grad():

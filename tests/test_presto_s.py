@@ -26,7 +26,7 @@ from presto_cli.distill.noise import SigmaDist  # noqa: E402
 from presto_cli.distill.presto_s import (DistillConfig, OptimConfig, PrestoS, dmd_gradient,  # noqa: E402
                                          dmd_loss)
 from presto_cli.errors import PrestoError  # noqa: E402
-from presto_cli.train.loop import BatchSource, Context  # noqa: E402
+from presto_cli.train.loop import BatchSource, Context, seeded  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOISE_FLOOR = 0.005  # |MMD| of two independent 1000-point samples of gmm2d is below this
@@ -196,14 +196,16 @@ def test_dmd_gradient_and_loss_known_values():
 
 
 def test_lsgan_losses_and_head_shapes():
-    head = DiscriminatorHead(width=16, blocks=[0, 3], hidden=8)
-    h = {0: torch.randn(4, 5, 16), 3: torch.randn(4, 5, 16)}
+    with seeded(0, "test-head"):
+        head = DiscriminatorHead(width=16, blocks=[0, 3], hidden=8)
+    g = torch.Generator().manual_seed(0)
+    h = {0: torch.randn(4, 5, 16, generator=g), 3: torch.randn(4, 5, 16, generator=g)}
     assert head(h).shape == (4, 5)  # per-frame logits
     one, zero = torch.ones(3), torch.zeros(3)
     assert float(lsgan_d_loss(one, zero)) == 0.0 and float(lsgan_d_loss(zero, one)) == 2.0
     assert float(lsgan_g_loss(one)) == 0.0 and float(lsgan_g_loss(zero)) == 1.0
     # with one latent frame the head still depends on its input (a per-channel norm would not)
-    h1 = {0: torch.randn(4, 1, 16), 3: torch.randn(4, 1, 16)}
+    h1 = {0: torch.randn(4, 1, 16, generator=g), 3: torch.randn(4, 1, 16, generator=g)}
     assert float(head(h1).detach().std()) > 0
     with pytest.raises(PrestoError):
         DiscriminatorHead(width=16, blocks=[])
@@ -211,7 +213,8 @@ def test_lsgan_losses_and_head_shapes():
 
 def test_noise_distributions_match_their_definitions():
     edm = EDMConfig()
-    z, u, c = torch.randn(20000), torch.rand(20000), torch.rand(20000)
+    g = torch.Generator().manual_seed(0)
+    z, u, c = torch.randn(20000, generator=g), torch.rand(20000, generator=g), torch.rand(20000, generator=g)
     train = SigmaDist.from_edm("train", edm).from_noise(z, u, c)
     inf = SigmaDist.from_edm("inf", edm).from_noise(z, u, c)
     assert torch.allclose(train, sigma_train_from_normal(edm, z))
