@@ -161,3 +161,18 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
         raise PrestoError(f"the {what} weights do not match its recipe: {'; '.join(detail)}",
                           "the file was edited or exported by an incompatible presto")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def read_artefact_meta(path: str | Path) -> dict:
+    """The presto metadata of an artefact without reading its tensors (cheap: the header only)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrestoError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get("presto")
+        return json.loads(raw) if raw else {}
+    except Exception as e:
+        raise PrestoError(f"{path} is not a readable presto artefact: {type(e).__name__}") from None

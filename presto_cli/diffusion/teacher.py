@@ -9,6 +9,7 @@ audio latents), and metadata: ``model``, ``edm``, ``text``, ``sampler``, ``frame
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +39,47 @@ class TeacherRecipe(BaseRecipe):
     toy_size: int = 4096  # number of points drawn when data.path is toy:gmm2d / toy:gmm1d
 
     def validate(self) -> None:
+        self.fill_from_inputs()
         self.model.validate()
         self.edm.validate()
         dim = text_encoder_dim(self.text)
         if dim != self.model.text_dim:
             raise PrestoError(f"model.text_dim={self.model.text_dim} but the '{self.text}' text "
                               f"encoder gives {dim}", f"set model.text_dim: {dim}")
+
+    def fill_from_inputs(self) -> None:
+        """Fill in the keys that must agree with the data and the codec when left at 0:
+        ``model.in_channels`` (the codec's latent channels, or the toy data's dimension) and
+        ``model.max_frames`` (the latent frames of one ``data.clip_seconds`` clip, or 1 for toy
+        data); ``data.sample_rate`` always follows the codec. A non-zero value that disagrees is
+        refused here, before any training."""
+        m = self.model
+        if is_toy_path(self.data.path):
+            from presto_cli.data.toy import parse_toy_path
+
+            m.in_channels = m.in_channels or parse_toy_path(self.data.path).dim
+            m.max_frames = m.max_frames or 1
+            return
+        if not self.data.codec:
+            return  # TeacherTask names the missing codec
+        from presto_cli.io import read_artefact_meta
+
+        meta = read_artefact_meta(self.data.codec)
+        ch, sr, hop = (int(meta.get(k) or 0) for k in ("channels", "sample_rate", "hop"))
+        if not (ch and sr and hop):
+            raise PrestoError(f"data.codec {self.data.codec} is a '{meta.get('kind')}' artefact, not a codec",
+                              "point data.codec at the autoencoder's model.safetensors")
+        if m.in_channels not in (0, ch):
+            raise PrestoError(f"the codec has {ch} latent channels but model.in_channels={m.in_channels}",
+                              f"set model.in_channels: 0 (take it from the codec) or {ch}")
+        m.in_channels = ch
+        self.data.sample_rate = sr
+        frames = math.ceil(self.data.clip_seconds * sr / hop - 1e-9)
+        if m.max_frames and frames > m.max_frames:
+            raise PrestoError(f"data.clip_seconds={self.data.clip_seconds:g} is {frames} latent frames, "
+                              f"more than model.max_frames={m.max_frames}",
+                              "set model.max_frames: 0 (from the clip length) or shorten data.clip_seconds")
+        m.max_frames = m.max_frames or frames
 
     def frames(self) -> int:
         """Latent frames per clip: 1 for toy data, else model.max_frames (an upper bound)."""
@@ -71,6 +107,11 @@ def distillation_dataset(recipe, teacher_meta: dict, device):
         return ToyDataset(teacher_meta["toy"], n=recipe.toy_size, seed=recipe.seed)
     from presto_cli.data.latents import LatentDataset, ensure_latent_cache
 
+    inherited = teacher_meta.get("data") or {}
+    if not recipe.data.path and inherited.get("path"):  # the teacher's data, clips of its length
+        recipe.data.path = inherited["path"]
+        recipe.data.manifest = inherited.get("manifest", "")
+        recipe.data.clip_seconds = float(inherited["clip_seconds"])
     codec = recipe.data.codec or teacher_meta.get("codec_source", "")
     if not recipe.data.path or not codec:
         raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
@@ -226,6 +267,8 @@ class TeacherTask(Task):
             tensors.update(ct)
             meta["codec"] = cm
             meta["codec_source"] = str(self.codec_path)
+            d = r.data  # what distillation stages train on when their data.path is left empty
+            meta["data"] = {"path": d.path, "manifest": d.manifest, "clip_seconds": d.clip_seconds}
         save_artefact(path, tensors, meta)
 
     def describe(self) -> dict:
