@@ -61,7 +61,14 @@ class TeacherRecipe(BaseRecipe):
             m.max_frames = m.max_frames or 1
             return
         if not self.data.codec:
-            return  # TeacherTask names the missing codec
+            raise PrestoError("the teacher stage needs data.codec (a codec artefact) to encode audio to "
+                              "latents", "train one with the autoencoder stage, or use data.path: toy:gmm2d")
+        if not Path(self.data.codec).is_file():
+            if m.in_channels and m.max_frames:
+                return  # a --dry-run before the codec exists: nothing to fill
+            raise PrestoError(f"model.in_channels and model.max_frames come from data.codec, and "
+                              f"{self.data.codec} does not exist yet",
+                              "train the autoencoder first (presto pretrain .../autoencoder.yaml)")
         from presto_cli.io import read_artefact_meta
 
         meta = read_artefact_meta(self.data.codec)
