@@ -242,3 +242,83 @@ def test_module_bytes_counts_shared_tensors_once():
     assert module_bytes(a) == 44 * 4
     assert module_bytes(a, b) == module_bytes(b) == (44 + 8 + 8) * 4 + 8  # a inside b once; int64 counter
     assert module_bytes(None) == 0
+
+
+# ------------------------------------------------------------------------------ bundled defaults
+
+@pytest.fixture()
+def fake_assets(tiny_models, folders, tmp_path, monkeypatch):
+    """A bundled-assets folder holding the tiny models under the demo names, 60 held-out prompts in
+    4 styles (15 each, grouped as in a real file), and mel reference statistics."""
+    import shutil
+
+    from presto_cli import pipeline
+    from presto_cli.eval.embedders import build_embedder
+    from presto_cli.eval.evaluate import load_reference, save_reference_stats
+
+    a = tmp_path / "assets"
+    a.mkdir()
+    shutil.copy(tiny_models["teacher"], a / "demo-teacher.safetensors")
+    shutil.copy(tiny_models["student"], a / "demo-s.safetensors")
+    (a / "default.txt").write_text("demo-s\n")
+    styles = ["funk", "jazz", "rock", "ambient"]
+    rows = [{"prompt": f"{st} tune {i}", "seed": 100 * j + i, "name": f"heldout_{15 * j + i:04d}", "style": st}
+            for j, st in enumerate(styles) for i in range(15)]
+    (a / "heldout_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    emb = build_embedder("mel")
+    save_reference_stats(a / "ref_heldout_mel.npz", load_reference(str(folders[1]), emb, None, print), emb)
+    monkeypatch.setattr(pipeline, "ASSETS", a)
+    monkeypatch.chdir(tmp_path)
+    return a
+
+
+def test_eval_default_is_default_model_vs_teacher_in_a_run_dir(fake_assets, tmp_path):
+    """No models, folders, prompts or reference named: the default model and the teacher on 48
+    bundled prompts taken in turn from each style, an estimate first, everything kept in a run dir."""
+    r = runner.invoke(_app(), ["eval", "--embedder", "mel", "--steps", "2", "--device", "cpu", "--no-cache", "--json"])
+    assert r.exit_code == 0, r.output
+    doc, text = _split(r.output)
+    assert [s["name"] for s in doc["systems"]] == ["demo-s", "demo-teacher"]
+    assert "estimate: about" in text and "demo-teacher" in text.split("estimate:")[1]
+    run = Path(text.split("run directory: ")[1].split()[0])
+    assert run.parent == Path("runs/eval") and (tmp_path / run / "report.html").is_file()
+    assert json.loads((tmp_path / run / "results.json").read_text())["systems"][0]["n"] == 48
+    for s in doc["systems"]:
+        styles = [c["style"] for c in s["clips"]]
+        assert s["n"] == 48 and sorted(styles.count(x) for x in set(styles)) == [12, 12, 12, 12]
+        assert len(list((tmp_path / run / "audio" / s["name"]).glob("*.wav"))) == 48  # the audio is kept
+    assert doc["reference"]["path"] == str(fake_assets / "ref_heldout_mel.npz")
+
+
+def test_eval_model_flag_replaces_only_the_models(fake_assets, tmp_path):
+    r = runner.invoke(_app(), ["eval", "-m", "demo-teacher", "--embedder", "mel", "--n", "3", "--steps", "1", "--metrics", "fad,mmd",
+                               "--device", "cpu", "--no-cache", "--json", "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    doc, _ = _split(r.output)
+    assert [s["name"] for s in doc["systems"]] == ["demo-teacher"]  # not demo-s
+    assert doc["prompts"] == str(fake_assets / "heldout_prompts.jsonl")  # bundled prompts and reference kept
+    assert doc["reference"]["path"] == str(fake_assets / "ref_heldout_mel.npz")
+    assert [c["style"] for c in doc["systems"][0]["clips"]] == ["funk", "jazz", "rock"]
+
+
+def test_eval_reports_every_missing_input_at_once(fake_assets, tmp_path):
+    from presto_cli.cli import app as real_app
+
+    r = runner.invoke(real_app, ["eval", "-m", str(tmp_path / "nope.safetensors"), "--gen", str(tmp_path / "nodir"),
+                                 "--prompts", str(tmp_path / "p.jsonl"), "--embedder", "clap-audio",
+                                 "--metrics", "fad"])
+    assert r.exit_code == 1
+    line = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "missing 4 inputs" in line[0]
+    for part in ("nope.safetensors", "nodir", "p.jsonl", "pass --ref"):
+        assert part in line[0]
+
+
+def test_eval_help_names_every_default_path():
+    from presto_cli.cli import app as real_app
+
+    r = runner.invoke(real_app, ["eval", "--help"], terminal_width=400)
+    text = " ".join(r.output.split())
+    for name in ("heldout_prompts.jsonl", "ref_heldout_EMBEDDER.npz", "styles.json", "demo-clap.safetensors",
+                 "default.txt", "runs/eval/"):
+        assert name in text, name

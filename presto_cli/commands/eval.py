@@ -11,47 +11,62 @@ import typer
 from presto_cli.errors import PrestoError
 
 
-def bundled_eval_defaults(opts: dict) -> dict:
-    """No models and no folders: the bundled demo models on the bundled held-out prompts, scored
-    against the bundled reference statistics with the bundled in-domain CLAP (presto-clap)."""
-    from presto_cli.pipeline import ASSETS, bundled_models
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"  # = presto_cli.pipeline.ASSETS (no torch import)
 
-    models = [m for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") if m in bundled_models()]
-    if not models:
-        raise PrestoError("nothing to evaluate and no bundled demo models are installed",
-                          "pass --model M and/or --gen DIR")
-    out = dict(opts)
-    out["models"] = models
-    emb = out.get("embedder") or "presto-clap"
-    out["embedder"] = emb
-    if emb == "presto-clap" and not out.get("clap_ckpt"):
-        out["clap_ckpt"] = str(ASSETS / "demo-clap.safetensors")
-    defaults = {"prompts": ASSETS / "heldout_prompts.jsonl", "ref": ASSETS / f"ref_heldout_{emb}.npz",
-                "styles": ASSETS / "styles.json"}
-    for key, path in defaults.items():
-        if not out.get(key):
-            if not path.is_file():
-                raise PrestoError(f"the bundled {path.name} is missing", f"pass --{key}")
-            out[key] = str(path)
-    if not out.get("metrics"):
-        out["metrics"] = ["fad", "mmd", "prdc", "clap", "adherence"] if emb != "mel" else ["fad", "mmd", "prdc"]
-    return out
+
+def _default_model() -> str:
+    f = _ASSETS / "default.txt"
+    return f.read_text().strip() if f.is_file() else "demo-s"
+
+
+def _progress(enabled: bool):
+    """(callback(system, done, total), context manager): one rich bar per model, on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from presto_cli.runtime import console
+
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, disable=not enabled)
+    tasks: dict = {}
+
+    def cb(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = prog.add_task(f"generating {name}", total=total)
+        prog.update(tasks[name], completed=done)
+
+    return cb, prog
+
+
+def _new_run_dir() -> Path:
+    import time
+
+    base = Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    d, i = base, 1
+    while d.exists():
+        d, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return d
 
 
 def eval_cmd(
     config: Optional[Path] = typer.Argument(None, help="Optional eval YAML whose keys are the options below "
                                             "(metrics, models, gen, ref, prompts, embedder, ...); flags override it."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence (or all)."),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m",
-                                              help="Model to generate with (repeatable): bundled name or .safetensors."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence (or all). Default: all five; fad,mmd,prdc with --embedder mel."),
+    model: Optional[List[str]] = typer.Option(
+        None, "--model", "-m", help=f"Model to generate with (repeatable): bundled name or .safetensors. Default, "
+        f"when neither -m nor --gen is given: {_default_model()} (assets/default.txt) and demo-teacher."),
     gen: Optional[List[Path]] = typer.Option(None, "--gen", help="Folder of generated audio (repeatable)."),
-    ref: Optional[str] = typer.Option(None, "--ref", help="Reference: folder of audio or statistics .npz."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts: .txt or .jsonl (prompt, seed, name, style)."),
-    styles: Optional[Path] = typer.Option(None, "--styles", help="styles.json for prompt adherence."),
-    embedder: Optional[str] = typer.Option(None, "--embedder", help="mel | music | clap | clap-audio | presto-clap."),
-    clap_ckpt: Optional[str] = typer.Option(None, "--clap-ckpt",
-                                            help="LAION-CLAP .pt (or PRESTO_CLAP_CKPT) / presto-clap .safetensors."),
-    n: Optional[int] = typer.Option(None, "--n", help="Clips per system (default: all prompts / files)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference: folder of audio or statistics .npz. Default: "
+                                      f"{_ASSETS / 'ref_heldout_EMBEDDER.npz'} (mel, music and presto-clap are bundled)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts: .txt or .jsonl (prompt, seed, name, "
+                                           f"style). Default: {_ASSETS / 'heldout_prompts.jsonl'}."),
+    styles: Optional[Path] = typer.Option(None, "--styles", help="styles.json for prompt adherence. Default: "
+                                          f"{_ASSETS / 'styles.json'}."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="mel | music | clap | clap-audio | presto-clap "
+                                           "(default presto-clap)."),
+    clap_ckpt: Optional[str] = typer.Option(None, "--clap-ckpt", help="LAION-CLAP .pt (or PRESTO_CLAP_CKPT) / "
+                                            f"presto-clap .safetensors. Default: {_ASSETS / 'demo-clap.safetensors'}."),
+    n: Optional[int] = typer.Option(None, "--n", help="Clips per system (default: 48 of the bundled prompts, "
+                                    "taken in turn from each style; else all prompts / files)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampler steps (default: the model's)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler | heun | dpmpp_2m | fewstep."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Guidance weight (default: the model's)."),
@@ -66,12 +81,16 @@ def eval_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached embeddings."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML listening report here."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, report.html and "
+                                           "audio/ (default runs/eval/<date-time>/ unless --out, --report "
+                                           "or --audio-dir is given)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips generated together (default 8)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):
     """Score generated audio against a reference (FAD, MMD, PRDC, CLAP score, adherence)."""
-    from presto_cli.eval.evaluate import EvalConfig, evaluate, parse_metrics, results_table
+    from presto_cli.eval.evaluate import (EvalConfig, evaluate, in_run_dir, parse_metrics, results_table,
+                                          with_defaults)
     from presto_cli.recipes import dataclass_from_dict
     from presto_cli.runtime import console
 
@@ -103,19 +122,25 @@ def eval_cmd(
              "save_ref_stats": str(save_ref_stats) if save_ref_stats else None,
              "cache": str(cache) if cache else None, "no_cache": no_cache or None,
              "out": str(out) if out else None, "report": str(report) if report else None,
-             "batch_size": batch_size, "device": device}
-    merged = {**base, **{k_: v for k_, v in flags.items() if v is not None}}
-    ecfg = dataclass_from_dict(EvalConfig, merged, "eval")  # refuses unknown keys first
-    if not ecfg.models and not ecfg.gen:
-        ecfg = dataclass_from_dict(EvalConfig, bundled_eval_defaults(merged), "eval")
-    doc = evaluate(ecfg, log=lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
+             "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device}
+    merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
+    if not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):
+        merged["run_dir"] = str(_new_run_dir())
+    ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
+    say = lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    if ecfg.run_dir:
+        say(f"run directory: {ecfg.run_dir}")
+    bar = not as_json and console.is_terminal  # else one log line per batch
+    cb, prog = _progress(bar)
+    with prog:
+        doc = evaluate(ecfg, log=say, progress=cb if bar else None, estimate=True)
     for s in doc["systems"]:
         for note in s.get("notes", []):
-            console.print(f"note ({s['name']}): {note}", markup=False, highlight=False)
-    if ecfg.out:
-        console.print(f"wrote {ecfg.out}", markup=False, highlight=False)
-    if ecfg.report:
-        console.print(f"wrote {ecfg.report}", markup=False, highlight=False)
+            say(f"note ({s['name']}): {note}")
+    ecfg = in_run_dir(ecfg)
+    for what in (ecfg.out, ecfg.report):
+        if what:
+            say(f"wrote {what}")
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
         sys.stdout.flush()

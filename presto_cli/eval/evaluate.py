@@ -59,6 +59,101 @@ class EvalConfig:
     out: str = ""
     report: str = ""
     report_rows: int = 12
+    run_dir: str = ""  # results.json, report.html and audio/ go here unless out/report/audio_dir say
+
+
+DEFAULT_N = 48  # clips per model when generating from the bundled prompts
+DEFAULT_METRICS = ["fad", "mmd", "prdc", "clap", "adherence"]
+
+
+def assets_dir() -> Path:
+    """The bundled assets folder (read through the pipeline module, so tests can point it elsewhere)."""
+    from presto_cli import pipeline
+
+    return pipeline.ASSETS
+
+
+def default_models() -> list[str]:
+    """The default fast model (assets/default.txt) and the teacher it is measured against."""
+    from presto_cli.pipeline import bundled_models, default_model_name
+
+    have = bundled_models()
+    try:
+        fast = default_model_name()
+    except PrestoError:
+        return []
+    return [m for m in dict.fromkeys([fast, "demo-teacher"]) if m in have]
+
+
+def with_defaults(opts: dict) -> dict:
+    """Fill what ``opts`` leaves unset with the bundled defaults; each option replaces only itself.
+
+    No models and no folders: the default model and the teacher, on DEFAULT_N bundled held-out
+    prompts (stratified over styles). The reference statistics, prompts, styles and in-domain CLAP
+    are the bundled ones unless named; inputs that are still missing are reported by
+    :func:`missing_inputs`, all in one message.
+    """
+    out = {k: v for k, v in opts.items() if v is not None}
+    a = assets_dir()
+    if not out.get("models") and not out.get("gen"):
+        out["models"] = default_models()
+    if out.get("models") and not out.get("prompts"):
+        out["prompts"] = str(a / "heldout_prompts.jsonl")
+        out.setdefault("n", DEFAULT_N)
+    emb = out.setdefault("embedder", "presto-clap")
+    if emb == "presto-clap" and not out.get("clap_ckpt"):
+        out["clap_ckpt"] = str(a / "demo-clap.safetensors")
+    if not out.get("ref") and (a / f"ref_heldout_{emb}.npz").is_file():
+        out["ref"] = str(a / f"ref_heldout_{emb}.npz")
+    if not out.get("styles") and (a / "styles.json").is_file():
+        out["styles"] = str(a / "styles.json")
+    if not out.get("metrics"):
+        out["metrics"] = list(DEFAULT_METRICS) if emb != "mel" else list(REF_METRICS)
+    return out
+
+
+def missing_inputs(cfg: EvalConfig, metrics: list[str]) -> list[str]:
+    """Every input the evaluation needs and cannot find (empty when all is there)."""
+    from presto_cli.pipeline import resolve_model
+
+    miss = []
+    if not cfg.models and not cfg.gen:
+        miss.append("something to evaluate (no bundled demo models installed): pass --model M or --gen DIR")
+    for m in cfg.models:
+        try:
+            resolve_model(m)
+        except PrestoError as e:
+            miss.append(f"--model {m}: {e}")
+    miss += [f"--gen {g}: no such folder" for g in cfg.gen if not Path(g).is_dir()]
+    need_ref = [m for m in metrics if m in REF_METRICS]
+    if need_ref and not cfg.ref:
+        miss.append(f"a reference for {', '.join(need_ref)} (no bundled statistics for the {cfg.embedder} "
+                    "embedder): pass --ref DIR or --ref STATS.npz")
+    elif cfg.ref and not Path(cfg.ref).exists():
+        miss.append(f"--ref {cfg.ref}: not found")
+    ref_dir = Path(cfg.ref) if cfg.ref and Path(cfg.ref).is_dir() else None
+    if cfg.models and not cfg.prompts and not (ref_dir and (ref_dir / "manifest.jsonl").is_file()):
+        miss.append("prompts to generate from: pass --prompts FILE (.txt or .jsonl)")
+    for key in ("prompts", "styles"):
+        if getattr(cfg, key) and not Path(getattr(cfg, key)).is_file():
+            miss.append(f"--{key} {getattr(cfg, key)}: not found")
+    if cfg.embedder == "presto-clap" and cfg.clap_ckpt and not Path(cfg.clap_ckpt).is_file():
+        miss.append(f"--clap-ckpt {cfg.clap_ckpt}: not found")
+    return miss
+
+
+def stratified(rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` rows taken in turn from each style (in order of first appearance), so a
+    short prompt set covers every style; rows without styles are taken in file order."""
+    if n >= len(rows) or not any(r.get("style") for r in rows):
+        return rows[:n]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("style"), []).append(r)
+    deepest = max(map(len, groups.values()))
+    turns = [g[d] for d in range(deepest) for g in groups.values() if d < len(g)]
+    keep = {id(r) for r in turns[:n]}
+    return [r for r in rows if id(r) in keep]  # file order, so names and seeds read naturally
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +390,8 @@ def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
             raise PrestoError(f"{ref_dir}/manifest.jsonl has no captions", "pass --prompts FILE")
     else:
         raise PrestoError("evaluating a model needs prompts", "pass --prompts FILE (.txt or .jsonl)")
+    if cfg.n and cfg.n < len(rows):
+        rows = stratified(rows, cfg.n)
     n = cfg.n or len(rows)
     out = []
     used: set[int] = set()
@@ -326,7 +423,8 @@ def system_name(model: str) -> str:
 
 
 def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: Path,
-                    log: Callable[[str], None]) -> System:
+                    log: Callable[[str], None], progress: Callable[[str, int, int], None] | None = None
+                    ) -> System:
     """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
     from presto_cli.audio import write_audio
     from presto_cli.io import atomic_write_json
@@ -357,7 +455,10 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
                                "model": model, "steps": s.steps if s else steps,
                                "sampler": s.sampler if s else sampler})
             files.append(f)
-        log(f"{name}: generated {len(files)}/{len(rows)} clips")
+        if progress is not None:
+            progress(name, len(files), len(rows))
+        else:
+            log(f"{name}: generated {len(files)}/{len(rows)} clips")
     info = {"model": model, "model_path": str(path), "kind": pipe.kind,
             "steps": s.steps if s else steps, "sampler": s.sampler if s else sampler,
             "cfg": s.cfg if s else cfgw, "nfe": pipe.nfe(steps, sampler, cfgw),
@@ -365,6 +466,58 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
             "audio_dir": str(out_dir)}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
                   [r["seed"] for r in rows], info)
+
+
+def in_run_dir(cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` with results.json, report.html and audio/ under ``cfg.run_dir`` where not named."""
+    import dataclasses
+
+    if not cfg.run_dir:
+        return cfg
+    d = Path(cfg.run_dir)
+    return dataclasses.replace(cfg, out=cfg.out or str(d / "results.json"),
+                               report=cfg.report or str(d / "report.html"),
+                               audio_dir=cfg.audio_dir or str(d / "audio"))
+
+
+def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
+    """Estimated seconds to generate ``n`` clips with ``model``: one timed network call and one
+    timed decode of a batch (after a warm-up call), times the calls the sampler makes."""
+    import math
+
+    import torch
+
+    from presto_cli.pipeline import load_pipeline, resolve_model
+
+    pipe = load_pipeline(str(resolve_model(model)), cfg.device)
+    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
+    nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
+    calls = nfe // 2 if s.cfg != 1.0 else nfe  # a guided call evaluates the batch twice at once
+    b = max(1, min(cfg.batch_size, n))
+    x = torch.zeros(b, pipe.latent_channels, pipe.frames_for(cfg.duration or None), device=pipe.device)
+    fn = pipe.model_fn(pipe.encode_text(["timing"] * b), s)
+    with torch.no_grad():
+        fn(x, pipe.edm_cfg.sigma_max)
+        t0 = time.perf_counter()
+        fn(x, pipe.edm_cfg.sigma_max)
+        t_call = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if pipe.codec is not None:
+            pipe.decode(x)
+        t_dec = time.perf_counter() - t0
+    return {"name": system_name(model), "nfe": nfe, "seconds": math.ceil(n / b) * (calls * t_call + t_dec)}
+
+
+def estimate_text(cfg: EvalConfig, rows: list[dict]) -> str:
+    """One line: the estimated generation time, in total and per model."""
+    est = [time_model(m, cfg, len(rows)) for m in cfg.models]
+    total = sum(e["seconds"] for e in est)
+    parts = ", ".join(f"{e['name']} {_dur(e['seconds'])} ({e['nfe']} NFE/clip)" for e in est)
+    return f"estimate: about {_dur(total)} to generate {len(rows)} clips per model: {parts}"
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def folder_system(folder: str, cfg: EvalConfig) -> System:
@@ -443,8 +596,10 @@ def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | 
     return {"scores": scores, "notes": notes}
 
 
-def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run an evaluation; returns the results document (see module docstring)."""
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
+             progress: Callable[[str, int, int], None] | None = None, estimate: bool = False) -> dict:
+    """Run an evaluation; returns the results document (see module docstring). ``progress(system,
+    done, total)`` follows generation; ``estimate`` logs a time estimate before generating."""
     import tempfile
 
     from presto_cli import __version__
@@ -455,11 +610,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
     if dup:
         raise PrestoError(f"two models would be reported under the same name: {', '.join(dup)}",
                           "give each model its own file name or run folder")
-    if not cfg.models and not cfg.gen:
-        raise PrestoError("nothing to evaluate", "pass --model M and/or --gen DIR")
+    miss = missing_inputs(cfg, metrics)
+    if miss:
+        raise PrestoError(f"presto eval is missing {len(miss)} input{'s' if len(miss) > 1 else ''}: "
+                          + "; ".join(f"({i + 1}) {m}" for i, m in enumerate(miss)))
     need_ref = [m for m in metrics if m in REF_METRICS]
-    if need_ref and not cfg.ref:
-        raise PrestoError(f"{', '.join(need_ref)} need a reference set", "pass --ref DIR or --ref STATS.npz")
+    cfg = in_run_dir(cfg)
     if cfg.n < 0 or cfg.k < 1 or cfg.batch_size < 1:
         raise PrestoError("--n must be >= 0, k >= 1 and the batch size >= 1")
     check_eval_options(cfg)  # --mmd-bandwidth included: a bad one fails before any generation
@@ -490,8 +646,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None) -> di
         else:
             tmp = tempfile.TemporaryDirectory(prefix="presto-eval-")
             root = Path(tmp.name)
+        if estimate:
+            log(estimate_text(cfg, rows))
         for m in cfg.models:
-            systems.append(generate_system(m, rows, cfg, root, log))
+            systems.append(generate_system(m, rows, cfg, root, log, progress))
     for g in cfg.gen:
         systems.append(folder_system(g, cfg))
 
