@@ -50,6 +50,12 @@ def _folder(root: Path, freqs, prompts=None, corrupt: bool = False) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """`presto eval` keeps a run directory under ./runs/eval: run each test in its own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _split(output: str):
     """CliRunner mixes stderr into output in some typer versions: return (json doc, rest)."""
     for line in output.splitlines():
@@ -96,15 +102,15 @@ def test_eval_two_folders_corrupt_file_reported_and_skipped(folders):
 def test_eval_set_against_itself_and_stats_roundtrip(folders):
     base, ref, near, _ = folders
     stats = base / "ref_stats.npz"
-    r = runner.invoke(_app(), ["eval", "--gen", str(ref), "--ref", str(ref), "--metrics", "fad,mmd,prdc",
+    r = runner.invoke(_app(), ["eval", "--gen", str(ref), "--ref", str(ref), "--metrics", "fad,mmd,prdc", "--embedder", "mel",
                                "--json", "--no-cache", "--save-ref-stats", str(stats)])
     assert r.exit_code == 0, r.output
     sc = _split(r.output)[0]["systems"][0]["scores"]
     assert sc["fad"] == pytest.approx(0.0, abs=1e-6)
     assert sc["precision"] == 1.0 and sc["recall"] == 1.0 and sc["coverage"] == 1.0
-    r1 = runner.invoke(_app(), ["eval", "--gen", str(near), "--ref", str(ref), "--metrics", "fad",
+    r1 = runner.invoke(_app(), ["eval", "--gen", str(near), "--ref", str(ref), "--metrics", "fad", "--embedder", "mel",
                                 "--json", "--no-cache"])
-    r2 = runner.invoke(_app(), ["eval", "--gen", str(near), "--ref", str(stats), "--metrics", "fad,mmd",
+    r2 = runner.invoke(_app(), ["eval", "--gen", str(near), "--ref", str(stats), "--metrics", "fad,mmd", "--embedder", "mel",
                                 "--json", "--no-cache"])
     assert r1.exit_code == 0 and r2.exit_code == 0, r2.output
     d1, d2 = _split(r1.output)[0], _split(r2.output)[0]
@@ -115,23 +121,23 @@ def test_eval_set_against_itself_and_stats_roundtrip(folders):
 def test_eval_table_and_errors(folders):
     base, ref, near, _ = folders
     r = runner.invoke(_app(), ["eval", "--gen", str(near), "--ref", str(ref), "--metrics", "fad",
-                               "--no-cache"])
+                               "--embedder", "mel", "--no-cache", "--out", str(base / "t.json")])
     assert r.exit_code == 0, r.output
     assert "FAD" in r.output and "near" in r.output and "mel" in r.output
     from presto_cli.cli import app as real_app  # error lines need the real app's error handling
 
     bad = runner.invoke(real_app, ["eval", "--gen", str(near), "--ref", str(ref), "--metrics", "fid"])
     assert bad.exit_code == 1 and "unknown metric 'fid'" in bad.output
-    noref = runner.invoke(real_app, ["eval", "--gen", str(near), "--metrics", "fad"])
+    noref = runner.invoke(real_app, ["eval", "--gen", str(near), "--metrics", "fad", "--embedder", "clap-audio"])
     assert noref.exit_code == 1 and "--ref" in noref.output
-    notext = runner.invoke(real_app, ["eval", "--gen", str(near), "--metrics", "clap"])
+    notext = runner.invoke(real_app, ["eval", "--gen", str(near), "--metrics", "clap", "--embedder", "mel"])
     assert notext.exit_code == 1 and "text tower" in notext.output
 
 
 def test_eval_yaml_config(folders, tmp_path):
     base, ref, near, _ = folders
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"metrics: fad,prdc\ngen: [{near}]\nref: {ref}\nk: 3\nno_cache: true\n")
+    cfg.write_text(f"metrics: fad,prdc\ngen: [{near}]\nref: {ref}\nk: 3\nno_cache: true\nembedder: mel\n")
     r = runner.invoke(_app(), ["eval", str(cfg), "--json"])
     assert r.exit_code == 0, r.output
     doc = _split(r.output)[0]
