@@ -230,6 +230,9 @@ def _mount() -> None:
 
     data_app.command("encode")(data_encode.encode_cmd)
     app.add_typer(data_app, name="data", help="Data: synthesise, prepare and encode datasets.")
+    from presto_cli.commands import recipe as recipe_mod
+
+    app.add_typer(recipe_mod.app, name="recipe", help="Recipes: the keys of each training stage.")
     from presto_cli.commands import env as env_mod
 
     app.command("env")(env_mod.env_cmd)

@@ -22,7 +22,7 @@ def collect_env() -> dict:
     import torch
 
     from presto_cli import __version__
-    from presto_cli.pipeline import ASSETS, bundled_models
+    from presto_cli.pipeline import ASSETS, bundled_models, default_model_name
 
     cuda = []
     if torch.cuda.is_available():
@@ -48,6 +48,7 @@ def collect_env() -> dict:
         "packages": {d: _ver(d) for d in ("typer", "rich", "transformers", "safetensors", "pedalboard",
                                           "soundfile", "pretty_midi", "numpy", "scipy", "laion-clap")},
         "bundled_models": {k: str(v) for k, v in bundled_models().items()},
+        "default_model": default_model_name() if {"demo-ls", "demo-s", "demo-teacher"} & set(bundled_models()) else "none",
         "assets_dir": str(ASSETS),
         "text_encoder_minilm": minilm,
         "clap_checkpoint": os.environ.get("PRESTO_CLAP_CKPT", "not set (PRESTO_CLAP_CKPT or --clap-ckpt)"),

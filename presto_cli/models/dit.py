@@ -46,14 +46,14 @@ def _rms_fp32(norm: nn.Module, t: Tensor) -> Tensor:
 class DiTConfig:
     """Shape of the DiT (the ``model:`` section of teacher-family recipes)."""
 
-    in_channels: int = 64  # latent channels C
+    in_channels: int = 64  # latent channels C (teacher recipes: 0 = the codec's)
     width: int = 256
     depth: int = 8
     heads: int = 4
     mlp_ratio: float = 4.0
     text_dim: int = 384  # the text encoder's dim (MiniLM / hash: 384, CLAP: 512)
     patch: int = 1  # latent frames per token (patching along time)
-    max_frames: int = 1024  # longest latent sequence (learned positions need it)
+    max_frames: int = 1024  # longest latent sequence (teacher recipes: 0 = one training clip's)
     pos_embed: Literal["sinusoidal", "learned"] = "sinusoidal"
     noise_embed_dim: int = 256  # Fourier features of c_noise before the MLP
     qk_norm: bool = True  # RMS-normalise queries and keys (stable under bf16)
