@@ -101,10 +101,11 @@ def main() -> None:
     def sfx(k: int) -> str:
         return "" if k == 0 else f"_seed{k}"
 
-    ev = [presto("eval", "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
+    every = [x for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") for x in ("--model", m)]
+    ev = [presto("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
                  "--report", str(a.out / "report.html"))]
     for k in range(1, a.seeds):
-        ev.append(presto("eval", "--n", str(a.n), "--device", a.device, *prompt_set(k),
+        ev.append(presto("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(k),
                          "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
     real_dir = a.out / "real_train"
     if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
