@@ -19,6 +19,10 @@ def _default_model() -> str:
     return f.read_text().strip() if f.is_file() else "demo-s"
 
 
+def _bundled_refs() -> str:
+    return ", ".join(sorted(p.stem[len("ref_heldout_"):] for p in _ASSETS.glob("ref_heldout_*.npz"))) or "none"
+
+
 def _progress(enabled: bool):
     """(callback(system, done, total), context manager): one rich bar per model, on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -56,7 +60,7 @@ def eval_cmd(
         f"when neither -m nor --gen is given: {_default_model()} (assets/default.txt) and demo-teacher."),
     gen: Optional[List[Path]] = typer.Option(None, "--gen", help="Folder of generated audio (repeatable)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference: folder of audio or statistics .npz. Default: "
-                                      f"{_ASSETS / 'ref_heldout_EMBEDDER.npz'} (mel, music and presto-clap are bundled)."),
+                                      f"{_ASSETS / 'ref_heldout_EMBEDDER.npz'} (bundled for: {_bundled_refs()})."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts: .txt or .jsonl (prompt, seed, name, "
                                            f"style). Default: {_ASSETS / 'heldout_prompts.jsonl'}."),
     styles: Optional[Path] = typer.Option(None, "--styles", help="styles.json for prompt adherence. Default: "
