@@ -86,8 +86,8 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML listening report here."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, report.html and "
-                                           "audio/ (default runs/eval/<date-time>/ unless --out, --report "
-                                           "or --audio-dir is given)."),
+                                           "audio/ (default when generating: runs/eval/<date-time>/, unless "
+                                           "--out, --report or --audio-dir is given)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips generated together (default 8)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
@@ -128,12 +128,10 @@ def eval_cmd(
              "out": str(out) if out else None, "report": str(report) if report else None,
              "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device}
     merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
-    if not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):
-        merged["run_dir"] = str(_new_run_dir())
+    if merged.get("models") and not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):
+        merged["run_dir"] = str(_new_run_dir())  # generated clips are kept, with the results and report
     ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
     say = lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    if ecfg.run_dir:
-        say(f"run directory: {ecfg.run_dir}")
     bar = not as_json and console.is_terminal  # else one log line per batch
     cb, prog = _progress(bar)
     with prog:

@@ -623,6 +623,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
     if any(m in metrics for m in TEXT_METRICS) and not embedder.has_text:
         raise PrestoError(f"the {embedder.name} embedder has no text tower, so no CLAP score/adherence",
                           "use --embedder clap (LAION-CLAP) or presto-clap")
+    if cfg.run_dir:
+        log(f"run directory: {cfg.run_dir}")
     cache = None if cfg.no_cache else EmbeddingCache(cfg.cache or None)
 
     ref = None
