@@ -308,12 +308,22 @@ def test_autoencoder_stage_trains_exports_and_resumes_exactly(tmp_path):
 def test_recipes_load():
     for name in ("tiny", "demo", "paper"):
         r = load_recipe(f"recipes/{name}/autoencoder.yaml")
-        codec = build_codec(asdict(r.model))
+        codec = build_codec(r.model)
         assert codec.sample_rate == r.data.sample_rate
     paper = load_recipe("recipes/paper/autoencoder.yaml")
-    assert paper.model.latent_channels == 64 and paper.model.hop_length * paper.model.downsample == 2048
-    demo = load_recipe("recipes/demo/autoencoder.yaml")
-    assert demo.model.latent_channels == 16 and demo.model.hop_length * demo.model.downsample == 512
+    assert paper.model["latent_channels"] == 64
+    assert paper.model["hop_length"] * paper.model["downsample"] == 2048
+    demo = build_codec(load_recipe("recipes/demo/autoencoder.yaml").model)
+    assert demo.channels == 128 and demo.hop == 256  # 128 mel bins at 62.5 frames/s
+
+
+def test_codec_recipe_section_is_checked_against_its_kind():
+    with pytest.raises(PrestoError, match="n_mels"):  # a mel key on the STFT-VAE
+        load_recipe("recipes/tiny/autoencoder.yaml", ["model.n_mels=64"])
+    with pytest.raises(PrestoError, match="did you mean 'n_mels'"):
+        load_recipe("recipes/demo/autoencoder.yaml", ["model.n_mel=64"])
+    with pytest.raises(PrestoError, match="unknown codec kind"):
+        load_recipe("recipes/demo/autoencoder.yaml", ["model.kind=wavenet"])
 
 
 def test_adversarial_objectives_and_stage_option(tmp_path):

@@ -93,16 +93,36 @@ class Codec(nn.Module):
 # Registry
 
 _CODECS: dict[str, Callable[[dict], Codec]] = {}
+_CONFIGS: dict[str, type] = {}
 
 
-def register_codec(kind: str):
-    """Decorator for a factory ``fn(cfg: dict) -> Codec`` (or a Codec class taking the dict)."""
+def register_codec(kind: str, config: type | None = None):
+    """Decorator for a factory ``fn(cfg: dict) -> Codec`` (or a Codec class taking the dict);
+    ``config`` is the kind's recipe dataclass (with a ``validate()``), used by :func:`codec_config`."""
 
     def deco(fn):
         _CODECS[kind] = fn
+        if config is not None:
+            _CONFIGS[kind] = config
         return fn
 
     return deco
+
+
+def codec_config(cfg: dict | None):
+    """The validated recipe dataclass of a codec's ``model:`` section (its ``kind`` picks the class):
+    unknown keys are refused with the nearest valid one, values checked by the kind's ``validate``."""
+    from presto_cli.recipes import dataclass_from_dict
+
+    _import_builtin()
+    cfg = dict(cfg or {})
+    kind = str(cfg.get("kind") or DEFAULT_KIND)
+    if kind not in _CONFIGS:
+        raise PrestoError(f"unknown codec kind '{kind}'", f"valid kinds: {', '.join(sorted(_CONFIGS))}")
+    cfg["kind"] = kind
+    out = dataclass_from_dict(_CONFIGS[kind], cfg, where="model")
+    out.validate()
+    return out
 
 
 def codec_kinds() -> list[str]:
@@ -111,6 +131,7 @@ def codec_kinds() -> list[str]:
 
 
 def _import_builtin() -> None:
+    import presto_cli.codec.mel  # noqa: F401  (registers "mel-vocos")
     import presto_cli.codec.vae  # noqa: F401  (registers "stft-vae")
 
 

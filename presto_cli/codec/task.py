@@ -23,11 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from presto_cli.codec.base import Codec, build_codec, save_codec
+from presto_cli.codec.base import Codec, build_codec, codec_config, save_codec
 from presto_cli.codec.losses import (MultiResolutionDiscriminator, discriminator_loss,
                                      feature_matching_loss, generator_adv_loss, kl_divergence,
                                      log_mel_l1, mrstft_distance, spectral_losses)
-from presto_cli.codec.vae import CodecConfig
 from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_write_json
 from presto_cli.recipes import BaseRecipe, register_stage
@@ -60,22 +59,24 @@ class CodecExportConfig:
     sigma_data: float = 0.5  # scaled latents get this standard deviation
     stats_clips: int = 64  # training clips encoded to measure the latent statistics
     eval_clips: int = 16  # held-out clips for the reconstruction report
+    eval_seconds: float = 4.0  # their length (long enough for chroma and comb measures)
+    png_clips: int = 4  # clips in recon.png (original above reconstruction)
     batch_size: int = 8
 
 
 @register_stage("autoencoder")
 @dataclass
 class AutoencoderRecipe(BaseRecipe):
-    model: CodecConfig = field(default_factory=CodecConfig)
+    model: dict = field(default_factory=lambda: {"kind": "stft-vae"})  # keys depend on model.kind
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
     export: CodecExportConfig = field(default_factory=CodecExportConfig)
 
     def validate(self) -> None:
         """Called by load_recipe: refuse an inconsistent recipe before anything runs."""
-        self.model.validate()
-        if self.data.sample_rate != self.model.sample_rate:
+        self.model = asdict(codec_config(self.model))  # refuses unknown keys, fills defaults
+        if self.data.sample_rate != self.model["sample_rate"]:
             raise PrestoError(f"data.sample_rate ({self.data.sample_rate}) differs from "
-                              f"model.sample_rate ({self.model.sample_rate})",
+                              f"model.sample_rate ({self.model['sample_rate']})",
                               "set both to the codec's sample rate")
         if self.export.sigma_data <= 0:
             raise PrestoError(f"export.sigma_data must be positive, got {self.export.sigma_data}")
@@ -101,8 +102,9 @@ def reconstruction_losses(codec: Codec, audio: Tensor, noise: Tensor | None, cfg
     if cfg.mel_weight:
         parts["mel"] = spec["mel"]
         loss = loss + cfg.mel_weight * parts["mel"]
-    parts["kl"] = kl_divergence(out["mean"], out["logvar"])
-    loss = loss + cfg.kl_weight * parts["kl"]
+    if out["logvar"] is not None:  # a deterministic encoder (mel codec) has no posterior
+        parts["kl"] = kl_divergence(out["mean"], out["logvar"])
+        loss = loss + cfg.kl_weight * parts["kl"]
     return loss, parts, recon
 
 
@@ -164,10 +166,17 @@ def latent_statistics(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[
 
 
 @torch.no_grad()
-def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
-    """Log-mel L1 and MR-STFT distance of ``decode(encode(x))`` to ``x`` over ``clips``."""
+def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8,
+                          png: str | Path | None = None, png_clips: int = 4) -> dict[str, float]:
+    """Quality of ``decode(encode(x))`` over ``clips``: log-mel L1 and MR-STFT distance, plus the
+    music measures of :mod:`presto_cli.codec.quality` (chroma similarity with its unrelated-clip
+    baseline, tonal ratio, frame-rate comb contrast). ``png``: also draw the first ``png_clips``
+    originals above their reconstructions."""
+    from presto_cli.codec.quality import music_report, spectrogram_png
+
     device = next(codec.parameters()).device
     mel, mr, n = 0.0, 0.0, 0
+    originals, recons = [], []
     for x in _batches(clips, batch_size):
         x = codec.pad_audio(x.to(device))
         y = codec.decode(codec.encode(x))
@@ -175,24 +184,36 @@ def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8) -> d
         mel += log_mel_l1(y, x, codec.sample_rate) * b
         mr += mrstft_distance(y, x) * b
         n += b
-    return {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
+        originals += list(x[:, 0].float().cpu().numpy())
+        recons += list(y[:, 0, :x.shape[-1]].float().cpu().numpy())
+    out = {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
+    if n:
+        out.update(music_report(originals, recons, codec.sample_rate, codec.frame_rate))
+    if png is not None and n:
+        pairs = list(zip(originals, recons))[:max(1, png_clips)]
+        spectrogram_png(png, pairs, codec.sample_rate)
+    return out
 
 
 def export_codec(codec: Codec, path: str | Path, stats_clips, eval_clips,
                  sigma_data: float = 0.5, eval_split: str = "val", batch_size: int = 8,
-                 extra_meta: dict | None = None) -> dict:
+                 extra_meta: dict | None = None, png_clips: int = 4) -> dict:
     """Set ``latent_scale`` from ``stats_clips``, report quality on ``eval_clips`` (each ``[N, 1, T]``
     or a sequence of ``[1, T]`` clips), save the artefact at ``path`` and ``recon.json`` beside it.
     ``codec`` is modified (its scale); returns the report."""
     if sigma_data <= 0:
         raise PrestoError(f"export.sigma_data must be positive, got {sigma_data}")
     codec.eval()
+    fit = getattr(codec, "fit_normalization", None)
+    if fit is not None:  # e.g. the mel codec's per-bin mean
+        fit(_batches(stats_clips, batch_size))
     stats = latent_statistics(codec, stats_clips, batch_size)
     if not stats["std"] > 1e-8:
         raise PrestoError("the codec's latents are constant (std 0); cannot scale them",
                           "train the autoencoder longer or lower loss.kl_weight")
     codec.set_latent_scale(sigma_data / stats["std"])
-    recon = reconstruction_report(codec, eval_clips, batch_size) if len(eval_clips) else {}
+    recon = reconstruction_report(codec, eval_clips, batch_size, Path(path).parent / "recon.png",
+                                  png_clips) if len(eval_clips) else {}
     if recon:
         recon["split"] = eval_split
         recon["clip_seconds"] = round(eval_clips[0].shape[-1] / codec.sample_rate, 4)
@@ -213,13 +234,9 @@ def export_codec(codec: Codec, path: str | Path, stats_clips, eval_clips,
 class AutoencoderTask(Task):
     def __init__(self, recipe: AutoencoderRecipe, ctx, run_dir: Path):
         super().__init__(recipe, ctx, run_dir)
-        if recipe.data.sample_rate != recipe.model.sample_rate:
-            raise PrestoError(f"data.sample_rate ({recipe.data.sample_rate}) differs from "
-                              f"model.sample_rate ({recipe.model.sample_rate})",
-                              "set both to the codec's sample rate")
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
             torch.manual_seed(seed_for(recipe.seed, "init", "codec"))
-            self.codec = build_codec(asdict(recipe.model)).to(ctx.device)
+            self.codec = build_codec(recipe.model).to(ctx.device)
         self.codec.train()
         t = recipe.train
         self.opt = build_adamw(self.codec.parameters(), t.lr, t)
@@ -242,14 +259,14 @@ class AutoencoderTask(Task):
     def make_dataset(self):
         return self._dataset("train")
 
-    def _dataset(self, split: str):
+    def _dataset(self, split: str, seconds: float | None = None):
         from presto_cli.data.folder import AudioClipDataset
 
         d = self.recipe.data
         if not d.path:
             raise PrestoError("the autoencoder recipe has no data.path", "pass data.path=FOLDER")
-        return AudioClipDataset(d.path, manifest=d.manifest or None, sample_rate=self.recipe.model.sample_rate,
-                                clip_seconds=d.clip_seconds, split=split, val_fraction=d.val_fraction)
+        return AudioClipDataset(d.path, manifest=d.manifest or None, sample_rate=self.codec.sample_rate,
+                                clip_seconds=seconds or d.clip_seconds, split=split, val_fraction=d.val_fraction)
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         r = self.recipe
@@ -325,15 +342,36 @@ class AutoencoderTask(Task):
         held: ClipSample | list = []
         if r.data.val_fraction > 0:
             try:
-                held = ClipSample(self._dataset("val"), ex.eval_clips, r.seed, "export-eval")
+                held = ClipSample(self._dataset("val", ex.eval_seconds), ex.eval_clips, r.seed,
+                                  "export-eval")
             except PrestoError:  # an empty validation split
                 held = []
         if not len(held):  # no held-out split: report on (other crops of) training clips, say so
             split = "train"
-            held = ClipSample(train, ex.eval_clips, r.seed, "export-eval")
+            held = ClipSample(self._dataset("train", ex.eval_seconds), ex.eval_clips, r.seed,
+                              "export-eval")
         report = export_codec(codec, path, stats, held, ex.sigma_data, split, ex.batch_size,
+                              png_clips=ex.png_clips,
                               extra_meta={"name": r.name, "seed": r.seed,
                                           "train": {"steps": r.train.steps,
                                                     "batch_size": r.train.batch_size}})
         if Path(path).parent.resolve() != Path(self.run_dir).resolve():
             atomic_write_json(Path(self.run_dir) / "recon.json", report)
+            png = Path(path).parent / "recon.png"
+            if png.is_file():
+                (Path(self.run_dir) / "recon.png").write_bytes(png.read_bytes())
+        from presto_cli.runtime import console
+
+        console.print(format_recon(report["recon"]))
+
+
+def format_recon(rec: dict) -> str:
+    """One paragraph of the held-out reconstruction measures (what `pretrain` prints at export)."""
+    if not rec:
+        return "reconstruction: no clips to measure"
+    return (f"reconstruction of {rec['clips']} {rec.get('split', '')} clips of {rec['clip_seconds']} s: "
+            f"log-mel L1 {rec['log_mel_l1']:.3f}, MR-STFT {rec['mrstft']:.3f}, chroma similarity "
+            f"{rec['chroma_similarity']:.3f} (min {rec['chroma_similarity_min']:.3f}; unrelated clips "
+            f"{rec['chroma_similarity_unrelated']:.3f}), tonal ratio {rec['tonal_ratio']:.2f}, "
+            f"comb contrast at {rec['frame_rate']:g} Hz {rec['comb_contrast_db']:+.1f} dB "
+            f"(original {rec['comb_contrast_db_original']:+.1f} dB)")

@@ -236,7 +236,7 @@ class STFTVAE(Codec):
         return {"recon": self.decode_raw(z), "mean": mean, "logvar": logvar}
 
 
-@register_codec("stft-vae")
+@register_codec("stft-vae", CodecConfig)
 def _build_stft_vae(cfg: dict) -> STFTVAE:
     from presto_cli.recipes import dataclass_from_dict
 
