@@ -46,6 +46,9 @@ class MelCodecConfig:
     depth: int = 8  # vocoder ConvNeXt blocks
     mlp_ratio: float = 3.0
     kernel_size: int = 7
+    # phase of the head = a residual on the phase advance of a steady sinusoid at each bin's centre
+    # (2π·k·hop/n_fft per frame), so an untrained vocoder plays continuous tones, not frame clicks
+    phase_prior: bool = False
 
     @property
     def hop(self) -> int:
@@ -150,8 +153,19 @@ class MelVocosCodec(Codec):
             prior = torch.einsum("fm,bmt->bft", self.mel_pinv, torch.exp(log_mel.float()))
             log_mag = log_mag.float() + torch.log(prior.clamp_min(self.cfg.log_floor))
             mag = torch.exp(log_mag.clamp(max=4.6))  # |X| <= 100, as Vocos clips it
-            spec = torch.polar(mag, phase.float())
+            phase = phase.float()
+            if self.cfg.phase_prior:
+                phase = phase + self.steady_phase(phase.shape[-1], phase.device)
+            spec = torch.polar(mag, phase)
             return istft_same(spec, self.n_fft, self.hop, self.window)[:, None]
+
+    def steady_phase(self, frames: int, device) -> Tensor:
+        """``[n_freq, frames]`` phase of a steady sinusoid at each bin's centre frequency,
+        wrapped to [0, 2π): bin k advances by 2π·k·hop/n_fft per frame."""
+        k = torch.arange(self.n_fft // 2 + 1, device=device, dtype=torch.float64)
+        t = torch.arange(frames, device=device, dtype=torch.float64)
+        cycles = torch.remainder(torch.outer(k, t) * (self.hop / self.n_fft), 1.0)
+        return (2 * torch.pi * cycles).float()
 
     def decode_raw(self, z: Tensor) -> Tensor:
         return self.vocode(z.float() + self.mel_mean[:, None])

@@ -3,30 +3,34 @@
 A codec can match the spectral envelope while erasing every pitch (the first demo codec did:
 log-mel L1 looked fine, the notes were gone), so the autoencoder stage also reports:
 
-- **chroma similarity**: librosa ``chroma_stft`` (n_fft 2048, hop 512) of the original and of the
-  reconstruction, cosine per frame, mean over frames and clips; beside it the same between each
-  original and an *unrelated* original (the next clip), the level a pitch-blind codec reaches;
+- **chroma similarity**: chroma (pitch-class energy of a 2048-point STFT with hop 512 at 16 kHz,
+  :mod:`presto_cli.eval.music_features`, the same chroma ``presto eval --embedder music`` uses) of
+  the original and of the reconstruction, cosine per frame, mean over frames and clips; beside it
+  the same between each original and an *unrelated* original (the next clip), the level a
+  pitch-blind codec reaches;
 - **tonal ratio**: mean chroma change over 0.5 s (how much the notes move) of the reconstruction
   divided by that of the original (1 = the notes move as much; a drone scores near 0);
 - **frame-rate comb contrast**: energy on multiples of the codec's frame rate against energy
   halfway between them, in dB, from a 1 Hz-resolution Welch spectrum (a decoder that buzzes at its
   frame rate scores high; the original music scores about 0 dB).
 
-Everything here is numpy on ``[T]`` float arrays; librosa is imported only when needed.
+Everything here is numpy on ``[T]`` float arrays; audio at another rate is resampled to 16 kHz for
+the chroma measures.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-def chroma(x: np.ndarray, sr: int, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
-    """librosa ``chroma_stft`` ``[12, frames]`` of a mono signal."""
-    import librosa
+def chroma(x: np.ndarray, sr: int) -> np.ndarray:
+    """Unit-norm chroma ``[12, frames]`` of a mono signal (resampled to 16 kHz if needed)."""
+    from presto_cli.eval import music_features as mf
 
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
-    return librosa.feature.chroma_stft(y=x, sr=sr, n_fft=n_fft, hop_length=hop)
+    if sr != mf.SAMPLE_RATE:
+        from presto_cli.audio import resample
+
+        x = resample(np.asarray(x, np.float32), sr, mf.SAMPLE_RATE)
+    return mf.chroma(mf.power_spectrum(x)).T
 
 
 def chroma_similarity(x: np.ndarray, y: np.ndarray, sr: int) -> float:
@@ -39,13 +43,13 @@ def chroma_similarity(x: np.ndarray, y: np.ndarray, sr: int) -> float:
 
 
 def tonal_change(x: np.ndarray, sr: int, lag_seconds: float = 0.5) -> float:
-    """Mean ``1 − cos`` between unit chroma frames ``lag_seconds`` apart (0 for a steady drone)."""
-    c = chroma(x, sr)
-    c = c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-12)
-    lag = max(1, int(round(lag_seconds * sr / 512)))
-    if c.shape[1] <= lag:
-        return 0.0
-    return float(np.mean(1.0 - np.sum(c[:, lag:] * c[:, :-lag], axis=0)))
+    """Mean chroma cosine distance between frames ``lag_seconds`` apart (0 for a steady drone;
+    ../shared/tools/tonal_change.py's measure)."""
+    from presto_cli.eval import music_features as mf
+
+    lag = max(1, int(round(lag_seconds * mf.SAMPLE_RATE / mf.HOP)))
+    d = mf.chroma_change(chroma(x, sr).T, lag)
+    return float(d.mean()) if d.size else 0.0
 
 
 def comb_contrast_db(x: np.ndarray, sr: int, frame_rate: float, f_max: float | None = None) -> float:
