@@ -119,7 +119,7 @@ def test_vocoder_learns_the_notes_of_a_melody():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     sim1, comb1 = measure()
     assert sim1 > sim0 + 0.04, (sim0, sim1)
     assert comb1 < 9.0, comb1

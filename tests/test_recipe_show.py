@@ -12,7 +12,7 @@ def test_recipe_show_lists_every_key_with_type_default_and_meaning():
     from presto_cli.cli import app
     from presto_cli.recipes import load_recipe, recipe_class, recipe_to_dict, stage_names
 
-    for stage in stage_names():
+    for stage in [s for s in stage_names() if not s.startswith("_")]:  # tests register "_unit"
         r = runner.invoke(app, ["recipe", "show", stage, "--json"])
         assert r.exit_code == 0, r.output
         rows = json.loads(r.stdout)

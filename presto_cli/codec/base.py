@@ -109,18 +109,23 @@ def register_codec(kind: str, config: type | None = None):
     return deco
 
 
+def codec_config_class(kind: str | None) -> type:
+    """The recipe dataclass of a codec kind (``None`` -> the default kind)."""
+    _import_builtin()
+    kind = kind or DEFAULT_KIND
+    if kind not in _CONFIGS:
+        raise PrestoError(f"unknown codec kind '{kind}'", f"valid kinds: {', '.join(sorted(_CONFIGS))}")
+    return _CONFIGS[kind]
+
+
 def codec_config(cfg: dict | None):
     """The validated recipe dataclass of a codec's ``model:`` section (its ``kind`` picks the class):
     unknown keys are refused with the nearest valid one, values checked by the kind's ``validate``."""
     from presto_cli.recipes import dataclass_from_dict
 
-    _import_builtin()
     cfg = dict(cfg or {})
-    kind = str(cfg.get("kind") or DEFAULT_KIND)
-    if kind not in _CONFIGS:
-        raise PrestoError(f"unknown codec kind '{kind}'", f"valid kinds: {', '.join(sorted(_CONFIGS))}")
-    cfg["kind"] = kind
-    out = dataclass_from_dict(_CONFIGS[kind], cfg, where="model")
+    cfg["kind"] = str(cfg.get("kind") or DEFAULT_KIND)
+    out = dataclass_from_dict(codec_config_class(cfg["kind"]), cfg, where="model")
     out.validate()
     return out
 

@@ -34,21 +34,20 @@ from presto_cli.errors import PrestoError
 class MelCodecConfig:
     """Recipe section ``model:`` of the autoencoder stage for ``kind: mel-vocos``."""
 
-    kind: str = "mel-vocos"
-    sample_rate: int = 16000
+    kind: str = "mel-vocos"  # codec kind: mel-vocos | stft-vae (each has its own keys)
+    sample_rate: int = 16000  # audio sample rate (Hz)
     n_fft: int = 1024  # STFT window (samples), analysis and synthesis
     hop_length: int = 256  # samples per latent frame (62.5 frames/s at 16 kHz)
     n_mels: int = 128  # latent channels
-    f_min: float = 0.0
+    f_min: float = 0.0  # lowest mel filter edge (Hz)
     f_max: float = 0.0  # 0 -> sample_rate / 2
     log_floor: float = 1e-5  # log(max(mel, floor))
     width: int = 256  # vocoder ConvNeXt channels
     depth: int = 8  # vocoder ConvNeXt blocks
-    mlp_ratio: float = 3.0
-    kernel_size: int = 7
-    # phase of the head = a residual on the phase advance of a steady sinusoid at each bin's centre
-    # (2π·k·hop/n_fft per frame), so an untrained vocoder plays continuous tones, not frame clicks
-    phase_prior: bool = False
+    mlp_ratio: float = 3.0  # ConvNeXt MLP width over block width
+    kernel_size: int = 7  # depthwise convolution kernel (frames, odd)
+    # phase head predicts a residual on a steady sinusoid per bin (no frame-rate clicks untrained)
+    phase_prior: bool = True
 
     @property
     def hop(self) -> int:

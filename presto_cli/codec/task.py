@@ -23,7 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from presto_cli.codec.base import Codec, build_codec, codec_config, save_codec
+from presto_cli.codec.base import Codec, build_codec, codec_config, codec_config_class, save_codec
+from presto_cli.codec.mel import MelCodecConfig
 from presto_cli.codec.losses import (MultiResolutionDiscriminator, discriminator_loss,
                                      feature_matching_loss, generator_adv_loss, kl_divergence,
                                      log_mel_l1, mrstft_distance, spectral_losses)
@@ -67,9 +68,15 @@ class CodecExportConfig:
 @register_stage("autoencoder")
 @dataclass
 class AutoencoderRecipe(BaseRecipe):
-    model: dict = field(default_factory=lambda: {"kind": "stft-vae"})  # keys depend on model.kind
+    # the codec's recipe section; its keys depend on model.kind (mel-vocos | stft-vae)
+    model: dict = field(default_factory=lambda: asdict(MelCodecConfig()))
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
     export: CodecExportConfig = field(default_factory=CodecExportConfig)
+
+    @staticmethod
+    def section_class(name: str, value: dict) -> type | None:
+        """The dataclass that describes a dict-typed section (for `presto recipe show`)."""
+        return codec_config_class(value.get("kind")) if name == "model" else None
 
     def validate(self) -> None:
         """Called by load_recipe: refuse an inconsistent recipe before anything runs."""

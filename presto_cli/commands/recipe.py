@@ -137,8 +137,12 @@ def recipe_keys(cls: type, default: Any = None, prefix: str = "") -> list[dict]:
     rows: list[dict] = []
     for f in dataclasses.fields(cls):
         tp, value, key = hints[f.name], getattr(default, f.name), prefix + f.name
+        section = getattr(cls, "section_class", lambda *_: None)(f.name, value) \
+            if isinstance(value, dict) else None
         if dataclasses.is_dataclass(tp):
             rows += recipe_keys(tp, value, key + ".")
+        elif section is not None:  # a dict section whose keys a dataclass describes (codec kinds)
+            rows += recipe_keys(section, section(**value), key + ".")
         else:
             rows.append({"key": key, "type": type_name(tp), "default": value, "meaning": meaning(cls, f.name)})
     return rows
