@@ -57,3 +57,31 @@ def test_unknown_encoder_and_clap_errors(tmp_path):
         with pytest.raises(PrestoError) as e:
             build_text_encoder("clap", checkpoint=str(ck))
         assert "presto-music[clap]" in str(e.value) and str(ck) in str(e.value)
+
+
+def test_plain_torch_minilm_equals_transformers_bert():
+    """presto_cli.text.bert (no transformers) reproduces transformers' BertModel + fast tokenizer:
+    same token ids, same mask, last hidden states equal to ~1e-5 on texts of different lengths
+    (padding included), and the same mean-pooled sentence vector."""
+    transformers = pytest.importorskip("transformers")
+    from presto_cli.text.encoders import _minilm_dir
+
+    path = _minilm_dir()
+    texts = ["jazz trio", "an upbeat jazz trio with walking bass and brushed drums",
+             "Ambient PADS, slow & dreamy — café vibes", "piano " * 100, "x"]
+    ref_tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ref = transformers.BertModel.from_pretrained(str(path), local_files_only=True).eval()
+    enc = ref_tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        want = ref(**enc).last_hidden_state
+    ours = build_text_encoder("minilm")
+    tokens, mask, pooled = ours(texts)
+    assert torch.equal(mask, enc["attention_mask"].bool())
+    from presto_cli.text.bert import tokenize
+
+    ids, _ = tokenize(ours.tokenizer, texts)
+    assert torch.equal(ids, enc["input_ids"])
+    m = mask.unsqueeze(-1).float()
+    torch.testing.assert_close(tokens * m, want * m, rtol=0, atol=2e-5)  # padded rows are unused
+    ref_pooled = torch.nn.functional.normalize((want * m).sum(1) / m.sum(1), dim=-1)
+    torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-5)

