@@ -46,16 +46,33 @@ class BertConfig:
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
+# Parameters are left uninitialised (torch.empty): every one is overwritten by load_bert, and random
+# init of 11 M weights (or a meta-device build, which imports torch._dynamo) would cost 0.3-1.5 s.
+class _Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _LayerNorm(nn.LayerNorm):
+    def reset_parameters(self) -> None:
+        pass
+
+
 class _Layer(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         h = c.hidden_size
         self.heads = c.num_attention_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(h, h) for _ in range(4))
-        self.ln1 = nn.LayerNorm(h, eps=c.layer_norm_eps)
-        self.up = nn.Linear(h, c.intermediate_size)
-        self.down = nn.Linear(c.intermediate_size, h)
-        self.ln2 = nn.LayerNorm(h, eps=c.layer_norm_eps)
+        self.q, self.k, self.v, self.o = (_Linear(h, h) for _ in range(4))
+        self.ln1 = _LayerNorm(h, eps=c.layer_norm_eps)
+        self.up = _Linear(h, c.intermediate_size)
+        self.down = _Linear(c.intermediate_size, h)
+        self.ln2 = _LayerNorm(h, eps=c.layer_norm_eps)
         self.act = _ACTS[c.hidden_act]
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
@@ -69,15 +86,16 @@ class _Layer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """``forward(ids [B,N], mask [B,N]) -> last hidden states [B,N,hidden]`` (token type 0)."""
+    """``forward(ids [B,N], mask [B,N]) -> last hidden states [B,N,hidden]`` (token type 0).
+    Built uninitialised: use :func:`load_bert`."""
 
     def __init__(self, c: BertConfig):
         super().__init__()
         self.config = c
-        self.word = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.pos = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.ln = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.word = _Embedding(c.vocab_size, c.hidden_size)
+        self.pos = _Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type = _Embedding(c.type_vocab_size, c.hidden_size)
+        self.ln = _LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(c) for _ in range(c.num_hidden_layers))
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -126,8 +144,7 @@ def _read_weights(model_dir: Path) -> dict[str, Tensor]:
 def load_bert(model_dir: str | Path) -> BertEncoder:
     """The encoder with the weights of ``model_dir`` (every weight it needs must be present)."""
     model_dir = Path(model_dir)
-    with torch.device("meta"):
-        model = BertEncoder(BertConfig.from_json(model_dir / "config.json"))
+    model = BertEncoder(BertConfig.from_json(model_dir / "config.json"))
     state = {}
     for k, v in _read_weights(model_dir).items():
         name = _rename(k)
