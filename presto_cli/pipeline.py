@@ -178,7 +178,7 @@ class Pipeline:
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
-                       duration=None, rho=None, progress: bool = False) -> torch.Tensor:
+                       duration=None, rho=None, progress: bool = False, callback=None) -> torch.Tensor:
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
@@ -190,7 +190,8 @@ class Pipeline:
         sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
                             device=self.device)
         x = noise.randn((self.latent_channels, frames)) * sigmas[0]
-        return SAMPLERS[s.sampler](self.model_fn(cond, s), x, sigmas, noise=noise, disable=not progress)
+        return SAMPLERS[s.sampler](self.model_fn(cond, s), x, sigmas, noise=noise, disable=not progress,
+                                         callback=callback)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -199,8 +200,10 @@ class Pipeline:
         return self.codec.decode(latents).float().clamp(-1, 1)
 
     def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
-                 duration=None, rho=None, progress: bool = False) -> torch.Tensor:
-        return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress))
+                 duration=None, rho=None, progress: bool = False, callback=None) -> torch.Tensor:
+        """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``)."""
+        return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
+                                               callback))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

@@ -1,9 +1,13 @@
-"""Devices, distributed setup, seeding, and the stderr console."""
+"""Devices, distributed setup, the stderr console and the one progress helper.
+
+torch is imported inside the functions that need it, so that importing the console costs no torch.
+"""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
-import torch
 from rich.console import Console
 
 from presto_cli.errors import PrestoError
@@ -11,7 +15,48 @@ from presto_cli.errors import PrestoError
 console = Console(stderr=True)  # logs and progress go to stderr; data goes to stdout
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+class Ticker:
+    """What :func:`progress` yields: ``advance(n)``, ``update(done, total)``, or call it as a
+    ``(done, total)`` callback; ``label(text)`` changes the description."""
+
+    def __init__(self, bar, task):
+        self._bar, self._task = bar, task
+
+    def advance(self, n: float = 1) -> None:
+        self._bar.advance(self._task, n)
+
+    def update(self, done: float, total: Optional[float] = None) -> None:
+        self._bar.update(self._task, completed=done, **({"total": total} if total is not None else {}))
+
+    __call__ = update
+
+    def label(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
+
+
+def progress_enabled(quiet: bool = False) -> bool:
+    """Bars are drawn only on an interactive stderr, by rank 0, and never under --json (quiet)."""
+    return not quiet and console.is_terminal and is_rank0()
+
+
+@contextmanager
+def progress(label: str, total: Optional[float] = None, quiet: bool = False,
+             transient: bool = True) -> Iterator[Ticker]:
+    """A progress bar on stderr for work longer than a couple of seconds (a no-op when quiet, under
+    --json, or when stderr is not a terminal). ``total=None`` draws an indeterminate bar."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, disable=not progress_enabled(quiet),
+                   transient=transient)
+    with bar:
+        yield Ticker(bar, bar.add_task(label, total=total))
+
+
+def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

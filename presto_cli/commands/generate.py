@@ -11,8 +11,7 @@ from typing import Optional
 
 import typer
 
-from presto_cli.errors import PrestoError
-from presto_cli.validate import check_out_path, check_prompt, check_sampling
+from presto_cli.errors import PrestoError, PrestoUsageError
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
@@ -39,44 +38,94 @@ def _check_writable(directory: Path) -> None:
         raise PrestoError(f"cannot write to {directory}", "choose an output path you can write")
 
 
+def _row_jobs(row: dict, i: int, k: int, base: int, single: bool, out: Optional[Path], fmt: str) -> list[dict]:
+    """The k output files of prompt row ``i`` (seeds from the row, else base + i*k + j)."""
+    jobs = []
+    for j in range(k):
+        s = int(row["seed"]) + j if "seed" in row else base + i * k + j
+        if single:
+            path = out or Path(f"out.{fmt}")
+            if path.suffix.lstrip(".") != fmt:
+                path = path.with_suffix("." + fmt)
+        else:
+            d = out or Path("outputs")
+            name = row.get("name") or f"{i:04d}_{_slug(row['prompt'])}"
+            path = d / f"{name}_seed{s}.{fmt}" if k > 1 or "name" not in row else d / f"{name}.{fmt}"
+        jobs.append({"prompt": row["prompt"], "seed": s, "path": path})
+    return jobs
+
+
+def _check_args(prompt: Optional[str], prompts_file: Optional[Path], k: int) -> None:
+    if prompt is None and prompts_file is None:
+        raise PrestoUsageError("no prompt given",
+                               "presto generate \"jazz trio\" -o out.wav, or --prompts FILE (- for stdin)")
+    if prompt is not None and prompts_file is not None:
+        raise PrestoUsageError("give a prompt or --prompts FILE, not both")
+    if k < 1:
+        raise PrestoUsageError(f"--num-per-prompt must be at least 1, got {k}")
+    if prompt is not None and not prompt.strip():
+        raise PrestoUsageError("empty prompt", "give a text description such as \"jazz trio\"")
+
+
+def _resolve_format(fmt: Optional[str], single: bool, out: Optional[Path]) -> str:
+    if fmt is None:
+        fmt = out.suffix.lstrip(".") if (single and out is not None) else "wav"
+    if fmt not in FORMATS:
+        raise PrestoUsageError(f"unknown audio format '{fmt}'", f"choose one of: {', '.join(FORMATS)}")
+    return fmt
+
+
 def plan_jobs(prompt: Optional[str], prompts_file: Optional[Path], out: Optional[Path], k: int,
               seed: Optional[int], fmt: Optional[str]) -> tuple[list[dict], int]:
     """Every output file with its prompt, seed and path; the base seed (picked when absent)."""
-    if prompt is None and prompts_file is None:
-        raise PrestoError("no prompt given", "presto generate \"jazz trio\" -o out.wav, or --prompts FILE")
-    if prompt is not None and prompts_file is not None:
-        raise PrestoError("give a prompt or --prompts FILE, not both")
-    if k < 1:
-        raise PrestoError(f"--num-per-prompt must be at least 1, got {k}")
+    _check_args(prompt, prompts_file, k)
     base = seed if seed is not None else secrets.randbelow(2**31)
     if prompt is not None:
-        if not prompt.strip():
-            raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
-        rows = [{"prompt": check_prompt(prompt)}]
+        rows = [{"prompt": prompt}]
     else:
         from presto_cli.prompts import read_prompts
 
         rows = read_prompts(prompts_file)
-    check_out_path(out, prompt is not None and k == 1, FORMATS)
     single = prompt is not None and k == 1 and (out is None or out.suffix.lstrip(".") in FORMATS)
-    if fmt is None:
-        fmt = out.suffix.lstrip(".") if (single and out is not None) else "wav"
-    if fmt not in FORMATS:
-        raise PrestoError(f"unknown audio format '{fmt}'", f"choose one of: {', '.join(FORMATS)}")
-    jobs = []
-    for i, row in enumerate(rows):
-        for j in range(k):
-            s = int(row["seed"]) + j if "seed" in row else base + i * k + j
-            if single:
-                path = out or Path(f"out.{fmt}")
-                if path.suffix.lstrip(".") != fmt:
-                    path = path.with_suffix("." + fmt)
-            else:
-                d = out or Path("outputs")
-                name = row.get("name") or f"{i:04d}_{_slug(row['prompt'])}"
-                path = d / f"{name}_seed{s}.{fmt}" if k > 1 or "name" not in row else d / f"{name}.{fmt}"
-            jobs.append({"prompt": row["prompt"], "seed": s, "path": path})
+    fmt = _resolve_format(fmt, single, out)
+    jobs = [job for i, row in enumerate(rows) for job in _row_jobs(row, i, k, base, single, out, fmt)]
     return jobs, base
+
+
+def stream_jobs(lines, out: Optional[Path], k: int, base: int, fmt: Optional[str]):
+    """``--prompts -``: one list of k jobs per prompt line, as the lines arrive."""
+    from presto_cli.prompts import stream_prompts
+
+    fmt = _resolve_format(fmt, False, out)
+    for i, row in enumerate(stream_prompts(lines)):
+        yield _row_jobs(row, i, k, base, False, out, fmt)
+
+
+def _check_outputs(jobs: list[dict], force: bool) -> None:
+    for j in jobs:
+        _check_writable(j["path"].parent)
+        if j["path"].exists() and not force:
+            raise PrestoError(f"{j['path']} already exists", "pass --force to overwrite it")
+
+
+def _batches(jobs: list[dict], size: int):
+    for i in range(0, len(jobs), size):
+        yield jobs[i:i + size]
+
+
+def _write_clip(path: Path, audio, sample_rate: int, rec: dict) -> None:
+    """Audio, then its JSON sidecar; a clip is both or neither (Ctrl-C between the two included)."""
+    from presto_cli.audio import write_audio
+    from presto_cli.io import atomic_write_json
+
+    side = path.with_suffix(path.suffix + ".json")
+    write_audio(path, audio, sample_rate, fmt=path.suffix.lstrip("."))
+    try:
+        atomic_write_json(side, rec)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
+        raise
 
 
 def generate_cmd(
@@ -92,7 +141,7 @@ def generate_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (picked and printed when absent)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds (default: the model's clip length)."),
     num_per_prompt: int = typer.Option(1, "--num-per-prompt", "-k", help="Clips per prompt."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file: .txt (one per line) or .jsonl."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file: .txt (one per line) or .jsonl; - reads prompts from stdin as they come."),
     fmt: Optional[str] = typer.Option(None, "--format", help="wav | flac | mp3 | ogg."),
     normalize: bool = typer.Option(False, "--normalize", help="Peak-normalise each clip to -1 dBFS."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips generated together."),
@@ -100,61 +149,68 @@ def generate_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per file on stdout."),
 ):
-    """Generate music from text with a presto model."""
+    """Generate music from text with a presto model. Each clip is written, with a JSON sidecar, and
+    its path printed as soon as it is done; `--prompts -` reads prompts from stdin as they come."""
     from presto_cli import __version__
-    from presto_cli.audio import write_audio
-    from presto_cli.io import atomic_write_json
     from presto_cli.pipeline import load_pipeline, resolve_model
-    from presto_cli.runtime import console
+    from presto_cli.runtime import console, progress
 
-    check_sampling(steps, cfg, rho, duration, force)
+    if steps is not None and steps < 1:
+        raise PrestoUsageError(f"--steps must be at least 1, got {steps}")
     if batch_size < 1:
-        raise PrestoError(f"--batch-size must be at least 1, got {batch_size}")
-    jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
-    for j in jobs:
-        _check_writable(j["path"].parent)
+        raise PrestoUsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if duration is not None and duration <= 0:
+        raise PrestoUsageError(f"--duration must be positive, got {duration}")
+    streaming = prompts is not None and str(prompts) == "-"
+    if streaming:
+        _check_args(None, prompts, num_per_prompt)
+        base = seed if seed is not None else secrets.randbelow(2**31)
+        batches = stream_jobs(sys.stdin, out, num_per_prompt, base, fmt)
+        total = None
+    else:
+        jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
+        _check_outputs(jobs, force)
+        batches, total = _batches(jobs, batch_size), len(jobs)
     model_path = resolve_model(model)
-    from presto_cli.claim import claim_outputs
-    from presto_cli.validate import check_steps_for_model, model_default_steps
-
-    check_steps_for_model(steps, model_default_steps(model_path), force,
-                          lambda s: console.print(s, markup=False, soft_wrap=True))
-    claim_outputs([j["path"] for j in jobs], force).acquire()  # released when the command ends
     pipe = load_pipeline(str(model_path), device)
-    s = pipe.settings(steps, sampler, cfg, rho)
-    frames = pipe.frames_for(duration)
-    dur = frames / pipe.frame_rate
+    try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
+        s = pipe.settings(steps, sampler, cfg, rho)
+        dur = pipe.frames_for(duration) / pipe.frame_rate
+    except PrestoError as e:
+        raise PrestoUsageError(e.message, e.hint) from None
     if pipe.codec is None:
         raise PrestoError(f"{model_path} makes latents only (no codec embedded)", "use a model trained on audio")
     if seed is None:
         console.print(f"seed: {base}")
-    from rich.progress import Progress
+    common = {"model": str(model.strip() if model else model_path.stem), "model_path": str(model_path),
+              "kind": pipe.kind, "steps": s.steps, "sampler": s.sampler, "cfg": s.cfg, "rho": s.rho,
+              "duration": round(dur, 4), "sample_rate": pipe.sample_rate,
+              "nfe": pipe.nfe(s.steps, s.sampler, s.cfg), "normalize": normalize,
+              "device": str(pipe.device), "presto_version": __version__}
+    done = 0
+    try:
+        with progress("generating", total=total, quiet=as_json) as tick:
+            for chunk in batches:
+                if streaming:
+                    _check_outputs(chunk, force)
+                at = done
 
-    records = []
-    with Progress(console=console, disable=len(jobs) <= 1, transient=True) as bar:
-        tid = bar.add_task("generating", total=len(jobs))
-        for i in range(0, len(jobs), batch_size):
-            chunk = jobs[i:i + batch_size]
-            audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
-                                  s.sampler, s.cfg, dur, s.rho, progress=False)
-            for j, a in zip(chunk, audio):
-                a = a.float()
-                if normalize:
-                    peak = a.abs().max().clamp_min(1e-8)
-                    a = a / peak * (10 ** (-1 / 20))
-                write_audio(j["path"], a, pipe.sample_rate, fmt=j["path"].suffix.lstrip("."))
-                rec = {"file": str(j["path"]), "prompt": j["prompt"], "seed": j["seed"],
-                       "model": str(model.strip() if model else model_path.stem), "model_path": str(model_path),
-                       "kind": pipe.kind, "steps": s.steps, "sampler": s.sampler, "cfg": s.cfg, "rho": s.rho,
-                       "duration": round(dur, 4), "sample_rate": pipe.sample_rate,
-                       "nfe": pipe.nfe(s.steps, s.sampler, s.cfg), "normalize": normalize,
-                       "device": str(pipe.device), "presto_version": __version__}
-                atomic_write_json(j["path"].with_suffix(j["path"].suffix + ".json"), rec)
-                records.append(rec)
-                if as_json:
-                    sys.stdout.write(json.dumps(rec) + "\n")
+                def on_step(info, n=len(chunk), at=at):
+                    tick.update(at + n * min(1.0, (info["i"] + 1) / s.steps))
+
+                audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
+                                      s.sampler, s.cfg, dur, s.rho, callback=on_step)
+                for j, a in zip(chunk, audio):
+                    a = a.float()
+                    if normalize:
+                        a = a / a.abs().max().clamp_min(1e-8) * (10 ** (-1 / 20))
+                    rec = {"file": str(j["path"]), "prompt": j["prompt"], "seed": j["seed"], **common}
+                    _write_clip(j["path"], a, pipe.sample_rate, rec)
+                    done += 1
+                    tick.update(done)
+                    sys.stdout.write((json.dumps(rec) if as_json else rec["file"]) + "\n")
                     sys.stdout.flush()
-            bar.advance(tid, len(chunk))
-    if not as_json:
-        for r in records:
-            typer.echo(r["file"])
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {done} finished clip(s) kept, the clip in progress discarded",
+                      markup=False, highlight=False)
+        raise

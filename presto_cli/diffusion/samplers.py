@@ -78,12 +78,14 @@ def _report(callback, i, x, sigma, denoised) -> None:
 
 def _steps(n: int, disable: bool):
     if disable:
-        return range(n)
-    from rich.progress import track
+        yield from range(n)
+        return
+    from presto_cli.runtime import progress
 
-    from presto_cli.runtime import console
-
-    return track(range(n), description="sampling", console=console, transient=True)
+    with progress("sampling", n) as tick:
+        for i in range(n):
+            yield i
+            tick.advance()
 
 
 @torch.no_grad()
