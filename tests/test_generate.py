@@ -55,9 +55,9 @@ def test_seed_absent_is_printed(tiny_chain, tmp_path):
     assert json.loads((tmp_path / "f.wav.json").read_text())["seed"] == seed
 
 
-def _fails(args, needle, tmp_path):
+def _fails(args, needle, tmp_path, code=1):
     r = presto(*args, check=False)
-    assert r.returncode == 1, (args, r.stderr)
+    assert r.returncode == code, (args, r.stderr)
     assert needle in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     return r
@@ -66,12 +66,12 @@ def _fails(args, needle, tmp_path):
 def test_bad_input_one_line_nothing_written(tiny_chain, tmp_path):
     m = tiny_chain["teacher"]
     out = tmp_path / "x.wav"
-    _fails(["generate", "  ", "-o", out, "--model", m], "empty prompt", tmp_path)
+    _fails(["generate", "  ", "-o", out, "--model", m], "empty prompt", tmp_path, code=2)
     _fails(["generate", "jazz", "-o", out, "--model", "demo-nope"], "unknown model", tmp_path)
-    _fails(["generate", "jazz", "-o", out, "--model", m, "--steps", 0], "at least 1", tmp_path)
-    _fails(["generate", "jazz", "-o", out, "--model", m, "--duration", 60], "longer than", tmp_path)
+    _fails(["generate", "jazz", "-o", out, "--model", m, "--steps", 0], "at least 1", tmp_path, code=2)
+    _fails(["generate", "jazz", "-o", out, "--model", m, "--duration", 60], "longer than", tmp_path, code=2)
     _fails(["generate", "jazz", "-o", "/proc/nope/x.wav", "--model", m], "cannot write", tmp_path)
-    _fails(["generate", "jazz", "-o", out, "--model", m, "--sampler", "eulr"], "unknown sampler", tmp_path)
+    _fails(["generate", "jazz", "-o", out, "--model", m, "--sampler", "eulr"], "unknown sampler", tmp_path, code=2)
     assert not out.exists() and not list(tmp_path.iterdir())
     # a checkpoint whose recipe does not match its weights
     from presto_cli.io import load_artefact, save_artefact

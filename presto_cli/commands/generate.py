@@ -151,10 +151,6 @@ def generate_cmd(
 ):
     """Generate music from text with a presto model. Each clip is written, with a JSON sidecar, and
     its path printed as soon as it is done; `--prompts -` reads prompts from stdin as they come."""
-    from presto_cli import __version__
-    from presto_cli.pipeline import load_pipeline, resolve_model
-    from presto_cli.runtime import console, progress
-
     if steps is not None and steps < 1:
         raise PrestoUsageError(f"--steps must be at least 1, got {steps}")
     if batch_size < 1:
@@ -171,6 +167,10 @@ def generate_cmd(
         jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
         _check_outputs(jobs, force)
         batches, total = _batches(jobs, batch_size), len(jobs)
+    from presto_cli import __version__
+    from presto_cli.pipeline import load_pipeline, resolve_model
+    from presto_cli.runtime import console, progress
+
     model_path = resolve_model(model)
     pipe = load_pipeline(str(model_path), device)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
