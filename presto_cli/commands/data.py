@@ -16,22 +16,6 @@ app = typer.Typer(help="Data: synthesise, prepare and encode datasets.", no_args
                   add_completion=False, rich_markup_mode=None)
 
 
-def _progress(label: str, enabled: bool):
-    """A rich progress bar on stderr; returns (callback, context manager)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from presto_cli.runtime import console
-
-    prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=True)
-    task = prog.add_task(label, total=None)
-
-    def cb(done: int, total: int) -> None:
-        prog.update(task, completed=done, total=total)
-
-    return cb, prog
-
-
 @app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (audio/, manifest.jsonl, styles.json)."),
@@ -47,11 +31,10 @@ def synth_cmd(
 ):
     """Render a synthetic text-to-music corpus: 14 styles of procedural MIDI via FluidSynth."""
     from presto_cli.data.synth import synth_corpus
-    from presto_cli.runtime import console, is_rank0
+    from presto_cli.runtime import console, progress
 
     w = workers if workers > 0 else max(1, os.cpu_count() or 1)
-    cb, prog = _progress("synth", is_rank0() and not as_json and console.is_terminal)
-    with prog:
+    with progress("synth", quiet=as_json) as cb:
         info = synth_corpus(out, n=n, seconds=seconds, seed=seed, sample_rate=sample_rate, workers=w,
                             heldout=split_heldout, soundfont=soundfont, progress=cb)
     if as_json:
@@ -76,10 +59,9 @@ def prepare_cmd(
     """Validate a folder dataset and write its manifest (bad files are named and skipped)."""
     from presto_cli.data.folder import prepare_folder
     from presto_cli.errors import PrestoError
-    from presto_cli.runtime import console
+    from presto_cli.runtime import console, progress
 
-    cb, prog = _progress("checking", not as_json and console.is_terminal)
-    with prog:
+    with progress("checking", quiet=as_json) as cb:
         info = prepare_folder(data_dir, manifest_out=manifest, captions=captions, min_seconds=min_seconds,
                               progress=cb)
     for p in info["problems"]:

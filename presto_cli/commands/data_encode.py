@@ -23,5 +23,5 @@ def encode_cmd(
 
     cfg = DataConfig(path=str(data_dir), codec=str(codec), clip_seconds=clip_seconds,
                      latents=str(out) if out else "")
-    cache = ensure_latent_cache(str(codec), cfg, resolve_device(device))
+    cache = ensure_latent_cache(str(codec), cfg, resolve_device(device), progress=not as_json)
     typer.echo(json.dumps({"cache": str(cache)}) if as_json else str(cache))

@@ -188,14 +188,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
                     flush_shard()
             pending = []
 
-        if progress:
-            from rich.progress import track
-
-            from presto_cli.runtime import console
-            iterator = track(list(zip(rows, splits)), description="encoding", console=console)
-        else:
-            iterator = zip(rows, splits)
-        for r, split in iterator:
+        def encode_row(r: dict, split: str) -> None:
             rel = str(r["path"])
             file = Path(rel) if Path(rel).is_absolute() else root / rel
             audio = load_audio(file, sr)[0]  # [T]
@@ -210,6 +203,13 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
                                             "caption": str(r.get("caption", "")), "split": split}))
                 if len(pending) >= batch_size:
                     encode_pending()
+
+        from presto_cli.runtime import progress as bar
+
+        with bar("encoding", total=len(rows), quiet=not progress) as tick:
+            for r, split in zip(rows, splits):
+                encode_row(r, split)
+                tick.advance()
         encode_pending()
         flush_shard()
         with open(tmp / "index.jsonl", "w") as f:
@@ -235,9 +235,10 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
 
 
 def ensure_latent_cache(codec_path: str | Path, data_cfg: Any, device: str | torch.device = "cpu",
-                        batch_size: int = 16, max_windows_per_file: int | None = None) -> Path:
-    """The latent cache of the dataset under this codec, building it if needed. Under torchrun,
-    rank 0 builds and the others wait for it."""
+                        batch_size: int = 16, max_windows_per_file: int | None = None,
+                        progress: bool = False) -> Path:
+    """The latent cache of the dataset under this codec, building it if needed (a progress bar
+    on stderr with ``progress``). Under torchrun, rank 0 builds and the others wait for it."""
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if dist and torch.distributed.get_rank() != 0:
         torch.distributed.barrier()
@@ -247,7 +248,7 @@ def ensure_latent_cache(codec_path: str | Path, data_cfg: Any, device: str | tor
         return cache_dir
     try:
         out = encode_dataset(codec_path, data_cfg, device, batch_size,
-                             max_windows_per_file=max_windows_per_file)
+                             max_windows_per_file=max_windows_per_file, progress=progress)
     finally:
         if dist:
             torch.distributed.barrier()

@@ -179,8 +179,9 @@ def _compile(pipe) -> None:
 
 
 def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "auto",
-              log: Callable[[str], None] = lambda s: None) -> dict:
+              log: Callable[[str], None] = lambda s: None, tick=None) -> dict:
     """Benchmark each model x sampler; teacher rows first, ratios to the (first) teacher.
+    ``tick(done, total)`` (optional) is told of each timed round.
 
     All models are loaded and warmed up first; then the timed runs are interleaved, round by
     round (each round in a rotated order), so a slow spell of the machine (another process, a
@@ -237,6 +238,8 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             a, b = _time_once(e, settings.prompt, settings.seed + r)
             e["model_t"].append(a)
             e["dec_t"].append(b)
+        if tick is not None:
+            tick(r + 1, settings.repeats)
     for e in entries:  # memory: one measured run per row, after the timing
         if dev.type == "cuda":
             # every row's model is resident at once, so the absolute peak would count the others:
