@@ -1,9 +1,11 @@
 # Fresh machine:  make demo   (install + generate with the bundled default model)
 #                 make test   (install + run the tests)
+# Also:           make test-quick    (the tests not marked slow)
+#                 make install-clap  (the [clap] extra, keeping the installed torch)
 PY ?= python3
 PIP ?= $(PY) -m pip
 
-.PHONY: install install-test demo test demo-models results
+.PHONY: install install-test install-clap demo test test-quick demo-models results
 
 install:
 	$(PIP) install torch==2.13.0 || $(PIP) install "torch>=2.3"
@@ -18,6 +20,12 @@ demo: install
 
 test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-quick: install-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+install-clap: install
+	PY=$(PY) bash .ci/install-clap.sh
 
 demo-models:
 	bash benchmarks/train_demo_models.sh

@@ -96,3 +96,38 @@ def test_subcommand_help_exits_0(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0, r.output
     assert "Usage" in r.output and "error" not in r.output.lower().split("usage")[0]
+
+
+def _env_json(monkeypatch, tmp_path, laion_body: str | None, ckpt: bool) -> dict:
+    """`presto env --json` with a stand-in laion_clap package (or none) and checkpoint."""
+    import importlib
+
+    if laion_body is not None:
+        (tmp_path / "laion_clap").mkdir()
+        (tmp_path / "laion_clap" / "__init__.py").write_text(laion_body)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        importlib.invalidate_caches()
+    monkeypatch.delitem(sys.modules, "laion_clap", raising=False)
+    if ckpt:
+        (tmp_path / "ck.pt").write_bytes(b"x")
+        monkeypatch.setenv("PRESTO_CLAP_CKPT", str(tmp_path / "ck.pt"))
+    else:
+        monkeypatch.delenv("PRESTO_CLAP_CKPT", raising=False)
+    r = runner.invoke(app, ["env", "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_env_names_default_model_and_the_clap_route(monkeypatch, tmp_path):
+    from presto_cli.pipeline import default_model_name
+
+    broken = _env_json(monkeypatch, tmp_path, "raise RuntimeError('operator torchvision::nms does not exist')",
+                       ckpt=True)
+    assert broken["default_model"].startswith(default_model_name() + " (")
+    assert "fails to import: operator torchvision::nms" in broken["clap"]["laion_clap_package"]
+    assert broken["clap"]["laion_clap"].startswith("unavailable")
+    monkeypatch.undo()
+    (tmp_path / "ok").mkdir()
+    ok = _env_json(monkeypatch, tmp_path / "ok", "", ckpt=True)
+    assert ok["clap"]["laion_clap_package"] == "importable" and ok["clap"]["laion_clap"].startswith("works")
+    assert ok["clap"]["presto_clap"].startswith("works")

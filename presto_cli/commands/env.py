@@ -18,6 +18,51 @@ def _ver(dist: str) -> str:
         return "not installed"
 
 
+def _default_model() -> str:
+    from presto_cli.errors import PrestoError
+    from presto_cli.pipeline import bundled_models, default_model_name
+
+    try:
+        name = default_model_name()
+    except PrestoError as e:
+        return f"none ({e})"
+    return f"{name} ({bundled_models()[name]})"
+
+
+def _laion_clap() -> str:
+    """Whether ``import laion_clap`` works here (it needs a torchvision built for this torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("laion_clap") is None:
+        return "not installed (make install-clap, see README 'LAION-CLAP')"
+    try:
+        import laion_clap  # noqa: F401
+    except Exception as e:  # a torchvision built for another torch fails here
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"installed but fails to import: {msg} (make install-clap)"
+    return "importable"
+
+
+def clap_status() -> dict:
+    """Which CLAP route works: LAION-CLAP (the paper's FAD space: package + checkpoint) and the
+    bundled in-domain presto-clap."""
+    from presto_cli.pipeline import ASSETS
+
+    lib = _laion_clap()
+    ck = os.environ.get("PRESTO_CLAP_CKPT", "")
+    ck_state = ("not set (PRESTO_CLAP_CKPT or --clap-ckpt)" if not ck
+                else ck if os.path.isfile(ck) else f"{ck} (file not found)")
+    ok = lib == "importable" and bool(ck) and os.path.isfile(ck)
+    bundled = ASSETS / "demo-clap.safetensors"
+    return {
+        "laion_clap_package": lib,
+        "laion_clap_checkpoint": ck_state,
+        "laion_clap": "works (--embedder clap)" if ok else "unavailable: needs the package and a checkpoint",
+        "presto_clap": (f"works (--embedder presto-clap, bundled {bundled})" if bundled.is_file()
+                        else "no bundled model (train one: presto pretrain recipes/tiny/clap.yaml)"),
+    }
+
+
 def collect_env() -> dict:
     import torch
 
@@ -45,13 +90,15 @@ def collect_env() -> dict:
         "cuda_devices": cuda,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "packages": {d: _ver(d) for d in ("typer", "rich", "transformers", "safetensors", "pedalboard",
-                                          "soundfile", "pretty_midi", "numpy", "scipy", "laion-clap")},
+        "packages": {d: _ver(d) for d in ("typer", "rich", "tokenizers", "transformers", "safetensors",
+                                          "pedalboard", "soundfile", "pretty_midi", "numpy", "scipy",
+                                          "laion-clap", "torchvision")},
+        "default_model": _default_model(),
         "bundled_models": {k: str(v) for k, v in bundled_models().items()},
         "default_model": default_model_name() if {"demo-ls", "demo-s", "demo-teacher"} & set(bundled_models()) else "none",
         "assets_dir": str(ASSETS),
         "text_encoder_minilm": minilm,
-        "clap_checkpoint": os.environ.get("PRESTO_CLAP_CKPT", "not set (PRESTO_CLAP_CKPT or --clap-ckpt)"),
+        "clap": clap_status(),
         "fluidsynth": shutil.which("fluidsynth") or "not found (apt-get install fluidsynth fluid-soundfont-gm)",
         "soundfont": sf2[0] if sf2 else "FluidR3_GM.sf2 not found; pretty_midi's TimGM6mb.sf2 is used",
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE", ""),
