@@ -1,10 +1,13 @@
 """`presto generate` end to end on the tiny chain: durations, determinism, sidecars, bad input."""
 import json
 
+import pytest
 import soundfile as sf
 import torch
 
 from conftest import presto
+
+pytestmark = pytest.mark.slow  # the tiny_chain fixture trains a codec and a teacher through the CLI
 
 
 def _audio(path):

@@ -2,9 +2,12 @@
 `presto generate` with each artefact (Presto-S at 1, 2 and 4 steps)."""
 import json
 
+import pytest
 import soundfile as sf
 
 from conftest import ROOT, presto
+
+pytestmark = pytest.mark.slow  # the tiny_chain fixture trains a codec and a teacher through the CLI
 
 TINY = ROOT / "recipes" / "tiny"
 
