@@ -74,7 +74,8 @@ def test_ctrl_c_exits_130_keeps_finished_clips(tmp_path):
     finally:
         p.kill()
     assert rc == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: 1 finished clip(s) kept"), err
+    assert "Traceback" not in err
     names = sorted(f.name for f in tmp_path.iterdir())  # the finished clip only, no temporary files
     assert names == [os.path.basename(done), os.path.basename(done) + ".json"], names
 

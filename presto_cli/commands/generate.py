@@ -213,4 +213,4 @@ def generate_cmd(
     except KeyboardInterrupt:
         console.print(f"interrupted: {done} finished clip(s) kept, the clip in progress discarded",
                       markup=False, highlight=False)
-        raise
+        raise typer.Exit(130) from None
