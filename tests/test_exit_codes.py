@@ -28,10 +28,17 @@ def test_exit_0_1_2():
         assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
+def _default_sigint():
+    # a suite started in the background by a non-interactive shell inherits SIGINT ignored, and so
+    # would the child (Python keeps an ignored SIGINT ignored): give it the default disposition
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path, *args):
     return subprocess.Popen([sys.executable, "-m", "presto_cli", "generate", "--prompts", "-", "-o",
                              str(tmp_path), "--seed", "5", *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=ROOT,
+                            preexec_fn=_default_sigint)
 
 
 def _readline(p, timeout=120.0) -> str:
