@@ -1,8 +1,9 @@
 """Checks of user input made before any work starts (and before any model is loaded).
 
 Each check raises :class:`PrestoError` with one line naming the problem and the fix, or returns a
-warning line for the caller to print. Shared by `generate`, `eval`, `export`, the recipes and the
-prompt files, so that every command refuses the same inputs in the same words.
+warning line for the caller to print; a bad option value raises :class:`PrestoUsageError` (exit 2).
+Shared by `generate`, `eval`, `export`, the recipes and the prompt files, so that every command
+refuses the same inputs in the same words.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from presto_cli.errors import PrestoError
+from presto_cli.errors import PrestoError, PrestoUsageError
 
 MAX_PROMPT_CHARS = 2000  # the text encoders read at most a few hundred tokens anyway
 MAX_STEPS = 1000  # sampler steps refused above this without --force, whatever the model
@@ -30,11 +31,11 @@ def number(name: str, value: float | None, *, above: float | None = None,
     if value is None:
         return
     if not math.isfinite(float(value)):
-        raise PrestoError(f"{name} must be a finite number, got {value}", hint or "give an ordinary number")
+        raise PrestoUsageError(f"{name} must be a finite number, got {value}", hint or "give an ordinary number")
     if above is not None and not value > above:
-        raise PrestoError(f"{name} must be greater than {above:g}, got {value:g}", hint or None)
+        raise PrestoUsageError(f"{name} must be greater than {above:g}, got {value:g}", hint or None)
     if at_least is not None and not value >= at_least:
-        raise PrestoError(f"{name} must be at least {at_least:g}, got {value:g}", hint or None)
+        raise PrestoUsageError(f"{name} must be at least {at_least:g}, got {value:g}", hint or None)
 
 
 def check_sampling(steps: int | None = None, cfg: float | None = None, rho: float | None = None,
@@ -45,8 +46,8 @@ def check_sampling(steps: int | None = None, cfg: float | None = None, rho: floa
     number("--rho", rho, above=0, hint="the Karras schedule's rho is usually 7")
     number("--duration", duration, above=0, hint="seconds, e.g. --duration 4")
     if steps is not None and steps > MAX_STEPS and not force:
-        raise PrestoError(f"--steps {steps} is above the cap of {MAX_STEPS}",
-                          "pass --force if you really mean it")
+        raise PrestoUsageError(f"--steps {steps} is above the cap of {MAX_STEPS}",
+                               "pass --force if you really mean it")
 
 
 def check_steps_for_model(steps: int | None, default_steps: int | None, force: bool,
@@ -56,8 +57,8 @@ def check_steps_for_model(steps: int | None, default_steps: int | None, force: b
         return
     cap = STEPS_CAP_FACTOR * default_steps
     if steps > cap:
-        raise PrestoError(f"--steps {steps} is more than {STEPS_CAP_FACTOR}x the {default_steps} steps "
-                          f"this model was made for", f"use --steps {default_steps}, or pass --force")
+        raise PrestoUsageError(f"--steps {steps} is more than {STEPS_CAP_FACTOR}x the {default_steps} steps "
+                               f"this model was made for", f"use --steps {default_steps}, or pass --force")
     if steps > STEPS_WARN_FACTOR * default_steps:
         warn(f"warning: --steps {steps} is far above the {default_steps} steps this model was made for; "
              "it will be slow and no better")
@@ -122,11 +123,11 @@ def check_out_path(out: Path | None, single: bool, formats: Sequence[str]) -> No
         return
     ext = out.suffix.lstrip(".").lower()
     if single and ext and ext not in formats and not out.is_dir():
-        raise PrestoError(f"-o {out}: unknown audio extension '.{ext}'",
-                          f"use .{', .'.join(formats)}, or a folder name without an extension")
+        raise PrestoUsageError(f"-o {out}: unknown audio extension '.{ext}'",
+                               f"use .{', .'.join(formats)}, or a folder name without an extension")
     if not single and ext in formats and not out.is_dir():
-        raise PrestoError(f"-o {out} names one audio file but several clips are made",
-                          "give a folder, e.g. -o outputs/")
+        raise PrestoUsageError(f"-o {out} names one audio file but several clips are made",
+                               "give a folder, e.g. -o outputs/")
 
 
 # --------------------------------------------------------------------------------------------

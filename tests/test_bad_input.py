@@ -1,5 +1,6 @@
 """Bad input, broken files and concurrent runs through the real CLI (issue 14): each gives one
-line naming the problem, exit code 1, and leaves no partial file; nothing hangs."""
+line naming the problem, exit code 1 (2 for a bad option value), and leaves no partial file;
+nothing hangs."""
 import json
 import os
 import subprocess
@@ -27,9 +28,9 @@ def _cli(*args, code=1):
     return r
 
 
-def _refused(*args, needle: str) -> str:
-    """Exit 1 with exactly one stderr line, starting 'error:' and containing ``needle``."""
-    r = _cli(*args)
+def _refused(*args, needle: str, code: int = 1) -> str:
+    """Exit ``code`` with exactly one stderr line, starting 'error:' and containing ``needle``."""
+    r = _cli(*args, code=code)
     err = r.stderr.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and needle in err, err
     return err
@@ -135,13 +136,13 @@ def test_generate_values_refused_before_loading(tmp_path, args, needle):
     args = [str(a).replace("OUT", str(tmp_path)) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "x.wav")]
-    _refused("generate", "jazz trio", "--model", tmp_path / "missing.safetensors", *args, needle=needle)
+    _refused("generate", "jazz trio", "--model", tmp_path / "missing.safetensors", *args, needle=needle, code=2)
     assert _listing(tmp_path) == []
 
 
 def test_steps_far_above_the_model(tmp_path):
     _refused("generate", "jazz", "-m", "demo-s", "--steps", "100", "-o", tmp_path / "x.wav",
-             needle="--steps 100 is more than 16x the 4 steps this model was made for")
+             needle="--steps 100 is more than 16x the 4 steps this model was made for", code=2)
     assert _listing(tmp_path) == []
     from presto_cli.validate import check_steps_for_model
 
@@ -223,6 +224,7 @@ def test_two_runs_aimed_at_one_path(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # two training runs through the CLI (about 30 s on 2 cores)
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     common = ["train.batch_size=8", "train.ckpt_every=2", "train.keep_ckpts=3", "train.log_every=1"]
     run, ref = tmp_path / "run", tmp_path / "ref"
@@ -297,7 +299,8 @@ def test_eval_refuses_a_set_of_short_clips(tmp_path):
 
 
 def test_eval_values_refused(tmp_path):
-    _refused("eval", "--gen", tmp_path, "--ref", tmp_path, "--cfg", "nan", needle="--cfg must be a finite number")
+    _refused("eval", "--gen", tmp_path, "--ref", tmp_path, "--cfg", "nan", needle="--cfg must be a finite number",
+             code=2)
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_stdin_prompts_write_each_clip_as_it_comes(tmp_path):
 
 
 def test_ctrl_c_exits_130_keeps_finished_clips(tmp_path):
-    p = _start(tmp_path, "--steps", "200", "--duration", "0.5")
+    p = _start(tmp_path, "--steps", "200", "--duration", "0.5", "--force")  # --force: 50x its steps
     try:
         p.stdin.write("jazz trio\n")
         p.stdin.flush()

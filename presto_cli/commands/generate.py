@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from presto_cli.errors import PrestoError, PrestoUsageError
+from presto_cli.validate import check_out_path, check_prompt, check_sampling
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
@@ -81,11 +82,12 @@ def plan_jobs(prompt: Optional[str], prompts_file: Optional[Path], out: Optional
     _check_args(prompt, prompts_file, k)
     base = seed if seed is not None else secrets.randbelow(2**31)
     if prompt is not None:
-        rows = [{"prompt": prompt}]
+        rows = [{"prompt": check_prompt(prompt)}]
     else:
         from presto_cli.prompts import read_prompts
 
         rows = read_prompts(prompts_file)
+    check_out_path(out, prompt is not None and k == 1, FORMATS)
     single = prompt is not None and k == 1 and (out is None or out.suffix.lstrip(".") in FORMATS)
     fmt = _resolve_format(fmt, single, out)
     jobs = [job for i, row in enumerate(rows) for job in _row_jobs(row, i, k, base, single, out, fmt)]
@@ -101,11 +103,13 @@ def stream_jobs(lines, out: Optional[Path], k: int, base: int, fmt: Optional[str
         yield _row_jobs(row, i, k, base, False, out, fmt)
 
 
-def _check_outputs(jobs: list[dict], force: bool) -> None:
+def _claim(jobs: list[dict], force: bool):
+    """Writable folders, then a claim on every output path (refused if it exists, unless force)."""
+    from presto_cli.claim import claim_outputs
+
     for j in jobs:
         _check_writable(j["path"].parent)
-        if j["path"].exists() and not force:
-            raise PrestoError(f"{j['path']} already exists", "pass --force to overwrite it")
+    return claim_outputs([j["path"] for j in jobs], force).acquire()
 
 
 def _batches(jobs: list[dict], size: int):
@@ -151,12 +155,9 @@ def generate_cmd(
 ):
     """Generate music from text with a presto model. Each clip is written, with a JSON sidecar, and
     its path printed as soon as it is done; `--prompts -` reads prompts from stdin as they come."""
-    if steps is not None and steps < 1:
-        raise PrestoUsageError(f"--steps must be at least 1, got {steps}")
+    check_sampling(steps, cfg, rho, duration, force)
     if batch_size < 1:
         raise PrestoUsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if duration is not None and duration <= 0:
-        raise PrestoUsageError(f"--duration must be positive, got {duration}")
     streaming = prompts is not None and str(prompts) == "-"
     if streaming:
         _check_args(None, prompts, num_per_prompt)
@@ -165,13 +166,17 @@ def generate_cmd(
         total = None
     else:
         jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
-        _check_outputs(jobs, force)
         batches, total = _batches(jobs, batch_size), len(jobs)
     from presto_cli import __version__
     from presto_cli.pipeline import load_pipeline, resolve_model
     from presto_cli.runtime import console, progress
+    from presto_cli.validate import check_steps_for_model, model_default_steps
 
     model_path = resolve_model(model)
+    check_steps_for_model(steps, model_default_steps(model_path), force,
+                          lambda s: console.print(s, markup=False, soft_wrap=True))
+    if not streaming:
+        _claim(jobs, force)  # every path claimed before any work; released when the command ends
     pipe = load_pipeline(str(model_path), device)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
         s = pipe.settings(steps, sampler, cfg, rho)
@@ -191,8 +196,7 @@ def generate_cmd(
     try:
         with progress("generating", total=total, quiet=as_json) as tick:
             for chunk in batches:
-                if streaming:
-                    _check_outputs(chunk, force)
+                claim = _claim(chunk, force) if streaming else None
                 at = done
 
                 def on_step(info, n=len(chunk), at=at):
@@ -210,6 +214,8 @@ def generate_cmd(
                     tick.update(done)
                     sys.stdout.write((json.dumps(rec) if as_json else rec["file"]) + "\n")
                     sys.stdout.flush()
+                if claim is not None:
+                    claim.release()
     except KeyboardInterrupt:
         console.print(f"interrupted: {done} finished clip(s) kept, the clip in progress discarded",
                       markup=False, highlight=False)
