@@ -44,3 +44,17 @@ def test_bench_cold_times_every_stage():
     assert list(st)[:len(STAGES)] == list(STAGES) and all(st[k] >= 0 for k in STAGES)
     assert abs(sum(v for k, v in st.items() if k != "total") - st["total"]) < 0.01
     assert doc["cli_generate_s"]["best"] > 0
+
+
+def test_small_models_run_on_one_cpu_thread_unless_the_user_chose(monkeypatch):
+    from presto_cli.runtime import SMALL_MODEL_PARAMS, cpu_threads_for
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PRESTO_THREADS", raising=False)
+    assert cpu_threads_for(9_000_000, "cpu") == 1  # the demo models
+    assert cpu_threads_for(SMALL_MODEL_PARAMS, "cpu") is None  # large: torch's default
+    assert cpu_threads_for(9_000_000, "cuda:0") is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads_for(9_000_000, "cpu") is None  # the user's choice stands
+    monkeypatch.setenv("PRESTO_THREADS", "3")
+    assert cpu_threads_for(9_000_000, "cpu") == 3

@@ -169,7 +169,7 @@ def generate_cmd(
         batches, total = _batches(jobs, batch_size), len(jobs)
     from presto_cli import __version__
     from presto_cli.pipeline import load_pipeline, resolve_model
-    from presto_cli.runtime import console, progress
+    from presto_cli.runtime import console, progress, resolve_device, set_cpu_threads_for
     from presto_cli.validate import check_steps_for_model, model_default_steps
 
     model_path = resolve_model(model)
@@ -177,7 +177,9 @@ def generate_cmd(
                           lambda s: console.print(s, markup=False, soft_wrap=True))
     if not streaming:
         _claim(jobs, force)  # every path claimed before any work; released when the command ends
-    pipe = load_pipeline(str(model_path), device)
+    dev = resolve_device(device)
+    set_cpu_threads_for(model_path, dev)
+    pipe = load_pipeline(str(model_path), dev)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
         s = pipe.settings(steps, sampler, cfg, rho)
         dur = pipe.frames_for(duration) / pipe.frame_rate

@@ -35,12 +35,13 @@ def child(model: str | None, steps: int | None, prompt: str, out: str) -> dict:
 
     from presto_cli.commands.generate import _write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
-    from presto_cli.runtime import resolve_device
+    from presto_cli.runtime import resolve_device, set_cpu_threads_for
     from presto_cli.text.encoders import build_text_encoder
 
     lap("import")
     path = resolve_model(model)
     dev = resolve_device("auto")
+    set_cpu_threads_for(path, dev)  # as `presto generate` does
     build_text_encoder(_text_encoder_of(path), device=dev)
     lap("text encoder")
     pipe = load_pipeline(str(path), dev)
