@@ -18,17 +18,6 @@ def _ver(dist: str) -> str:
         return "not installed"
 
 
-def _default_model() -> str:
-    from presto_cli.errors import PrestoError
-    from presto_cli.pipeline import bundled_models, default_model_name
-
-    try:
-        name = default_model_name()
-    except PrestoError as e:
-        return f"none ({e})"
-    return f"{name} ({bundled_models()[name]})"
-
-
 def _laion_clap() -> str:
     """Whether ``import laion_clap`` works here (it needs a torchvision built for this torch)."""
     import importlib.util
@@ -93,7 +82,6 @@ def collect_env() -> dict:
         "packages": {d: _ver(d) for d in ("typer", "rich", "tokenizers", "transformers", "safetensors",
                                           "pedalboard", "soundfile", "pretty_midi", "numpy", "scipy",
                                           "laion-clap", "torchvision")},
-        "default_model": _default_model(),
         "bundled_models": {k: str(v) for k, v in bundled_models().items()},
         "default_model": default_model_name() if {"demo-ls", "demo-s", "demo-teacher"} & set(bundled_models()) else "none",
         "assets_dir": str(ASSETS),
