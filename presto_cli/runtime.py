@@ -17,21 +17,34 @@ console = Console(stderr=True)  # logs and progress go to stderr; data goes to s
 
 class Ticker:
     """What :func:`progress` yields: ``advance(n)``, ``update(done, total)``, or call it as a
-    ``(done, total)`` callback; ``label(text)`` changes the description."""
+    ``(done, total)`` callback; ``label(text)`` changes the description, ``note(text)`` the text after
+    the times; ``row(label, total)`` adds
+    another bar below (one per model, say) and returns its Ticker."""
 
     def __init__(self, bar, task):
         self._bar, self._task = bar, task
 
     def advance(self, n: float = 1) -> None:
-        self._bar.advance(self._task, n)
+        if self._task is not None:
+            self._bar.advance(self._task, n)
 
     def update(self, done: float, total: Optional[float] = None) -> None:
-        self._bar.update(self._task, completed=done, **({"total": total} if total is not None else {}))
+        if self._task is not None:
+            self._bar.update(self._task, completed=done, **({"total": total} if total is not None else {}))
 
     __call__ = update
 
     def label(self, text: str) -> None:
-        self._bar.update(self._task, description=text)
+        if self._task is not None:
+            self._bar.update(self._task, description=text)
+
+    def note(self, text: str) -> None:
+        """Text shown after the bar and its times (a loss, say)."""
+        if self._task is not None:
+            self._bar.update(self._task, note=text)
+
+    def row(self, label: str, total: Optional[float] = None) -> "Ticker":
+        return Ticker(self._bar, self._bar.add_task(label, total=total, note=""))
 
 
 def progress_enabled(quiet: bool = False) -> bool:
@@ -40,18 +53,19 @@ def progress_enabled(quiet: bool = False) -> bool:
 
 
 @contextmanager
-def progress(label: str, total: Optional[float] = None, quiet: bool = False,
+def progress(label: Optional[str], total: Optional[float] = None, quiet: bool = False,
              transient: bool = True) -> Iterator[Ticker]:
     """A progress bar on stderr for work longer than a couple of seconds (a no-op when quiet, under
-    --json, or when stderr is not a terminal). ``total=None`` draws an indeterminate bar."""
+    --json, or when stderr is not a terminal). ``total=None`` draws an indeterminate bar;
+    ``label=None`` starts with no bar, for rows added with :meth:`Ticker.row`."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, disable=not progress_enabled(quiet),
-                   transient=transient)
+                   TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console,
+                   disable=not progress_enabled(quiet), transient=transient)
     with bar:
-        yield Ticker(bar, bar.add_task(label, total=total))
+        yield Ticker(bar, None if label is None else bar.add_task(label, total=total, note=""))
 
 
 def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821

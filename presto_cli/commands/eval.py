@@ -23,22 +23,16 @@ def _bundled_refs() -> str:
     return ", ".join(sorted(p.stem[len("ref_heldout_"):] for p in _ASSETS.glob("ref_heldout_*.npz"))) or "none"
 
 
-def _progress(enabled: bool):
-    """(callback(system, done, total), context manager): one rich bar per model, on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from presto_cli.runtime import console
-
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, disable=not enabled)
-    tasks: dict = {}
+def _rows(tick):
+    """callback(system, done, total): one bar per model, rows of the shared progress helper."""
+    rows: dict = {}
 
     def cb(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = prog.add_task(f"generating {name}", total=total)
-        prog.update(tasks[name], completed=done)
+        if name not in rows:
+            rows[name] = tick.row(f"generating {name}", total)
+        rows[name].update(done, total)
 
-    return cb, prog
+    return cb
 
 
 def _new_run_dir() -> Path:
@@ -96,7 +90,7 @@ def eval_cmd(
     from presto_cli.eval.evaluate import (EvalConfig, evaluate, in_run_dir, parse_metrics, results_table,
                                           with_defaults)
     from presto_cli.recipes import dataclass_from_dict
-    from presto_cli.runtime import console
+    from presto_cli.runtime import console, progress, progress_enabled
 
     base: dict = {}
     if config is not None:
@@ -132,10 +126,9 @@ def eval_cmd(
         merged["run_dir"] = str(_new_run_dir())  # generated clips are kept, with the results and report
     ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
     say = lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    bar = not as_json and console.is_terminal  # else one log line per batch
-    cb, prog = _progress(bar)
-    with prog:
-        doc = evaluate(ecfg, log=say, progress=cb if bar else None, estimate=True)
+    bar = progress_enabled(as_json)  # else one log line per batch
+    with progress(None, quiet=as_json, transient=False) as tick:
+        doc = evaluate(ecfg, log=say, progress=_rows(tick) if bar else None, estimate=True)
     for s in doc["systems"]:
         for note in s.get("notes", []):
             say(f"note ({s['name']}): {note}")

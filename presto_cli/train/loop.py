@@ -448,16 +448,12 @@ def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
         for old in olds[:-max(1, recipe.train.keep_ckpts)]:
             old.unlink(missing_ok=True)
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from presto_cli.runtime import progress as progress_bar
 
-    show = progress and rank == 0
-    bar = Progress(TextColumn(f"[bold]{recipe.stage}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                   console=console, disable=not show, transient=False)
     t0 = time.time()
     last_saved = start
-    with bar:
-        bid = bar.add_task("", total=steps, completed=start)
+    with progress_bar(recipe.stage, total=steps, quiet=not progress, transient=False) as tick:
+        tick.update(start)
         for step in range(start, steps):
             ctx.step = step
             batch = source.batch(step)
@@ -481,8 +477,8 @@ def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 short = " ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4])
-                bar.update(bid, description=short)
-            bar.update(bid, completed=done)
+                tick.note(short)
+            tick.update(done)
             if on_step:
                 on_step(done, metrics)
             if done % ckpt_every == 0 or done == steps:
