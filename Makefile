@@ -32,3 +32,4 @@ demo-models:
 
 results:
 	$(PY) benchmarks/results.py
+	$(PY) benchmarks/spectrograms.py

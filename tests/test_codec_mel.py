@@ -177,3 +177,21 @@ def test_export_reports_music_measures_and_draws_the_png(tmp_path):
     assert torch.allclose(loaded.mel_mean, codec.mel_mean)
     with torch.no_grad():
         assert torch.allclose(loaded.encode(clips), codec.encode(clips), atol=1e-5)
+
+
+def test_spectrogram_grid_draws_notes_that_change_and_a_drone_that_does_not(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from presto_cli.codec.quality import spectrogram_grid
+
+    melody = np.concatenate([note_sequence(C_MAJOR, 0.5), note_sequence(F_SHARP, 0.5)])
+    t = np.arange(len(melody)) / SR
+    drone = (0.2 * np.sin(2 * np.pi * 261.63 * t)).astype(np.float32)
+    spectrogram_grid(tmp_path / "g.png", [("melody", melody, SR), ("drone", drone, SR)], "x", cols=1)
+    img = plt.imread(tmp_path / "g.png")[..., :3].mean(-1)  # rows, columns (grey)
+    top, bottom = img[: img.shape[0] // 2], img[img.shape[0] // 2:]
+
+    def change_over_time(panel):  # mean absolute difference between neighbouring columns
+        return float(np.abs(np.diff(panel, axis=1)).mean())
+
+    assert change_over_time(top) > 2 * change_over_time(bottom)

@@ -92,35 +92,65 @@ def music_report(originals: list[np.ndarray], recons: list[np.ndarray], sr: int,
             "comb_contrast_db_original": float(np.mean(comb_o)), "frame_rate": float(frame_rate)}
 
 
-def spectrogram_png(path, pairs: list[tuple[np.ndarray, np.ndarray]], sr: int,
-                    titles: tuple[str, str] = ("original", "reconstruction")) -> None:
-    """A PNG with one column per pair: log-mel spectrogram of the first above the second."""
+def _figure(rows: int, cols: int, height: float):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, height * rows), squeeze=False)
+    return plt, fig, axes
+
+
+def _panel(ax, x: np.ndarray, sr: int, title: str) -> None:
+    ax.imshow(log_mel_image(x, sr), origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(plt, fig, path) -> None:
     from presto_cli.io import atomic_path
 
-    cols = max(1, len(pairs))
-    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 4.6), squeeze=False)
-    for j, (a, b) in enumerate(pairs):
-        for i, (x, title) in enumerate(((a, titles[0]), (b, titles[1]))):
-            axes[i][j].imshow(log_mel_image(x, sr), origin="lower", aspect="auto", cmap="magma",
-                              vmin=-80, vmax=0)
-            axes[i][j].set_title(f"{title} {j}", fontsize=8)
-            axes[i][j].set_xticks([])
-            axes[i][j].set_yticks([])
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
-def log_mel_image(x: np.ndarray, sr: int, n_mels: int = 128) -> np.ndarray:
-    """dB log-mel ``[n_mels, frames]`` relative to the clip's peak (for pictures)."""
-    import librosa
+def spectrogram_png(path, pairs: list[tuple[np.ndarray, np.ndarray]], sr: int,
+                    titles: tuple[str, str] = ("original", "reconstruction")) -> None:
+    """A PNG with one column per pair: log-mel spectrogram of the first above the second."""
+    plt, fig, axes = _figure(2, max(1, len(pairs)), 2.3)
+    for j, (a, b) in enumerate(pairs):
+        _panel(axes[0][j], a, sr, f"{titles[0]} {j}")
+        _panel(axes[1][j], b, sr, f"{titles[1]} {j}")
+    _save(plt, fig, path)
 
-    m = librosa.feature.melspectrogram(y=np.asarray(x, np.float32), sr=sr, n_fft=1024,
-                                       hop_length=256, n_mels=n_mels)
-    return librosa.power_to_db(m, ref=np.max(m) + 1e-12, top_db=80.0)
+
+def spectrogram_grid(path, panels: list[tuple[str, np.ndarray, int]], suptitle: str = "",
+                     cols: int = 3) -> None:
+    """A PNG of titled log-mel spectrograms ``(title, audio, sample_rate)``, ``cols`` per row."""
+    rows = -(-len(panels) // cols)
+    plt, fig, axes = _figure(rows, cols, 2.4)
+    for i, ax in enumerate(axes.flat):
+        if i < len(panels):
+            _panel(ax, panels[i][1], panels[i][2], panels[i][0])
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    _save(plt, fig, path)
+
+
+def log_mel_image(x: np.ndarray, sr: int, n_mels: int = 128) -> np.ndarray:
+    """dB log-mel power ``[n_mels, frames]`` (1024-point STFT, hop 256) relative to the clip's peak,
+    floored at -80 dB (for pictures)."""
+    import torch
+
+    from presto_cli.codec.losses import mel_filterbank, stft_mag
+
+    mag = stft_mag(torch.as_tensor(np.asarray(x, np.float32))[None], 1024, 256)[0]
+    power = (mel_filterbank(sr, 1024, n_mels) @ mag.pow(2)).numpy()
+    db = 10.0 * np.log10(np.maximum(power, 1e-12) / max(float(power.max()), 1e-12))
+    return np.maximum(db, -80.0)
