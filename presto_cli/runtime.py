@@ -123,6 +123,8 @@ def set_cpu_threads_for(model_path, device) -> None:
     """Apply :func:`cpu_threads_for` before loading the artefact at ``model_path``, its parameter
     count bounded from the file size (at least 2 bytes a weight), so that loading it (dtype casts,
     copies: many small parallel ops too) already runs on the chosen threads."""
+    if isinstance(device, str):
+        device = resolve_device(device)
     n = cpu_threads_for(os.path.getsize(model_path) // 2, device)
     if n is not None:
         import torch

@@ -430,7 +430,10 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     from presto_cli.io import atomic_write_json
     from presto_cli.pipeline import load_pipeline, resolve_model
 
+    from presto_cli.runtime import set_cpu_threads_for
+
     path = resolve_model(model)
+    set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
     pipe = load_pipeline(str(path), cfg.device)
     if getattr(pipe, "codec", True) is None or not pipe.sample_rate:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
@@ -489,6 +492,9 @@ def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
 
     from presto_cli.pipeline import load_pipeline, resolve_model
 
+    from presto_cli.runtime import set_cpu_threads_for
+
+    set_cpu_threads_for(resolve_model(model), cfg.device)  # the threads generate_system will use
     pipe = load_pipeline(str(resolve_model(model)), cfg.device)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
     nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
