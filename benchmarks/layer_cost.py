@@ -18,7 +18,7 @@ import torch
 
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
 from presto_cli.diffusion.schedules import karras_sigmas
-from presto_cli.distill.schedule import LayerSchedule, eval_sigmas
+from presto_cli.diffusion.layer_schedule import LayerSchedule, eval_sigmas
 from presto_cli.models.dit import DiT, DiTConfig
 from presto_cli.runtime import resolve_device
 

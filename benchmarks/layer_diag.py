@@ -26,8 +26,9 @@ import torch
 
 from presto_cli.data.latents import LatentDataset, latent_cache_dir
 from presto_cli.diffusion.edm import edm_weight
-from presto_cli.diffusion.teacher import TextCache, load_teacher
-from presto_cli.distill.schedule import LayerSchedule
+from presto_cli.diffusion.artefact import load_teacher
+from presto_cli.diffusion.layer_schedule import LayerSchedule
+from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder
 
 

@@ -96,7 +96,7 @@ class Pipeline:
             self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
         self.schedule = None
         if meta.get("schedule"):
-            from presto_cli.distill.schedule import LayerSchedule
+            from presto_cli.diffusion.layer_schedule import LayerSchedule
 
             self.schedule = LayerSchedule.from_dict(meta["schedule"])
         s = meta.get("sampler", {})

@@ -105,23 +105,24 @@ def recipe_class(stage: str) -> type:
     return _STAGES[stage]
 
 
+# The stage modules (presto_cli/stages/), imported by name: the recipes know the stages, they do
+# not depend on them (tests/test_imports.py keeps the package graph acyclic).
+STAGE_MODULES = (
+    "presto_cli.stages.autoencoder",  # autoencoder (presto pretrain)
+    "presto_cli.stages.teacher",  # teacher (presto pretrain)
+    "presto_cli.stages.presto_s",  # presto-s (presto distill-steps)
+    "presto_cli.stages.layers",  # ase, presto-l (presto distill-layers)
+    "presto_cli.stages.combine",  # presto-ls (presto combine)
+    "presto_cli.stages.clap",  # clap (presto pretrain): the in-domain evaluation model
+)
+
+
 def _import_stage_modules() -> None:
     """Import the modules that register stages (lazily: keeps `presto --help` fast)."""
     import importlib
 
-    for mod in (
-        "presto_cli.codec.task",
-        "presto_cli.diffusion.teacher",
-        "presto_cli.distill.presto_s",
-        "presto_cli.distill.layers",
-        "presto_cli.distill.combine",
-        "presto_cli.eval.clap_model",
-    ):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module still being written must not break the rest
-            if e.name != mod:
-                raise
+    for mod in STAGE_MODULES:
+        importlib.import_module(mod)
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,16 +169,6 @@ def set_warnings(n_ref: int | None, dim: int, gen_seconds: float | None,
     return notes
 
 
-def check_eval_options(cfg) -> None:
-    """`presto eval`'s numbers (an EvalConfig), before any model or embedder is loaded."""
-    number("--cfg", cfg.cfg)  # negative means the model's default; NaN must not pass as one
-    number("--duration", cfg.duration, at_least=0)
-    from presto_cli.eval.metrics import parse_bandwidth
-
-    parse_bandwidth(cfg.bandwidth)  # cmmd | median | a positive finite number
-    check_sampling(cfg.steps or None)
-
-
 def drop_short(files: Sequence[Path], emb, ok: list[int], errors: list[tuple[str, str]],
                min_seconds: float = MIN_EVAL_SECONDS):
     """``embed_files``' result without the clips too short to score (added to ``errors``)."""

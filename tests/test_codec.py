@@ -12,8 +12,9 @@ import torch
 from presto_cli.codec import build_codec, codec_from_embedded, codec_state_for_embedding, load_codec
 from presto_cli.codec.losses import (kl_divergence, log_mel_l1, mel_filterbank, mel_l1_loss,
                                      mrstft_distance, mrstft_loss, spectral_losses)
-from presto_cli.codec.task import (AutoencoderRecipe, CodecLossConfig, export_codec,
-                                   reconstruction_losses)
+from presto_cli.codec.export import export_codec
+from presto_cli.codec.losses import CodecLossConfig, reconstruction_losses
+from presto_cli.stages.autoencoder import AutoencoderRecipe
 from presto_cli.codec.vae import istft_same, stft_same
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, save_artefact, sub_state

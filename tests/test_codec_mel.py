@@ -11,7 +11,8 @@ import torch
 from presto_cli.codec import build_codec
 from presto_cli.codec.quality import (chroma_similarity, comb_contrast_db, music_report,
                                       tonal_change)
-from presto_cli.codec.task import CodecLossConfig, export_codec, reconstruction_losses
+from presto_cli.codec.export import export_codec
+from presto_cli.codec.losses import CodecLossConfig, reconstruction_losses
 
 SR = 16000
 TINY_MEL = dict(kind="mel-vocos", sample_rate=SR, n_fft=512, hop_length=128, n_mels=64, width=48,

@@ -58,8 +58,8 @@ def _count_blocks(net, counter: Counter, name: str):
 
 
 def test_generator_starts_from_presto_l_and_runs_its_schedule(artefacts):
-    from presto_cli.distill.combine import load_layered
-    from presto_cli.distill.layers import LayeredDenoiser
+    from presto_cli.diffusion.artefact import load_layered
+    from presto_cli.diffusion.layered import LayeredDenoiser
 
     _, tpath, pl, _, _ = artefacts
     task, ctx, source = _ls_task(tpath, pl, "distill.update_ratio=1")
@@ -160,7 +160,7 @@ def test_tiny_presto_ls_recipe_runs_end_to_end(artefacts, tmp_path):
 
 
 def test_apply_mode_puts_the_schedule_on_a_presto_s_generator(artefacts, tmp_path):
-    from presto_cli.distill.schedule import LayerSchedule
+    from presto_cli.diffusion.layer_schedule import LayerSchedule
     from presto_cli.io import load_artefact
     from presto_cli.pipeline import load_pipeline
     from presto_cli.recipes import load_recipe
@@ -222,8 +222,8 @@ def test_presto_ls_distils_the_layered_generator_on_toy(artefacts):
     0.1), the same alone and after other test files. Bounds: Presto-L above 0.03 (the premise),
     Presto-LS below half of it and below 0.025 (5x the teacher's Heun-18 MMD, the Presto-S toy
     test's bound; a flipped DMD sign gives 0.18 there)."""
-    from presto_cli.distill.combine import load_layered
-    from presto_cli.distill.layers import LayeredDenoiser
+    from presto_cli.diffusion.artefact import load_layered
+    from presto_cli.diffusion.layered import LayeredDenoiser
     from tests.toy import mmd_rbf, sample_gmm, sample_teacher
 
     teacher, tpath, pl, _, _ = artefacts

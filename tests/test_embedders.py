@@ -290,7 +290,8 @@ def _toy_recipe(tmp_path, steps: int):
 
 
 def test_presto_clap_learns_toy_alignment(tmp_path, monkeypatch):
-    from presto_cli.eval.clap_model import ClapTask, load_clap
+    from presto_cli.eval.clap_model import load_clap
+    from presto_cli.stages.clap import ClapTask
     from presto_cli.train.loop import run_stage
 
     monkeypatch.setattr(ClapTask, "make_dataset", lambda self: ToyDataset())

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
-from presto_cli.distill.layers import (LayeredDenoiser, forward_at_depths, layer_losses,
-                                       layered_model_fn)
+from presto_cli.diffusion.layered import LayeredDenoiser, forward_at_depths, layered_model_fn
+from presto_cli.distill.layers import layer_losses
 from presto_cli.diffusion.schedules import karras_sigmas
-from presto_cli.distill.schedule import LayerSchedule, eval_sigmas
+from presto_cli.diffusion.layer_schedule import LayerSchedule, eval_sigmas
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT, DiTConfig
 from presto_cli.train.loop import seeded

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from presto_cli.diffusion.edm import EDMDenoiser
-from presto_cli.diffusion.teacher import TeacherTask, load_teacher
+from presto_cli.diffusion.artefact import load_teacher
+from presto_cli.stages.teacher import TeacherTask
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT
 from presto_cli.recipes import load_recipe

@@ -58,7 +58,7 @@ def sample_gmm(kind: str, n: int, seed: int) -> torch.Tensor:
 
 def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, **model_kw):
     """The teacher recipe used by :func:`train_toy_teacher` (a TeacherRecipe)."""
-    from presto_cli.diffusion.teacher import TeacherRecipe
+    from presto_cli.stages.teacher import TeacherRecipe
     from presto_cli.diffusion.edm import EDMConfig
     from presto_cli.models.dit import DiTConfig
     from presto_cli.recipes import DataConfig, TrainConfig

@@ -13,13 +13,18 @@ audio is ``[B, 1, T]`` or ``[B, T]``.
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from presto_cli import dsp
+
+if TYPE_CHECKING:
+    from presto_cli.codec.base import Codec
 
 EPS = 1e-5
 
@@ -57,32 +62,11 @@ def mrstft_loss(x: Tensor, y: Tensor, sizes: Sequence[int] = (2048, 1024, 512, 2
     return total / len(sizes)
 
 
-def _hz_to_mel(f: float) -> float:
-    return 2595.0 * math.log10(1.0 + f / 700.0)
-
-
-def _mel_to_hz(m: Tensor) -> Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-@functools.lru_cache(maxsize=16)
-def _mel_fb_cpu(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> Tensor:
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mels = torch.linspace(_hz_to_mel(float(f_min)), _hz_to_mel(float(f_max)), n_mels + 2,
-                          dtype=torch.float64)
-    hz = _mel_to_hz(mels)
-    lo, ce, hi = hz[:-2, None], hz[1:-1, None], hz[2:, None]
-    up = (freqs[None] - lo) / (ce - lo)
-    down = (hi - freqs[None]) / (hi - ce)
-    fb = torch.clamp(torch.minimum(up, down), min=0.0)
-    return fb.float()  # [n_mels, n_freq]
-
-
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
                    f_max: float | None = None, device=None) -> Tensor:
-    """Triangular HTK-mel filters ``[n_mels, n_fft//2+1]``."""
-    f_max = float(f_max or sample_rate / 2)
-    return _mel_fb_cpu(int(sample_rate), int(n_fft), int(n_mels), float(f_min), f_max).to(device)
+    """Triangular HTK-mel filters ``[n_mels, n_fft//2+1]`` (:func:`presto_cli.dsp.mel_filterbank`)."""
+    fb = dsp.mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)
+    return torch.from_numpy(fb).float().to(device)
 
 
 def _mel_params(sample_rate: int) -> tuple[int, int, int]:
@@ -229,3 +213,47 @@ def feature_matching_loss(real: list, fake: list) -> Tensor:
             loss = loss + (a.detach() - b).abs().mean() / (a.detach().abs().mean() + EPS)
             n += 1
     return loss / max(n, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The autoencoder's objective
+
+
+@dataclass
+class CodecLossConfig:
+    """Recipe section ``loss:`` of the autoencoder stage."""
+
+    mrstft_weight: float = 1.0
+    mel_weight: float = 1.0
+    kl_weight: float = 1e-3  # on the per-element mean KL
+    stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+    mel_sizes: list[int] = field(default_factory=list)  # log-mel window sizes; [] -> ~64 ms
+    adversarial_weight: float = 0.0  # 0 disables the discriminator
+    feature_matching_weight: float = 2.0  # used only with the discriminator
+    adversarial_kind: Literal["hinge", "ls"] = "hinge"
+    adversarial_start: int = 0  # step at which the discriminator starts
+    disc_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512])
+    disc_channels: int = 32
+    disc_lr: float = 0.0  # 0 -> train.lr
+
+
+def reconstruction_losses(codec: Codec, audio: Tensor, noise: Tensor | None, cfg: CodecLossConfig
+                          ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Weighted VAE loss (no adversarial part) of ``audio [B, 1, T]``; returns (loss, parts, recon)."""
+    audio = codec.pad_audio(audio)
+    out = codec(audio, noise)
+    recon = out["recon"]
+    spec = spectral_losses(recon, audio, codec.sample_rate,
+                           cfg.stft_sizes if cfg.mrstft_weight else [], cfg.mel_sizes or None)
+    parts: dict[str, Tensor] = {}
+    loss = audio.new_zeros((), dtype=torch.float32)
+    if cfg.mrstft_weight:
+        parts["mrstft"] = spec["mrstft"]
+        loss = loss + cfg.mrstft_weight * parts["mrstft"]
+    if cfg.mel_weight:
+        parts["mel"] = spec["mel"]
+        loss = loss + cfg.mel_weight * parts["mel"]
+    if out["logvar"] is not None:  # a deterministic encoder (mel codec) has no posterior
+        parts["kl"] = kl_divergence(out["mean"], out["logvar"])
+        loss = loss + cfg.kl_weight * parts["kl"]
+    return loss, parts, recon

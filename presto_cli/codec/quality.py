@@ -4,7 +4,7 @@ A codec can match the spectral envelope while erasing every pitch (the first dem
 log-mel L1 looked fine, the notes were gone), so the autoencoder stage also reports:
 
 - **chroma similarity**: chroma (pitch-class energy of a 2048-point STFT with hop 512 at 16 kHz,
-  :mod:`presto_cli.eval.music_features`, the same chroma ``presto eval --embedder music`` uses) of
+  :mod:`presto_cli.dsp`, the same chroma ``presto eval --embedder music`` uses) of
   the original and of the reconstruction, cosine per frame, mean over frames and clips; beside it
   the same between each original and an *unrelated* original (the next clip), the level a
   pitch-blind codec reaches;
@@ -24,7 +24,7 @@ import numpy as np
 
 def chroma(x: np.ndarray, sr: int) -> np.ndarray:
     """Unit-norm chroma ``[12, frames]`` of a mono signal (resampled to 16 kHz if needed)."""
-    from presto_cli.eval import music_features as mf
+    from presto_cli import dsp as mf
 
     if sr != mf.SAMPLE_RATE:
         from presto_cli.audio import resample
@@ -45,7 +45,7 @@ def chroma_similarity(x: np.ndarray, y: np.ndarray, sr: int) -> float:
 def tonal_change(x: np.ndarray, sr: int, lag_seconds: float = 0.5) -> float:
     """Mean chroma cosine distance between frames ``lag_seconds`` apart (0 for a steady drone;
     ../shared/tools/tonal_change.py's measure)."""
-    from presto_cli.eval import music_features as mf
+    from presto_cli import dsp as mf
 
     lag = max(1, int(round(lag_seconds * mf.SAMPLE_RATE / mf.HOP)))
     d = mf.chroma_change(chroma(x, sr).T, lag)

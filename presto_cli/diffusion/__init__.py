@@ -1,7 +1,6 @@
-"""EDM diffusion: preconditioning and loss (edm), samplers, and the teacher stage (teacher).
-
-The teacher stage is imported lazily (``presto_cli.diffusion.teacher``) since it pulls in the
-training loop.
+"""EDM diffusion: preconditioning, CFG and loss (edm), noise schedules (schedules), samplers
+(samplers), layer schedules and the depth-wise denoiser (layer_schedule, layered), and loading a
+denoiser artefact (artefact). The ``teacher`` training stage is :mod:`presto_cli.stages.teacher`.
 """
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser, edm_loss
 from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas_karras, nfe

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -42,18 +41,17 @@ from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, ls
 from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
 from presto_cli.errors import PrestoError
-from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
-from presto_cli.train.loop import (EMA, Task, clip_and_norm, register_task, seeded, set_lr,
-                                   warmup_lr)
+from presto_cli.seeds import seeded
+from presto_cli.train.loop import EMA, clip_and_norm, set_lr, warmup_lr
 
-__all__ = ["DistillConfig", "PrestoSRecipe", "PrestoS", "PrestoSTask", "dmd_gradient",
+__all__ = ["DistillConfig", "OptimConfig", "PrestoS", "dmd_gradient",
            "dmd_loss", "real_score", "teacher_cfg_weight"]
 
 NoiseKind = Literal["train", "inf", "train/inf"]
 
 
 # --------------------------------------------------------------------------------------------
-# Recipe
+# Recipe section (the stage itself: presto_cli.stages.presto_s)
 
 
 @dataclass
@@ -103,33 +101,6 @@ class DistillConfig:
             raise PrestoError(f"distill.ema must lie in [0, 1), got {self.ema}")
         if self.cfg is not None and self.cfg < 0:
             raise PrestoError(f"distill.cfg must be >= 0, got {self.cfg}")
-
-
-@register_stage("presto-s")
-@dataclass
-class PrestoSRecipe(BaseRecipe):
-    """``presto distill-steps``: the model comes from the teacher artefact, so no ``model:``."""
-
-    stage: str = "presto-s"
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    toy_size: int = 4096  # points drawn when the teacher was trained on a toy mixture
-
-    def teacher_path(self) -> str:
-        path = self.distill.teacher or self.data.teacher
-        if not path:
-            raise PrestoError("the presto-s stage needs a teacher artefact (distill.teacher or "
-                              "data.teacher)", "train one with `presto pretrain "
-                              "recipes/tiny/teacher.yaml`, then set data.teacher=runs/tiny-teacher/"
-                              "model.safetensors")
-        return path
-
-    def describe(self) -> dict:
-        """For ``--dry-run``: validates the distill section and names the teacher."""
-        self.distill.validate()
-        d = self.distill
-        return {"teacher": self.teacher_path(), "update_ratio": d.update_ratio,
-                "noise": {"gen": d.p_gen, "dmd": d.p_dmd, "dsm": d.p_dsm, "gan": d.p_gan},
-                "gen_input": d.gen_input}
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,114 +423,3 @@ class PrestoS:
                 raise PrestoError("the checkpoint has no generator EMA but the recipe enables one",
                                   "resume with the recipe the run started with")
             self.ema.load_state_dict(sd["ema"])
-
-
-# --------------------------------------------------------------------------------------------
-# The training stage
-
-
-def optim_config(recipe: PrestoSRecipe) -> OptimConfig:
-    """Resolve the optimiser settings: ``distill.*`` where given, else ``train.*``."""
-    d, t = recipe.distill, recipe.train
-    lr_gen = d.lr_gen if d.lr_gen is not None else t.lr
-    return OptimConfig(lr_gen=lr_gen, lr_fake=d.lr_fake if d.lr_fake is not None else lr_gen,
-                       betas=(float(t.betas[0]), float(t.betas[1])), weight_decay=t.weight_decay,
-                       warmup=d.warmup if d.warmup is not None else t.warmup,
-                       grad_clip=d.grad_clip, ema=d.ema if d.ema is not None else t.ema)
-
-
-@register_task("presto-s")
-class PrestoSTask(Task):
-    """``presto distill-steps``: Presto-S on the teacher's data (latent cache or toy mixture)."""
-
-    kind = "presto-s"
-
-    def __init__(self, recipe: PrestoSRecipe, ctx, run_dir: Path):
-        super().__init__(recipe, ctx, run_dir)
-        from presto_cli.data.latents import file_sha256
-        from presto_cli.diffusion.teacher import TextCache, load_teacher
-        from presto_cli.text.encoders import build_text_encoder
-
-        recipe.distill.validate()
-        self.device = ctx.device
-        path = recipe.teacher_path()
-        teacher, meta, tensors = load_teacher(path, self.device)
-        if meta.get("kind") != "teacher":
-            raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact; Presto-S distils a "
-                              "teacher", "point distill.teacher at a `presto pretrain` output")
-        if recipe.distill.teacher_dtype == "bf16" and self.device.type != "cuda":
-            raise PrestoError("distill.teacher_dtype=bf16 needs a CUDA device",
-                              "use distill.teacher_dtype=fp32 on CPU")
-        self.teacher_path = str(path)
-        self.teacher_sha256 = file_sha256(path)
-        self.teacher_meta = meta
-        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith("codec.")}
-        w = recipe.distill.cfg if recipe.distill.cfg is not None else teacher_cfg_weight(meta)
-        self.model = self.build_model(teacher, w)
-        self.text = TextCache(build_text_encoder(meta.get("text", "minilm"), device=self.device))
-        self._dataset = None
-
-    def build_model(self, teacher: EDMDenoiser, w: float) -> PrestoS:
-        """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model)."""
-        return PrestoS(teacher, self.recipe.distill, optim_config(self.recipe), w,
-                       seed=self.recipe.seed)
-
-    # -- data --------------------------------------------------------------------------------
-    def make_dataset(self):
-        if self._dataset is not None:
-            return self._dataset
-        from presto_cli.diffusion.teacher import distillation_dataset
-
-        self._dataset = distillation_dataset(self.recipe, self.teacher_meta, self.device)
-        return self._dataset
-
-    # -- training ----------------------------------------------------------------------------
-    def train_step(self, batch: dict, ctx) -> dict[str, float]:
-        x = batch["latents"].to(self.device).float()
-        in_ch = self.model.generator.net.cfg.in_channels
-        if x.dim() != 3 or x.shape[1] != in_ch:
-            raise PrestoError(f"latents of shape {tuple(x.shape[1:])} do not match the teacher's "
-                              f"{in_ch} channels", "use the data the teacher was trained on")
-        cond = self.text(list(batch["caption"]), self.device)
-        m = self.model.train_step(x, cond, ctx, global_batch=ctx.global_batch)
-        m["lr_gen"] = warmup_lr(self.model.ocfg.lr_gen, ctx.step, self.model.ocfg.warmup)
-        return m
-
-    # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"presto_s": self.model.state_dict(), "teacher": self.teacher_path,
-                "teacher_sha256": self.teacher_sha256}
-
-    def load_state_dict(self, sd: dict) -> None:
-        from presto_cli.diffusion.teacher import check_same_teacher
-
-        check_same_teacher(sd, self.teacher_path, self.teacher_sha256)
-        self.model.load_state_dict(sd["presto_s"])
-
-    def export_meta(self) -> dict:
-        """Artefact metadata: the teacher's model/text/codec, few-step sampler, no CFG."""
-        r: PrestoSRecipe = self.recipe
-        t = self.teacher_meta
-        edm = dict(t.get("edm") or {})
-        rho = float(r.distill.rho if r.distill.rho is not None else edm.get("rho", 7.0))
-        steps = int(r.distill.gen_steps)
-        edm.update(sampler="fewstep", steps=steps, cfg=1.0)
-        meta = {k: v for k, v in t.items() if k not in ("kind", "version", "created", "name")}
-        meta.update(kind=self.kind, name=r.name or f"{t.get('name', 'teacher')}-presto-s",
-                    edm=edm, sampler={"name": "fewstep", "steps": steps, "cfg": 1.0, "rho": rho},
-                    teacher=self.teacher_path, distill=recipe_to_dict(r.distill),
-                    real_score_cfg=self.model.w)
-        return meta
-
-    def export(self, path: Path) -> None:
-        from presto_cli.io import prefixed, save_artefact
-
-        gen = self.model.export_generator()
-        tensors = prefixed({k: v.float() for k, v in gen.net.state_dict().items()}, "dit")
-        tensors.update(self.codec_tensors)
-        save_artefact(path, tensors, self.export_meta())
-
-    def describe(self) -> dict:
-        return {**self.recipe.describe(), "real_score_cfg": self.model.w,
-                "generator_params": sum(p.numel() for p in self.model.generator.parameters()),
-                "head_params": sum(p.numel() for p in self.model.head.parameters())}

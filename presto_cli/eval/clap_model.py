@@ -1,4 +1,5 @@
-"""presto-clap: a small in-domain contrastive audio-text model, and its training stage ``clap``.
+"""presto-clap: a small in-domain contrastive audio-text model (trained by the ``clap`` stage,
+:mod:`presto_cli.stages.clap`).
 
 LAION-CLAP is the paper's embedding space (METHOD.md §6) but it is trained on general audio and
 needs a large checkpoint; a model trained on *your* music gives an in-domain space for FAD, MMD,
@@ -17,7 +18,7 @@ its numbers are not comparable with published ones. [ours]
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,9 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from presto_cli.errors import PrestoError
-from presto_cli.recipes import BaseRecipe, dataclass_from_dict, recipe_to_dict, register_stage
-from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
-                                   warmup_lr)
+from presto_cli.recipes import dataclass_from_dict
 
 REPORT_NAME = "presto-clap"
 
@@ -48,23 +47,6 @@ class ClapModelConfig:
     text_hidden: int = 256  # hidden size of the trainable text projection
 
 
-@dataclass
-class ClapConfig:
-    """Contrastive-loss settings (the ``clap:`` section)."""
-
-    temperature_init: float = 0.07
-    learn_temperature: bool = True
-    max_logit_scale: float = 100.0
-    same_caption_positive: bool = True
-
-
-@register_stage("clap")
-@dataclass
-class ClapRecipe(BaseRecipe):
-    model: ClapModelConfig = field(default_factory=ClapModelConfig)
-    clap: ClapConfig = field(default_factory=ClapConfig)
-
-
 # --------------------------------------------------------------------------------------------
 # Model
 
@@ -74,7 +56,7 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int):
         super().__init__()
-        from presto_cli.eval.embedders import mel_filterbank
+        from presto_cli.dsp import mel_filterbank
 
         self.n_fft, self.hop = n_fft, hop
         fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels).astype(np.float32))
@@ -189,95 +171,13 @@ def info_nce(audio_emb: Tensor, text_emb: Tensor, scale: Tensor,
 
 
 # --------------------------------------------------------------------------------------------
-# Training stage
+# Loading
 
 
 def _text_dim(name: str) -> int:
     from presto_cli.text.encoders import text_encoder_dim
 
     return int(text_encoder_dim(name))
-
-
-@register_task("clap")
-class ClapTask(Task):
-    """Trains presto-clap on ``AudioClipDataset`` items ``{"audio", "caption"}``."""
-
-    def __init__(self, recipe: ClapRecipe, ctx, run_dir: Path):
-        super().__init__(recipe, ctx, run_dir)
-        from presto_cli.text.encoders import build_text_encoder
-
-        if recipe.data.clip_seconds <= 0:
-            raise PrestoError("data.clip_seconds must be positive for the clap stage")
-        cfg, c = recipe.model, recipe.clap
-        if c.temperature_init <= 0:
-            raise PrestoError(f"clap.temperature_init must be positive, got {c.temperature_init}")
-        self.text = build_text_encoder(cfg.text, device=ctx.device)
-        torch.manual_seed(recipe.seed)  # initialisation only; training randomness is counter-based
-        self.model = ClapModel(cfg, recipe.data.sample_rate, int(self.text.dim), c.temperature_init,
-                               c.max_logit_scale).to(ctx.device)
-        self.model.attach_text(self.text)
-        self.model.logit_scale.requires_grad_(c.learn_temperature)
-        self.ema = EMA(self.model, recipe.train.ema) if recipe.train.ema > 0 else None
-        self.opt = build_adamw(self.model.parameters(), recipe.train.lr, recipe.train)
-
-    def make_dataset(self):
-        from presto_cli.data.folder import AudioClipDataset
-
-        d = self.recipe.data
-        if not d.path:
-            raise PrestoError("the clap stage needs data.path (a folder of audio with captions)",
-                              "run `presto data prepare DIR` and set data.path")
-        return AudioClipDataset(d.path, manifest=d.manifest or None, sample_rate=d.sample_rate,
-                                clip_seconds=d.clip_seconds, split="train",
-                                val_fraction=d.val_fraction)
-
-    def describe(self) -> dict:
-        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return {"trainable_params": n, "text_encoder": self.recipe.model.text, "reported_as": REPORT_NAME}
-
-    def train_step(self, batch: dict, ctx) -> dict[str, float]:
-        tr = self.recipe.train
-        set_lr(self.opt, warmup_lr(tr.lr, ctx.step, tr.warmup))
-        audio = batch["audio"].to(ctx.device)
-        captions = [str(c) for c in batch["caption"]]
-        self.model.train()
-        feats = self.model.text_features(captions)
-        with ctx.autocast():
-            a = self.model.encode_audio(audio)
-            t = self.model.encode_text(captions, features=feats)
-        loss, acc = info_nce(a, t, self.model.scale(),
-                             captions if self.recipe.clap.same_caption_positive else None)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.sync_grads(self.model)
-        gnorm = clip_and_norm(self.model.parameters(), tr.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.model, ctx.step)
-        return {"loss": float(loss.detach()), "acc": float(acc), "temp": float(1.0 / self.model.scale().detach()),
-                "grad_norm": gnorm}
-
-    def state_dict(self) -> dict:
-        sd = {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
-        return sd
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.model.load_state_dict(sd["model"])
-        self.opt.load_state_dict(sd["opt"])
-        if self.ema is not None and "ema" in sd:
-            self.ema.load_state_dict(sd["ema"])
-
-    def export(self, path: Path) -> None:
-        from presto_cli.io import prefixed, save_artefact
-
-        net = self.ema.shadow if self.ema is not None else self.model
-        meta = {"kind": "clap", "name": REPORT_NAME, "model": recipe_to_dict(self.recipe.model),
-                "clap": recipe_to_dict(self.recipe.clap), "text": self.recipe.model.text,
-                "sample_rate": self.recipe.data.sample_rate,
-                "clip_seconds": self.recipe.data.clip_seconds, "run": self.recipe.name}
-        save_artefact(path, prefixed(net.state_dict(), "clap"), meta)
 
 
 def load_clap(path: str | Path, device: str | torch.device = "cpu") -> tuple[ClapModel, dict]:

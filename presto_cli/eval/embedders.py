@@ -33,6 +33,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from presto_cli.dsp import mel_filterbank  # noqa: F401  (E.mel_filterbank)
 from presto_cli.errors import PrestoError
 
 AudioItem = Union[torch.Tensor, str, Path]
@@ -107,20 +108,6 @@ class EmbeddingCache:
 
 # --------------------------------------------------------------------------------------------
 # Shared signal helpers
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
-    """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (HTK mel scale, unit peak), float64."""
-    fmax = float(fmax if fmax is not None else sample_rate / 2)
-    hz_to_mel = lambda f: 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)  # noqa: E731
-    mel_to_hz = lambda m: 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)  # noqa: E731
-    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (freqs[None] - lo) / np.maximum(mid - lo, 1e-9)
-    down = (hi - freqs[None]) / np.maximum(hi - mid, 1e-9)
-    return np.clip(np.minimum(up, down), 0.0, None)
 
 
 def window_starts(n_samples: int, window: int) -> list[int]:

@@ -23,11 +23,20 @@ from presto_cli.errors import PrestoError
 from presto_cli.prompts import read_prompts  # noqa: F401  (re-exported)
 from presto_cli.eval import metrics as M
 from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
-from presto_cli.validate import check_eval_options, drop_short, set_warnings
+from presto_cli import validate as V
+from presto_cli.validate import drop_short, set_warnings
 
 METRICS = ("fad", "mmd", "prdc", "clap", "adherence")
 TEXT_METRICS = ("clap", "adherence")
 REF_METRICS = ("fad", "mmd", "prdc")
+
+
+def check_eval_options(cfg) -> None:
+    """`presto eval`'s numbers (an EvalConfig), before any model or embedder is loaded."""
+    V.number("--cfg", cfg.cfg)  # negative means the model's default; NaN must not pass as one
+    V.number("--duration", cfg.duration, at_least=0)
+    M.parse_bandwidth(cfg.bandwidth)  # cmmd | median | a positive finite number
+    V.check_sampling(cfg.steps or None)
 
 
 @dataclass

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-N_FFT = 2048
-HOP = 512
+from presto_cli.dsp import (CHROMA_FMAX, CHROMA_FMIN, HOP, N_FFT, SAMPLE_RATE, _freqs,  # noqa: F401
+                            chroma, chroma_change, mel_filterbank, power_spectrum)
+
 WINDOW_SECONDS = 2.0
 WINDOW_HOP_SECONDS = 1.0
-CHROMA_FMIN, CHROMA_FMAX = 65.0, 5000.0
 CONTRAST_EDGES = (0.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 8000.0)
 CONTRAST_QUANTILE = 0.02
 CHANGE_LAGS_SECONDS = (0.25, 0.5)
@@ -42,35 +41,6 @@ PITCH_GROUPS = ("chroma", "tonnetz", "change")
 # bands). Typical across-clip standard deviations on 64 clips of `presto data synth --seed 0`.
 GROUP_SCALES = {"chroma": (0.09,), "tonnetz": (0.07,), "change": (0.09,),
                 "contrast": (9.0,) * 6 + (2.0,) * 6, "onset": (0.6, 1.1) + (0.17,) * 4}
-
-
-def _frames(x: np.ndarray) -> np.ndarray:
-    """Centred Hann frames ``[T, N_FFT]`` of a 1-D float64 signal (zero padding)."""
-    pad = N_FFT // 2
-    x = np.pad(np.asarray(x, dtype=np.float64), (pad, pad))
-    if x.shape[0] < N_FFT:
-        x = np.pad(x, (0, N_FFT - x.shape[0]))
-    return np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * np.hanning(N_FFT + 1)[:-1]
-
-
-def power_spectrum(x: np.ndarray) -> np.ndarray:
-    """``[T, N_FFT // 2 + 1]`` power spectrogram."""
-    return np.abs(np.fft.rfft(_frames(x), axis=-1)) ** 2
-
-
-def _freqs() -> np.ndarray:
-    return np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
-
-
-def chroma(power: np.ndarray) -> np.ndarray:
-    """``[T, 12]`` unit-norm pitch-class energy (C = 0) of a power spectrogram."""
-    f = _freqs()
-    keep = (f >= CHROMA_FMIN) & (f <= CHROMA_FMAX)
-    pc = (np.round(12.0 * np.log2(f[keep] / 440.0)).astype(int) + 9) % 12
-    proj = np.zeros((keep.sum(), 12))
-    proj[np.arange(keep.sum()), pc] = 1.0
-    c = power[:, keep] @ proj
-    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
 
 def tonnetz_matrix() -> np.ndarray:
@@ -102,18 +72,9 @@ def spectral_contrast(power: np.ndarray) -> np.ndarray:
 
 def onset_strength(power: np.ndarray) -> np.ndarray:
     """``[T]`` mean positive frame-to-frame rise of 40-band log-mel power (dB), first frame 0."""
-    from presto_cli.eval.embedders import mel_filterbank
-
     lm = 10.0 * np.log10(power @ mel_filterbank(SAMPLE_RATE, N_FFT, 40).T + 1e-10)
     rise = np.maximum(np.diff(lm, axis=0), 0.0).mean(axis=1)
     return np.concatenate([[0.0], rise])
-
-
-def chroma_change(c: np.ndarray, lag: int) -> np.ndarray:
-    """Cosine distance between unit chroma frames ``lag`` frames apart (empty if too short)."""
-    if c.shape[0] <= lag:
-        return np.zeros(0)
-    return 1.0 - np.sum(c[lag:] * c[:-lag], axis=1)
 
 
 def onset_acf_bands(env: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, height: int = 128, max_
     beating a short window shows, while notes of 1/8 s still separate; the mel axis gives bass and
     melody the rows a linear axis spends on the highest octave.
     """
-    from presto_cli.eval.embedders import mel_filterbank
+    from presto_cli.dsp import mel_filterbank
 
     x = np.asarray(audio, dtype=np.float64).reshape(-1)
     n_fft = 1 << max(6, int(round(np.log2(window_seconds * sample_rate))))

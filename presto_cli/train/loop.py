@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +27,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_torch_save, atomic_write_text
 from presto_cli.recipes import BaseRecipe, dump_recipe, recipe_to_dict
 from presto_cli.runtime import console, dist_info, resolve_device
+from presto_cli.seeds import seed_for, seeded  # noqa: F401  (tasks use them from here)
 
 # --------------------------------------------------------------------------------------------
 # Task registry
@@ -86,20 +85,6 @@ class Task:
 
 # --------------------------------------------------------------------------------------------
 # Counter-based randomness and the per-step context
-
-
-def seed_for(*parts: Any) -> int:
-    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-@contextlib.contextmanager
-def seeded(*parts: Any):
-    """Run a block (e.g. building modules) on a CPU global RNG seeded by ``seed_for(*parts)``,
-    restoring the global RNG afterwards: initial weights depend on the seed alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(*parts))
-        yield
 
 
 class Context:

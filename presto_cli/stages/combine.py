@@ -2,9 +2,9 @@
 
 Stage ``presto-ls`` (``presto combine``), two modes:
 
-* ``combine.mode: train`` [paper]: Presto-S (:mod:`presto_cli.distill.presto_s`) whose generator is
+* ``combine.mode: train`` [paper]: Presto-S (:mod:`presto_cli.stages.presto_s`) whose generator is
   initialised from a Presto-L (or ASE) artefact and runs that artefact's layer schedule at every
-  call (:class:`~presto_cli.distill.layers.LayeredDenoiser`: each sample's blocks from its own
+  call (:class:`~presto_cli.diffusion.layered.LayeredDenoiser`: each sample's blocks from its own
   sigma). The real score stays the full-depth teacher (with its CFG weight) and the fake score is
   a full-depth copy of the teacher, exactly as in Presto-S. The artefact (kind ``presto-ls``)
   carries the schedule and defaults to the few-step sampler with ``distill.gen_steps`` (4) steps.
@@ -19,18 +19,20 @@ from typing import Literal
 
 import torch
 
+from presto_cli.diffusion.artefact import LAYER_KINDS, load_layered
 from presto_cli.diffusion.edm import EDMDenoiser
-from presto_cli.distill.layers import LayeredDenoiser, artefact_meta, describe_schedule
-from presto_cli.distill.presto_s import PrestoS, PrestoSRecipe, PrestoSTask, optim_config
-from presto_cli.distill.schedule import LayerSchedule
+from presto_cli.diffusion.layer_schedule import LayerSchedule
+from presto_cli.diffusion.layered import LayeredDenoiser
+from presto_cli.distill.layers import describe_schedule
+from presto_cli.distill.presto_s import PrestoS
 from presto_cli.errors import PrestoError
-from presto_cli.io import load_artefact, save_artefact
+from presto_cli.io import load_artefact, read_artefact_meta, save_artefact
 from presto_cli.recipes import recipe_to_dict, register_stage
+from presto_cli.stages.presto_s import PrestoSRecipe, PrestoSTask, optim_config
 from presto_cli.train.loop import Task, register_task
 
-__all__ = ["CombineConfig", "PrestoLSRecipe", "PrestoLSTask", "load_layered", "apply_schedule"]
+__all__ = ["CombineConfig", "PrestoLSRecipe", "PrestoLSTask", "apply_schedule"]
 
-LAYER_KINDS = ("presto-l", "ase")
 _SHAPE_KEYS = ("in_channels", "width", "depth", "heads", "mlp_ratio", "text_dim", "patch",
                "pos_embed", "noise_embed_dim", "qk_norm", "cross_attn")
 
@@ -64,23 +66,14 @@ class PrestoLSRecipe(PrestoSRecipe):
             out = {"mode": "apply", "generator": c.generator, "layers": c.layers}
         else:
             out = {"mode": "train", **super().describe(), "layers": c.layers}
-        meta = artefact_meta(c.layers) if c.layers else None
+        try:
+            meta = read_artefact_meta(c.layers) if c.layers else None
+        except PrestoError:  # --dry-run before the layer model exists
+            meta = None
         if meta and meta.get("schedule"):
             sched = LayerSchedule.from_dict(meta["schedule"])
             out.update(describe_schedule(sched, meta.get("edm") or {}))
         return out
-
-
-def load_layered(path: str | Path, device: torch.device | str = "cpu"
-                 ) -> tuple[EDMDenoiser, LayerSchedule, dict]:
-    """A Presto-L/ASE artefact as ``(denoiser, schedule, meta)``."""
-    from presto_cli.diffusion.teacher import load_teacher
-
-    den, meta, _ = load_teacher(path, device)
-    if meta.get("kind") not in LAYER_KINDS or not meta.get("schedule"):
-        raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact without a layer schedule",
-                          "combine.layers must be a `presto distill-layers` output")
-    return den, LayerSchedule.from_dict(meta["schedule"]), meta
 
 
 def _check_same_shape(a: dict, b: dict, what_a: str, what_b: str) -> None:
@@ -107,9 +100,7 @@ class _ApplyMode(Task):
         if self.meta.get("kind") != "presto-s":
             raise PrestoError(f"{c.generator} is a '{self.meta.get('kind')}' artefact",
                               "combine.generator must be a `presto distill-steps` output")
-        lmeta = artefact_meta(recipe.layers_path())
-        if lmeta is None:
-            load_artefact(recipe.layers_path())  # raises the precise PrestoError
+        lmeta = read_artefact_meta(recipe.layers_path())
         if lmeta.get("kind") not in LAYER_KINDS or not lmeta.get("schedule"):
             raise PrestoError(f"{c.layers} is a '{lmeta.get('kind')}' artefact without a layer "
                               "schedule", "combine.layers must be a `presto distill-layers` output")

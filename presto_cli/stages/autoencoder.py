@@ -1,56 +1,36 @@
-"""Stage ``autoencoder``: train the STFT VAE, then export it with its latent scale.
+"""Stage ``autoencoder`` (``presto pretrain``): train the codec, then export it with its latent scale.
 
-Loss (METHOD.md section 1, [ours]): ``mrstft_weight · MR-STFT + mel_weight · mel-L1 + kl_weight · KL``
-on ``decode(mean + σ·ε)`` against the input clip, ε drawn counter-based (``ctx.randn``), plus an
-optional adversarial term (``adversarial_weight`` > 0: a multi-resolution spectrogram discriminator
-trained with a hinge or least-squares objective, and feature matching).
+Loss (METHOD.md section 1, [ours]; :func:`~presto_cli.codec.losses.reconstruction_losses`):
+``mrstft_weight · MR-STFT + mel_weight · mel-L1 + kl_weight · KL`` on ``decode(mean + σ·ε)``
+against the input clip, ε drawn counter-based (``ctx.randn``), plus an optional adversarial term
+(``adversarial_weight`` > 0: a multi-resolution spectrogram discriminator trained with a hinge or
+least-squares objective, and feature matching).
 
-Export (:func:`export_codec`): with the EMA weights, encode a deterministic sample of the training
-set, measure the raw latents' mean and standard deviation, set ``latent_scale = sigma_data / std``
-so the scaled latents have std ≈ σ_data, measure held-out reconstruction quality (log-mel L1 and
-MR-STFT distance; the validation split when ``data.val_fraction`` > 0), write the ``codec``
-artefact and ``recon.json`` beside it.
+Export (:func:`~presto_cli.codec.export.export_codec`) with the EMA weights: latent statistics on a
+deterministic sample of the training set, held-out reconstruction quality on the validation split
+when ``data.val_fraction`` > 0 (else other crops of training clips, said so in ``recon.json``).
 """
 from __future__ import annotations
 
 import copy
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from presto_cli.codec.base import Codec, build_codec, codec_config, codec_config_class, save_codec
+from presto_cli.codec.base import build_codec, codec_config, codec_config_class
+from presto_cli.codec.export import export_codec, format_recon
+from presto_cli.codec.losses import (CodecLossConfig, MultiResolutionDiscriminator, discriminator_loss,
+                                     feature_matching_loss, generator_adv_loss, reconstruction_losses)
 from presto_cli.codec.mel import MelCodecConfig
-from presto_cli.codec.losses import (MultiResolutionDiscriminator, discriminator_loss,
-                                     feature_matching_loss, generator_adv_loss, kl_divergence,
-                                     log_mel_l1, mrstft_distance, spectral_losses)
 from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_write_json
 from presto_cli.recipes import BaseRecipe, register_stage
+from presto_cli.seeds import seed_for, seeded
 from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task,
-                                   seed_for, set_lr, warmup_lr)
-
-
-@dataclass
-class CodecLossConfig:
-    """Recipe section ``loss:`` of the autoencoder stage."""
-
-    mrstft_weight: float = 1.0
-    mel_weight: float = 1.0
-    kl_weight: float = 1e-3  # on the per-element mean KL
-    stft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
-    mel_sizes: list[int] = field(default_factory=list)  # log-mel window sizes; [] -> ~64 ms
-    adversarial_weight: float = 0.0  # 0 disables the discriminator
-    feature_matching_weight: float = 2.0  # used only with the discriminator
-    adversarial_kind: Literal["hinge", "ls"] = "hinge"
-    adversarial_start: int = 0  # step at which the discriminator starts
-    disc_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512])
-    disc_channels: int = 32
-    disc_lr: float = 0.0  # 0 -> train.lr
+                                   set_lr, warmup_lr)
 
 
 @dataclass
@@ -90,32 +70,6 @@ class AutoencoderRecipe(BaseRecipe):
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses of one batch
-
-
-def reconstruction_losses(codec: Codec, audio: Tensor, noise: Tensor | None, cfg: CodecLossConfig
-                          ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Weighted VAE loss (no adversarial part) of ``audio [B, 1, T]``; returns (loss, parts, recon)."""
-    audio = codec.pad_audio(audio)
-    out = codec(audio, noise)
-    recon = out["recon"]
-    spec = spectral_losses(recon, audio, codec.sample_rate,
-                           cfg.stft_sizes if cfg.mrstft_weight else [], cfg.mel_sizes or None)
-    parts: dict[str, Tensor] = {}
-    loss = audio.new_zeros((), dtype=torch.float32)
-    if cfg.mrstft_weight:
-        parts["mrstft"] = spec["mrstft"]
-        loss = loss + cfg.mrstft_weight * parts["mrstft"]
-    if cfg.mel_weight:
-        parts["mel"] = spec["mel"]
-        loss = loss + cfg.mel_weight * parts["mel"]
-    if out["logvar"] is not None:  # a deterministic encoder (mel codec) has no posterior
-        parts["kl"] = kl_divergence(out["mean"], out["logvar"])
-        loss = loss + cfg.kl_weight * parts["kl"]
-    return loss, parts, recon
-
-
-# ---------------------------------------------------------------------------------------------
 # Export
 
 
@@ -143,96 +97,6 @@ class ClipSample:
         return self.dataset[i]["audio"].float()
 
 
-def _batches(clips, batch_size: int):
-    """``[b, 1, T]`` batches of a ``[N, 1, T]`` tensor or a sequence of ``[1, T]`` clips."""
-    for i in range(0, len(clips), batch_size):
-        if isinstance(clips, Tensor):
-            yield clips[i:i + batch_size]
-        else:
-            yield torch.stack([clips[j] for j in range(i, min(i + batch_size, len(clips)))])
-
-
-@torch.no_grad()
-def latent_statistics(codec: Codec, clips: Tensor, batch_size: int = 8) -> dict[str, float]:
-    """Mean and std of the raw (unscaled) posterior means over ``clips`` (``[N, 1, T]`` or a
-    sequence of ``[1, T]``)."""
-    device = next(codec.parameters()).device
-    s1 = s2 = 0.0
-    n = 0
-    for x in _batches(clips, batch_size):
-        mean, _ = codec.encode_dist(x.to(device))
-        m = mean.double()
-        s1 += float(m.sum())
-        s2 += float(m.pow(2).sum())
-        n += m.numel()
-    if n == 0:
-        raise PrestoError("no clips to measure the latent statistics on", "check data.path")
-    mu = s1 / n
-    std = math.sqrt(max(s2 / n - mu * mu, 0.0))
-    return {"mean": mu, "std": std, "count": n}
-
-
-@torch.no_grad()
-def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8,
-                          png: str | Path | None = None, png_clips: int = 4) -> dict[str, float]:
-    """Quality of ``decode(encode(x))`` over ``clips``: log-mel L1 and MR-STFT distance, plus the
-    music measures of :mod:`presto_cli.codec.quality` (chroma similarity with its unrelated-clip
-    baseline, tonal ratio, frame-rate comb contrast). ``png``: also draw the first ``png_clips``
-    originals above their reconstructions."""
-    from presto_cli.codec.quality import music_report, spectrogram_png
-
-    device = next(codec.parameters()).device
-    mel, mr, n = 0.0, 0.0, 0
-    originals, recons = [], []
-    for x in _batches(clips, batch_size):
-        x = codec.pad_audio(x.to(device))
-        y = codec.decode(codec.encode(x))
-        b = x.shape[0]
-        mel += log_mel_l1(y, x, codec.sample_rate) * b
-        mr += mrstft_distance(y, x) * b
-        n += b
-        originals += list(x[:, 0].float().cpu().numpy())
-        recons += list(y[:, 0, :x.shape[-1]].float().cpu().numpy())
-    out = {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
-    if n:
-        out.update(music_report(originals, recons, codec.sample_rate, codec.frame_rate))
-    if png is not None and n:
-        pairs = list(zip(originals, recons))[:max(1, png_clips)]
-        spectrogram_png(png, pairs, codec.sample_rate)
-    return out
-
-
-def export_codec(codec: Codec, path: str | Path, stats_clips, eval_clips,
-                 sigma_data: float = 0.5, eval_split: str = "val", batch_size: int = 8,
-                 extra_meta: dict | None = None, png_clips: int = 4) -> dict:
-    """Set ``latent_scale`` from ``stats_clips``, report quality on ``eval_clips`` (each ``[N, 1, T]``
-    or a sequence of ``[1, T]`` clips), save the artefact at ``path`` and ``recon.json`` beside it.
-    ``codec`` is modified (its scale); returns the report."""
-    if sigma_data <= 0:
-        raise PrestoError(f"export.sigma_data must be positive, got {sigma_data}")
-    codec.eval()
-    fit = getattr(codec, "fit_normalization", None)
-    if fit is not None:  # e.g. the mel codec's per-bin mean
-        fit(_batches(stats_clips, batch_size))
-    stats = latent_statistics(codec, stats_clips, batch_size)
-    if not stats["std"] > 1e-8:
-        raise PrestoError("the codec's latents are constant (std 0); cannot scale them",
-                          "train the autoencoder longer or lower loss.kl_weight")
-    codec.set_latent_scale(sigma_data / stats["std"])
-    recon = reconstruction_report(codec, eval_clips, batch_size, Path(path).parent / "recon.png",
-                                  png_clips) if len(eval_clips) else {}
-    if recon:
-        recon["split"] = eval_split
-        recon["clip_seconds"] = round(eval_clips[0].shape[-1] / codec.sample_rate, 4)
-    latent = {"mean": stats["mean"], "std": stats["std"], "sigma_data": sigma_data,
-              "stats_clips": len(stats_clips)}
-    save_codec(path, codec, latent=latent, recon=recon, extra=extra_meta)
-    report = {"latent": {"scale": float(codec.latent_scale), **latent}, "recon": recon,
-              "frame_rate": codec.frame_rate, "channels": codec.channels}
-    atomic_write_json(Path(path).parent / "recon.json", report)
-    return report
-
-
 # ---------------------------------------------------------------------------------------------
 # The task
 
@@ -241,8 +105,7 @@ def export_codec(codec: Codec, path: str | Path, stats_clips, eval_clips,
 class AutoencoderTask(Task):
     def __init__(self, recipe: AutoencoderRecipe, ctx, run_dir: Path):
         super().__init__(recipe, ctx, run_dir)
-        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
-            torch.manual_seed(seed_for(recipe.seed, "init", "codec"))
+        with seeded(recipe.seed, "init", "codec"):  # initial weights from the seed alone
             self.codec = build_codec(recipe.model).to(ctx.device)
         self.codec.train()
         t = recipe.train
@@ -252,8 +115,7 @@ class AutoencoderTask(Task):
         self.disc = None
         self.opt_d = None
         if lc.adversarial_weight > 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_for(recipe.seed, "init", "disc"))
+            with seeded(recipe.seed, "init", "disc"):
                 self.disc = MultiResolutionDiscriminator(lc.disc_sizes, lc.disc_channels).to(ctx.device)
             self.opt_d = build_adamw(self.disc.parameters(), lc.disc_lr or t.lr, t)
 
@@ -372,13 +234,3 @@ class AutoencoderTask(Task):
         console.print(format_recon(report["recon"]))
 
 
-def format_recon(rec: dict) -> str:
-    """One paragraph of the held-out reconstruction measures (what `pretrain` prints at export)."""
-    if not rec:
-        return "reconstruction: no clips to measure"
-    return (f"reconstruction of {rec['clips']} {rec.get('split', '')} clips of {rec['clip_seconds']} s: "
-            f"log-mel L1 {rec['log_mel_l1']:.3f}, MR-STFT {rec['mrstft']:.3f}, chroma similarity "
-            f"{rec['chroma_similarity']:.3f} (min {rec['chroma_similarity_min']:.3f}; unrelated clips "
-            f"{rec['chroma_similarity_unrelated']:.3f}), tonal ratio {rec['tonal_ratio']:.2f}, "
-            f"comb contrast at {rec['frame_rate']:g} Hz {rec['comb_contrast_db']:+.1f} dB "
-            f"(original {rec['comb_contrast_db_original']:+.1f} dB)")

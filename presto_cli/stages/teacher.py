@@ -14,20 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from presto_cli.data.toy import ToyDataset, is_toy_path
-from presto_cli.diffusion.edm import (Cond, EDMConfig, EDMDenoiser, drop_condition, edm_loss,
+from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, edm_loss,
                                       sigma_train_from_normal)
 from presto_cli.errors import PrestoError
-from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact, sub_state
+from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact
 from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params
-from presto_cli.recipes import BaseRecipe, dataclass_from_dict, recipe_to_dict, register_stage
-from presto_cli.text.encoders import TextEncoder, build_text_encoder, text_encoder_dim
+from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
+from presto_cli.seeds import seeded
+from presto_cli.text.cache import TextCache
+from presto_cli.text.encoders import build_text_encoder, text_encoder_dim
 from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
                                    warmup_lr)
 
-__all__ = ["TeacherRecipe", "TeacherTask", "TextCache", "load_teacher", "teacher_meta", "init_dit"]
+__all__ = ["TeacherRecipe", "TeacherTask", "teacher_meta", "init_dit"]
 
 
 @register_stage("teacher")
@@ -105,55 +106,6 @@ class TeacherRecipe(BaseRecipe):
                 "tokens_max": tokens,
                 "gflops_per_eval": round(estimate_flops(self.model, frames) / 1e9, 3),
                 "text_encoder": self.text}
-
-
-def distillation_dataset(recipe, teacher_meta: dict, device):
-    """The data a distillation stage trains on: the teacher's toy mixture, or the latent cache of
-    ``data.path`` under the teacher's codec (``data.codec`` or the one it was trained with)."""
-    if teacher_meta.get("toy"):
-        return ToyDataset(teacher_meta["toy"], n=recipe.toy_size, seed=recipe.seed)
-    from presto_cli.data.latents import LatentDataset, ensure_latent_cache
-
-    inherited = teacher_meta.get("data") or {}
-    if not recipe.data.path and inherited.get("path"):  # the teacher's data, clips of its length
-        recipe.data.path = inherited["path"]
-        recipe.data.manifest = inherited.get("manifest", "")
-        recipe.data.clip_seconds = float(inherited["clip_seconds"])
-    codec = recipe.data.codec or teacher_meta.get("codec_source", "")
-    if not recipe.data.path or not codec:
-        raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
-                          "trained on) and data.codec", "copy the data section of the teacher's recipe")
-    return LatentDataset(ensure_latent_cache(codec, recipe.data, device))
-
-
-class TextCache:
-    """Encodes captions with a frozen text encoder, caching each distinct caption on the CPU
-    (training captions repeat: this saves a MiniLM forward per step)."""
-
-    def __init__(self, encoder: TextEncoder, max_entries: int = 100_000):
-        self.encoder = encoder
-        self.max_entries = max_entries
-        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def __call__(self, captions: list[str], device) -> Cond:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
-        if missing:
-            tokens, mask, pooled = self.encoder(missing)
-            if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()
-            for i, c in enumerate(missing):
-                n = int(mask[i].sum())
-                self._cache[c] = (tokens[i, :max(n, 1)].cpu(), pooled[i].cpu())
-        items = [self._cache[c] for c in captions]
-        n = max(t.shape[0] for t, _ in items)
-        dim = items[0][0].shape[-1]
-        tokens = torch.zeros(len(items), n, dim)
-        mask = torch.zeros(len(items), n, dtype=torch.bool)
-        for i, (t, _) in enumerate(items):
-            tokens[i, :t.shape[0]] = t
-            mask[i, :t.shape[0]] = True
-        pooled = torch.stack([p for _, p in items])
-        return Cond(tokens.to(device), mask.to(device), pooled.to(device))
 
 
 @register_task("teacher")
@@ -285,10 +237,7 @@ class TeacherTask(Task):
 def init_dit(cfg: DiTConfig, seed: int, tag: str) -> DiT:
     """A freshly initialised DiT whose weights depend only on ``(seed, tag)``: identical on every
     rank under torchrun and on every device, and untouched by the global RNG's state."""
-    from presto_cli.train.loop import seed_for
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(seed, tag))
+    with seeded(seed, tag):
         return DiT(cfg)
 
 
@@ -303,30 +252,3 @@ def teacher_meta(recipe: TeacherRecipe, frames: int, kind: str = "teacher") -> d
         meta["toy"] = recipe.data.path
         meta["max_frames"] = int(frames)
     return meta
-
-
-def load_teacher(path: str | Path, device: str | torch.device = "cpu",
-                 ) -> tuple[EDMDenoiser, dict, dict[str, Tensor]]:
-    """Load a teacher-family artefact: ``(EDMDenoiser in eval mode, meta, all tensors)``.
-
-    Distillation stages start from this (the tensors hold the embedded codec, if any).
-    """
-    tensors, meta = load_artefact(path)
-    if "model" not in meta or not any(k.startswith("dit.") for k in tensors):
-        raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact without DiT weights",
-                          "pass a teacher made by `presto pretrain`")
-    net = DiT(dataclass_from_dict(DiTConfig, meta["model"], "model"))
-    load_state_strict(net, sub_state(tensors, "dit"), f"DiT in {path}")
-    edm = dataclass_from_dict(EDMConfig, meta.get("edm", {}), "edm")
-    den = EDMDenoiser(net, edm).to(device).eval()
-    return den, meta, tensors
-
-
-def check_same_teacher(state: dict, path: str | Path, sha256: str) -> None:
-    """Refuse to resume a distillation run against a teacher file that changed since it started
-    (checkpoints from before this check carry no digest and are accepted)."""
-    old = state.get("teacher_sha256")
-    if old is not None and old != sha256:
-        raise PrestoError(f"the teacher {path} is not the file this run started with (SHA-256 "
-                          f"{sha256[:12]} != {old[:12]})",
-                          "resume with the original teacher, or start a new run in another --out folder")

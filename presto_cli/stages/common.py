@@ -1,0 +1,72 @@
+"""What the distillation stages (Presto-S, ASE, Presto-L, Presto-LS) share: the frozen teacher
+with its text conditioning, the data they train on, and the resume check on the teacher file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from presto_cli.data.toy import ToyDataset
+from presto_cli.errors import PrestoError
+from presto_cli.train.loop import Task
+
+
+def distillation_dataset(recipe, teacher_meta: dict, device):
+    """The data a distillation stage trains on: the teacher's toy mixture, or the latent cache of
+    ``data.path`` under the teacher's codec (``data.codec`` or the one it was trained with)."""
+    if teacher_meta.get("toy"):
+        return ToyDataset(teacher_meta["toy"], n=recipe.toy_size, seed=recipe.seed)
+    from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+
+    inherited = teacher_meta.get("data") or {}
+    if not recipe.data.path and inherited.get("path"):  # the teacher's data, clips of its length
+        recipe.data.path = inherited["path"]
+        recipe.data.manifest = inherited.get("manifest", "")
+        recipe.data.clip_seconds = float(inherited["clip_seconds"])
+    codec = recipe.data.codec or teacher_meta.get("codec_source", "")
+    if not recipe.data.path or not codec:
+        raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
+                          "trained on) and data.codec", "copy the data section of the teacher's recipe")
+    return LatentDataset(ensure_latent_cache(codec, recipe.data, device))
+
+
+def check_same_teacher(state: dict, path: str | Path, sha256: str) -> None:
+    """Refuse to resume a distillation run against a teacher file that changed since it started
+    (checkpoints from before this check carry no digest and are accepted)."""
+    old = state.get("teacher_sha256")
+    if old is not None and old != sha256:
+        raise PrestoError(f"the teacher {path} is not the file this run started with (SHA-256 "
+                          f"{sha256[:12]} != {old[:12]})",
+                          "resume with the original teacher, or start a new run in another --out folder")
+
+
+class DistillTask(Task):
+    """Base of the distillation tasks: loads the frozen teacher (``self.frozen``: its denoiser;
+    ``teacher_meta``, ``teacher_path``, ``teacher_sha256``, ``codec_tensors`` copied into the
+    student's artefact, ``text``: a caption cache on the teacher's encoder), trains on the teacher's
+    data, and refuses to resume against a changed teacher file (:meth:`check_teacher`)."""
+
+    def __init__(self, recipe, ctx, run_dir: Path, teacher_path: str, purpose: str, key: str):
+        super().__init__(recipe, ctx, run_dir)
+        from presto_cli.data.latents import file_sha256
+        from presto_cli.diffusion.artefact import load_teacher
+        from presto_cli.text.cache import TextCache
+        from presto_cli.text.encoders import build_text_encoder
+
+        self.device = ctx.device
+        self.frozen, meta, tensors = load_teacher(teacher_path, self.device)
+        if meta.get("kind") != "teacher":
+            raise PrestoError(f"{teacher_path} is a '{meta.get('kind')}' artefact; {purpose}",
+                              f"point {key} at a `presto pretrain` output")
+        self.teacher_meta = meta
+        self.teacher_path = str(teacher_path)
+        self.teacher_sha256 = file_sha256(teacher_path)
+        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith("codec.")}
+        self.text = TextCache(build_text_encoder(meta.get("text", "minilm"), device=self.device))
+        self._dataset = None
+
+    def make_dataset(self):
+        if self._dataset is None:
+            self._dataset = distillation_dataset(self.recipe, self.teacher_meta, self.device)
+        return self._dataset
+
+    def check_teacher(self, state: dict) -> None:
+        check_same_teacher(state, self.teacher_path, self.teacher_sha256)

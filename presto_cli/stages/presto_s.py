@@ -1,0 +1,124 @@
+"""Stage ``presto-s`` (``presto distill-steps``, METHOD.md section 3): Presto-S
+(:class:`~presto_cli.distill.presto_s.PrestoS`) on the teacher's data (latent cache or toy mixture)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from presto_cli.diffusion.edm import EDMDenoiser
+from presto_cli.distill.presto_s import DistillConfig, OptimConfig, PrestoS, teacher_cfg_weight
+from presto_cli.errors import PrestoError
+from presto_cli.io import prefixed, save_artefact
+from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
+from presto_cli.stages.common import DistillTask
+from presto_cli.train.loop import register_task, warmup_lr
+
+__all__ = ["PrestoSRecipe", "PrestoSTask", "optim_config"]
+
+
+@register_stage("presto-s")
+@dataclass
+class PrestoSRecipe(BaseRecipe):
+    """``presto distill-steps``: the model comes from the teacher artefact, so no ``model:``."""
+
+    stage: str = "presto-s"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    toy_size: int = 4096  # points drawn when the teacher was trained on a toy mixture
+
+    def teacher_path(self) -> str:
+        path = self.distill.teacher or self.data.teacher
+        if not path:
+            raise PrestoError("the presto-s stage needs a teacher artefact (distill.teacher or "
+                              "data.teacher)", "train one with `presto pretrain "
+                              "recipes/tiny/teacher.yaml`, then set data.teacher=runs/tiny-teacher/"
+                              "model.safetensors")
+        return path
+
+    def describe(self) -> dict:
+        """For ``--dry-run``: validates the distill section and names the teacher."""
+        self.distill.validate()
+        d = self.distill
+        return {"teacher": self.teacher_path(), "update_ratio": d.update_ratio,
+                "noise": {"gen": d.p_gen, "dmd": d.p_dmd, "dsm": d.p_dsm, "gan": d.p_gan},
+                "gen_input": d.gen_input}
+
+
+def optim_config(recipe: PrestoSRecipe) -> OptimConfig:
+    """Resolve the optimiser settings: ``distill.*`` where given, else ``train.*``."""
+    d, t = recipe.distill, recipe.train
+    lr_gen = d.lr_gen if d.lr_gen is not None else t.lr
+    return OptimConfig(lr_gen=lr_gen, lr_fake=d.lr_fake if d.lr_fake is not None else lr_gen,
+                       betas=(float(t.betas[0]), float(t.betas[1])), weight_decay=t.weight_decay,
+                       warmup=d.warmup if d.warmup is not None else t.warmup,
+                       grad_clip=d.grad_clip, ema=d.ema if d.ema is not None else t.ema)
+
+
+@register_task("presto-s")
+class PrestoSTask(DistillTask):
+    """``presto distill-steps``: Presto-S on the teacher's data (latent cache or toy mixture)."""
+
+    kind = "presto-s"
+
+    def __init__(self, recipe: PrestoSRecipe, ctx, run_dir: Path):
+        recipe.distill.validate()
+        super().__init__(recipe, ctx, run_dir, recipe.teacher_path(), "Presto-S distils a teacher",
+                         "distill.teacher")
+        if recipe.distill.teacher_dtype == "bf16" and self.device.type != "cuda":
+            raise PrestoError("distill.teacher_dtype=bf16 needs a CUDA device",
+                              "use distill.teacher_dtype=fp32 on CPU")
+        meta = self.teacher_meta
+        w = recipe.distill.cfg if recipe.distill.cfg is not None else teacher_cfg_weight(meta)
+        self.model = self.build_model(self.frozen, w)
+        del self.frozen  # held by the model as its real score
+
+    def build_model(self, teacher: EDMDenoiser, w: float) -> PrestoS:
+        """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model)."""
+        return PrestoS(teacher, self.recipe.distill, optim_config(self.recipe), w,
+                       seed=self.recipe.seed)
+
+    # -- training ----------------------------------------------------------------------------
+    def train_step(self, batch: dict, ctx) -> dict[str, float]:
+        x = batch["latents"].to(self.device).float()
+        in_ch = self.model.generator.net.cfg.in_channels
+        if x.dim() != 3 or x.shape[1] != in_ch:
+            raise PrestoError(f"latents of shape {tuple(x.shape[1:])} do not match the teacher's "
+                              f"{in_ch} channels", "use the data the teacher was trained on")
+        cond = self.text(list(batch["caption"]), self.device)
+        m = self.model.train_step(x, cond, ctx, global_batch=ctx.global_batch)
+        m["lr_gen"] = warmup_lr(self.model.ocfg.lr_gen, ctx.step, self.model.ocfg.warmup)
+        return m
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"presto_s": self.model.state_dict(), "teacher": self.teacher_path,
+                "teacher_sha256": self.teacher_sha256}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.check_teacher(sd)
+        self.model.load_state_dict(sd["presto_s"])
+
+    def export_meta(self) -> dict:
+        """Artefact metadata: the teacher's model/text/codec, few-step sampler, no CFG."""
+        r: PrestoSRecipe = self.recipe
+        t = self.teacher_meta
+        edm = dict(t.get("edm") or {})
+        rho = float(r.distill.rho if r.distill.rho is not None else edm.get("rho", 7.0))
+        steps = int(r.distill.gen_steps)
+        edm.update(sampler="fewstep", steps=steps, cfg=1.0)
+        meta = {k: v for k, v in t.items() if k not in ("kind", "version", "created", "name")}
+        meta.update(kind=self.kind, name=r.name or f"{t.get('name', 'teacher')}-presto-s",
+                    edm=edm, sampler={"name": "fewstep", "steps": steps, "cfg": 1.0, "rho": rho},
+                    teacher=self.teacher_path, distill=recipe_to_dict(r.distill),
+                    real_score_cfg=self.model.w)
+        return meta
+
+    def export(self, path: Path) -> None:
+        gen = self.model.export_generator()
+        tensors = prefixed({k: v.float() for k, v in gen.net.state_dict().items()}, "dit")
+        tensors.update(self.codec_tensors)
+        save_artefact(path, tensors, self.export_meta())
+
+    def describe(self) -> dict:
+        return {**self.recipe.describe(), "real_score_cfg": self.model.w,
+                "generator_params": sum(p.numel() for p in self.model.generator.parameters()),
+                "head_params": sum(p.numel() for p in self.model.head.parameters())}
