@@ -117,21 +117,6 @@ def _batches(jobs: list[dict], size: int):
         yield jobs[i:i + size]
 
 
-def _write_clip(path: Path, audio, sample_rate: int, rec: dict) -> None:
-    """Audio, then its JSON sidecar; a clip is both or neither (Ctrl-C between the two included)."""
-    from presto_cli.audio import write_audio
-    from presto_cli.io import atomic_write_json
-
-    side = path.with_suffix(path.suffix + ".json")
-    write_audio(path, audio, sample_rate, fmt=path.suffix.lstrip("."))
-    try:
-        atomic_write_json(side, rec)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
-        raise
-
-
 def generate_cmd(
     prompt: Optional[str] = typer.Argument(None, help="Text prompt, e.g. \"jazz trio\"."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
@@ -167,7 +152,7 @@ def generate_cmd(
     else:
         jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
         batches, total = _batches(jobs, batch_size), len(jobs)
-    from presto_cli import __version__
+    from presto_cli.outputs import clip_record, provenance, write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
     from presto_cli.runtime import console, progress, resolve_device, set_cpu_threads_for
     from presto_cli.validate import check_steps_for_model, model_default_steps
@@ -189,11 +174,7 @@ def generate_cmd(
         raise PrestoError(f"{model_path} makes latents only (no codec embedded)", "use a model trained on audio")
     if seed is None:
         console.print(f"seed: {base}")
-    common = {"model": str(model.strip() if model else model_path.stem), "model_path": str(model_path),
-              "kind": pipe.kind, "steps": s.steps, "sampler": s.sampler, "cfg": s.cfg, "rho": s.rho,
-              "duration": round(dur, 4), "sample_rate": pipe.sample_rate,
-              "nfe": pipe.nfe(s.steps, s.sampler, s.cfg), "normalize": normalize,
-              "device": str(pipe.device), "presto_version": __version__}
+    common = provenance(pipe, s, str(model.strip() if model else model_path.stem), dur, normalize)
     done = 0
     try:
         with progress("generating", total=total, quiet=as_json) as tick:
@@ -210,8 +191,8 @@ def generate_cmd(
                     a = a.float()
                     if normalize:
                         a = a / a.abs().max().clamp_min(1e-8) * (10 ** (-1 / 20))
-                    rec = {"file": str(j["path"]), "prompt": j["prompt"], "seed": j["seed"], **common}
-                    _write_clip(j["path"], a, pipe.sample_rate, rec)
+                    rec = clip_record(j["path"], j["prompt"], j["seed"], common)
+                    write_clip(j["path"], a, pipe.sample_rate, rec)
                     done += 1
                     tick.update(done)
                     sys.stdout.write((json.dumps(rec) if as_json else rec["file"]) + "\n")

@@ -33,7 +33,7 @@ def child(model: str | None, steps: int | None, prompt: str, out: str) -> dict:
 
     import torch
 
-    from presto_cli.commands.generate import _write_clip
+    from presto_cli.outputs import write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
     from presto_cli.runtime import resolve_device, set_cpu_threads_for
     from presto_cli.text.encoders import build_text_encoder
@@ -53,7 +53,7 @@ def child(model: str | None, steps: int | None, prompt: str, out: str) -> dict:
     lap("sampling")
     audio = pipe.decode(lat)
     lap("decode")
-    _write_clip(Path(out), audio[0], pipe.sample_rate, {"file": out, "prompt": prompt})
+    write_clip(Path(out), audio[0], pipe.sample_rate, {"file": out, "prompt": prompt})
     lap("write")
     return times
 

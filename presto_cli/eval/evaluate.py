@@ -435,8 +435,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
                     log: Callable[[str], None], progress: Callable[[str, int, int], None] | None = None
                     ) -> System:
     """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
-    from presto_cli.audio import write_audio
-    from presto_cli.io import atomic_write_json
+    from presto_cli.outputs import clip_record, provenance, write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
 
     from presto_cli.runtime import set_cpu_threads_for
@@ -444,38 +443,31 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     path = resolve_model(model)
     set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
     pipe = load_pipeline(str(path), cfg.device)
-    if getattr(pipe, "codec", True) is None or not pipe.sample_rate:
+    if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
-    steps = cfg.steps or None
-    sampler = cfg.sampler or None
-    cfgw = cfg.cfg if cfg.cfg >= 0 else None
-    duration = cfg.duration or None
-    s = pipe.settings(steps, sampler, cfgw) if hasattr(pipe, "settings") else None
+    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
+    duration = pipe.frames_for(cfg.duration or None) / pipe.frame_rate
+    common = provenance(pipe, s, model, duration)
     name = system_name(model)
     out_dir = audio_root / name
     files: list[Path] = []
     t0 = time.time()
     for i in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[i:i + cfg.batch_size]
-        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], steps=steps,
-                              sampler=sampler, cfg=cfgw, duration=duration)
+        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
+                              s.sampler, s.cfg, duration, s.rho)
         for r, a in zip(chunk, audio):
             f = out_dir / f"{r['name']}.wav"
-            write_audio(f, a.float().cpu(), pipe.sample_rate)
-            atomic_write_json(f.with_suffix(".wav.json"),
-                              {"prompt": r["prompt"], "seed": r["seed"], "style": r.get("style"),
-                               "model": model, "steps": s.steps if s else steps,
-                               "sampler": s.sampler if s else sampler})
+            write_clip(f, a.float().cpu(), pipe.sample_rate,
+                       clip_record(f, r["prompt"], r["seed"], common, style=r.get("style")))
             files.append(f)
         if progress is not None:
             progress(name, len(files), len(rows))
         else:
             log(f"{name}: generated {len(files)}/{len(rows)} clips")
-    info = {"model": model, "model_path": str(path), "kind": pipe.kind,
-            "steps": s.steps if s else steps, "sampler": s.sampler if s else sampler,
-            "cfg": s.cfg if s else cfgw, "nfe": pipe.nfe(steps, sampler, cfgw),
-            "sample_rate": pipe.sample_rate, "generation_seconds": round(time.time() - t0, 3),
-            "audio_dir": str(out_dir)}
+    info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
+            "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
+            "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir)}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
                   [r["seed"] for r in rows], info)
 
