@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from presto_cli.data.latents import LatentDataset, latent_cache_dir
-from presto_cli.diffusion.edm import edm_weight
+from presto_cli.diffusion.edm import denoise_fn, edm_weight
 from presto_cli.diffusion.artefact import load_teacher
 from presto_cli.diffusion.layer_schedule import LayerSchedule
+from presto_cli.diffusion.layered import LayeredDenoiser
 from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder
 
@@ -77,14 +78,14 @@ def main() -> None:
             name = f"{p.parent.parent.name}/{name}"
         if name in models:
             raise SystemExit(f"two models are both named {name}: {p}")
-        models[name] = (den, LayerSchedule.from_dict(meta["schedule"]))
-    ref_sched = next(iter(models.values()))[1]
+        models[name] = LayeredDenoiser(den, LayerSchedule.from_dict(meta["schedule"]))
+    ref_sched = next(iter(models.values())).schedule
     for mode in ("first-k", "keep-last"):  # the untuned teacher under each block choice
-        models[f"untuned {mode}"] = (teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
-                                                            ref_sched.depth_total, mode, 1))
+        models[f"untuned {mode}"] = LayeredDenoiser(teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
+                                                                           ref_sched.depth_total, mode, 1))
 
-    def run(den, x, sig, c, kw):
-        return den.guided(x, sig, c, a.cfg, **kw) if a.cfg != 1.0 else den(x, sig, c, **kw)
+    def run(den, x, sig, c):
+        return denoise_fn(den, c, a.cfg)(x, sig)
 
     gen = torch.Generator().manual_seed(a.seed)
     cfg = teacher.cfg
@@ -98,16 +99,12 @@ def main() -> None:
             sig = torch.full((n,), s)
             xs = x0 + s * noise[j]
             lam = edm_weight(sig, cfg.sigma_data)
-            full = torch.cat([run(teacher, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)), {})
+            full = torch.cat([run(teacher, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)))
                               for i in range(0, n, 60)])
             err = lambda d: float((lam * (d - x0).pow(2).flatten(1).mean(1)).mean())  # noqa: E731
             acc["teacher (full depth)"][0] += err(full)
-            for name, (den, sch) in models.items():
-                kw = sch.net_kwargs(s, n)
-                extra = {"blocks": kw["blocks"]}
-                if den.net.cfg.budget_embed or den.net.cfg.budget_rescale:
-                    extra["budget"] = kw["budget"][:1]
-                d = torch.cat([run(den, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)), dict(extra))
+            for name, den in models.items():
+                d = torch.cat([run(den, xs[i:i + 60], sig[i:i + 60], cond.index(slice(i, i + 60)))
                                for i in range(0, n, 60)])
                 acc[name][0] += err(d)
                 acc[name][1] += float((lam * (d - full).pow(2).flatten(1).mean(1)).mean())

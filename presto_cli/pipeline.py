@@ -94,7 +94,7 @@ class Pipeline:
             from presto_cli.codec import codec_from_embedded
 
             self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
-        self.schedule = None
+        self.schedule = None  # layer-dropping kinds: the depth each noise level runs at
         if meta.get("schedule"):
             from presto_cli.diffusion.layer_schedule import LayerSchedule
 
@@ -160,21 +160,13 @@ class Pipeline:
         return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
 
     def model_fn(self, cond, s: SampleSettings) -> Callable:
-        den = self.denoiser
-        schedule = self.schedule
+        """The samplers' ``model_fn``: the denoiser (at the layer schedule's depths, when the model
+        has one), guided with ``s.cfg``."""
+        from presto_cli.diffusion.edm import denoise_fn
+        from presto_cli.diffusion.layered import LayeredDenoiser
 
-        def fn(x, sigma):
-            kw = {}
-            sig = sigma if torch.is_tensor(sigma) else torch.full((x.shape[0],), float(sigma), device=x.device)
-            if sig.ndim == 0:
-                sig = sig.expand(x.shape[0])
-            if schedule is not None:
-                kw = schedule.net_kwargs(float(sig[0]), x.shape[0], x.device)
-            if s.cfg != 1.0:
-                return den.guided(x, sig, cond, s.cfg, **kw)
-            return den(x, sig, cond, **kw)
-
-        return fn
+        den = self.denoiser if self.schedule is None else LayeredDenoiser(self.denoiser, self.schedule)
+        return denoise_fn(den, cond, s.cfg)
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,

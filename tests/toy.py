@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from presto_cli.data.toy import GMM, gmm1d, gmm2d, parse_toy_path  # noqa: F401  (re-exported)
-from presto_cli.diffusion.edm import Cond, EDMDenoiser
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, denoise_fn
 from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise
 from presto_cli.diffusion.schedules import sampler_sigmas
 
@@ -130,11 +130,7 @@ def sample_teacher(teacher: ToyTeacher, n: int, seed: int = 0, steps: int = 18, 
     sigmas = sampler_sigmas(sampler, steps, e.sigma_min, e.sigma_max, e.rho)  # the pipeline's
     noise = PerSampleNoise(range(seed * 100_000, seed * 100_000 + n))
     x = noise.randn((teacher.dim, 1)) * sigmas[0]
-    if cfg == 1.0:
-        fn = lambda x, s: den(x, s, cond)  # noqa: E731
-    else:
-        fn = lambda x, s: den.guided(x, s, cond, cfg)  # noqa: E731
-    out = SAMPLERS[sampler](fn, x, sigmas, noise=noise)
+    out = SAMPLERS[sampler](denoise_fn(den, cond, cfg), x, sigmas, noise=noise)
     return out[:, :, 0]
 
 

@@ -111,6 +111,32 @@ def _as_batch(sigma: Tensor | float, b: int, device) -> Tensor:
     return s.expand(b) if s.numel() == 1 else s
 
 
+def cfg_guided(forward, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor) -> Tensor:
+    """Classifier-free guidance ``D(null) + w (D(c) - D(null))`` (METHOD.md section 2), both halves
+    as one batch of 2B through ``forward(x, sigma, cond)``; ``w`` is a float or a per-sample [B]."""
+    b = x.shape[0]
+    sigma = _as_batch(sigma, b, x.device)
+    null = cond.with_uncond(torch.ones(b, dtype=torch.bool, device=x.device))
+    conditional = cond.with_uncond(torch.zeros(b, dtype=torch.bool, device=x.device))
+    d = forward(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([conditional, null]))
+    d_c, d_u = d[:b], d[b:]
+    w = torch.as_tensor(w, dtype=d.dtype, device=d.device).reshape(-1)
+    w = w.view((-1,) + (1,) * (x.dim() - 1)) if w.numel() > 1 else w
+    return d_u + w * (d_c - d_u)
+
+
+def denoise_fn(denoiser, cond: Cond | None, w: float = 1.0):
+    """``model_fn(x, sigma) -> D`` for the samplers: guided when ``w != 1`` (and there is a
+    condition), else one plain forward. Every sampling path (generate, eval, bench, tests) uses it."""
+
+    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
+        if cond is not None and w != 1.0:
+            return denoiser.guided(x, sigma, cond, w)
+        return denoiser(x, sigma, cond)
+
+    return model_fn
+
+
 class EDMDenoiser(nn.Module):
     """The EDM-preconditioned denoiser ``D(x; sigma, c)`` around a backbone ``net`` (a DiT)."""
 
@@ -154,25 +180,14 @@ class EDMDenoiser(nn.Module):
 
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor,
                **net_kwargs) -> Tensor:
-        """Classifier-free guided denoiser ``D(null) + w (D(c) - D(null))``, one batch of 2B.
-
-        ``w`` is a float or a per-sample tensor [B]. (Callers with w == 1 should call
-        :meth:`forward`: it costs half.) ``return_hidden`` is not supported here.
-        """
+        """Classifier-free guided denoiser (:func:`cfg_guided`); ``net_kwargs`` go to both halves.
+        (Callers with w == 1 should call :meth:`forward`: it costs half.)"""
         if net_kwargs.get("return_hidden"):
             raise ValueError("guided() does not return hidden states")
-        b = x.shape[0]
-        sigma = _as_batch(sigma, b, x.device)
-        null = cond.with_uncond(torch.ones(b, dtype=torch.bool, device=x.device))
-        conditional = cond.with_uncond(torch.zeros(b, dtype=torch.bool, device=x.device))
         if net_kwargs.get("budget") is not None:
+            b = x.shape[0]
             net_kwargs["budget"] = torch.as_tensor(net_kwargs["budget"]).reshape(-1).expand(b).repeat(2)
-        d = self.forward(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                         Cond.cat([conditional, null]), **net_kwargs)
-        d_c, d_u = d[:b], d[b:]
-        w = torch.as_tensor(w, dtype=d.dtype, device=d.device).reshape(-1)
-        w = w.view((-1,) + (1,) * (x.dim() - 1)) if w.numel() > 1 else w
-        return d_u + w * (d_c - d_u)
+        return cfg_guided(lambda x2, s2, c2: self.forward(x2, s2, c2, **net_kwargs), x, sigma, cond, w)
 
     # -- noise levels (thin wrappers over the module functions, with this config) ------------
 

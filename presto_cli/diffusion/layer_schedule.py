@@ -175,12 +175,6 @@ class LayerSchedule:
         """Indices of the blocks run at noise level ``sigma``."""
         return self.blocks_for_depth(self.depth(sigma))
 
-    def net_kwargs(self, sigma: float, batch: int, device=None) -> dict:
-        """``blocks``/``budget`` keyword arguments of the DiT for a batch sharing one ``sigma``."""
-        k = self.depth(float(sigma))
-        return {"blocks": self.blocks_for_depth(k),
-                "budget": torch.full((int(batch),), k, dtype=torch.long, device=device)}
-
     def depths_for(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample depths (long tensor on ``sigma``'s device) for a batch of noise levels."""
         s = sigma.detach().reshape(-1).double()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMDenoiser
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, cfg_guided, denoise_fn
 from presto_cli.diffusion.layer_schedule import LayerSchedule
 from presto_cli.errors import PrestoError
 
@@ -84,25 +84,11 @@ class LayeredDenoiser(nn.Module):
 
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor) -> Tensor:
         """Classifier-free guidance as one batch of 2B, each half at the schedule's depth."""
-        b = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(b)
-        null = cond.with_uncond(torch.ones(b, dtype=torch.bool, device=x.device))
-        conditional = cond.with_uncond(torch.zeros(b, dtype=torch.bool, device=x.device))
-        d = self.forward(torch.cat([x, x]), torch.cat([sigma, sigma]), Cond.cat([conditional, null]))
-        d_c, d_u = d[:b], d[b:]
-        w = torch.as_tensor(w, dtype=d.dtype, device=d.device).reshape(-1)
-        w = w.view((-1,) + (1,) * (x.dim() - 1)) if w.numel() > 1 else w
-        return d_u + w * (d_c - d_u)
+        return cfg_guided(self.forward, x, sigma, cond, w)
 
 
 def layered_model_fn(denoiser: EDMDenoiser, schedule: LayerSchedule, cond: Cond | None,
                      cfg: float = 1.0):
     """``model_fn(x, sigma_batch) -> denoised`` for the samplers, at the schedule's depths."""
     layered = denoiser if isinstance(denoiser, LayeredDenoiser) else LayeredDenoiser(denoiser, schedule)
-
-    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
-        if cond is not None and cfg != 1.0:
-            return layered.guided(x, sigma, cond, cfg)
-        return layered(x, sigma, cond)
-
-    return model_fn
+    return denoise_fn(layered, cond, cfg)
