@@ -42,7 +42,7 @@ from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
 from presto_cli.errors import PrestoError
 from presto_cli.seeds import seeded
-from presto_cli.train.loop import EMA, clip_and_norm, set_lr, warmup_lr
+from presto_cli.train.loop import EMA, optimizer_step, warmup_lr
 
 __all__ = ["DistillConfig", "OptimConfig", "PrestoS", "dmd_gradient",
            "dmd_loss", "real_score", "teacher_cfg_weight"]
@@ -357,37 +357,27 @@ class PrestoS:
             # 1. generator output (with graph only when the generator updates this iteration)
             x_hat, sigma_g = self.generate(x, cond, rng, b, grad=gen_step)
             # 2. fake score + head, every iteration
-            set_lr(self.opt_fake, warmup_lr(o.lr_fake, step, o.warmup))
-            self.opt_fake.zero_grad(set_to_none=True)
             l_fake, m = self.fake_loss(x_hat, x, cond, rng, b)
-        l_fake.backward()
-        rng.sync_grads(self.fake, self.head)
-        metrics["fake_gnorm"] = clip_and_norm(list(self.fake.parameters()) +
-                                              list(self.head.parameters()), o.grad_clip)
-        self.opt_fake.step()
+        metrics["fake_gnorm"] = optimizer_step(self.opt_fake, l_fake, [self.fake, self.head], rng,
+                                               o.grad_clip, lr=warmup_lr(o.lr_fake, step, o.warmup))
         self.fake_updates += 1
         metrics.update(m)
         metrics["gen_step"] = float(gen_step)
         # 3. generator, every r-th iteration, through the frozen fake score and head
         if gen_step:
-            set_lr(self.opt_gen, warmup_lr(o.lr_gen, step, o.warmup))
-            self.opt_gen.zero_grad(set_to_none=True)
-            self.fake.requires_grad_(False)
+            self.fake.requires_grad_(False)  # the graph then holds no fake-score or head weights
             self.head.requires_grad_(False)
             try:
                 with rng.autocast():
                     l_dmd, l_gan, m = self.generator_loss(x_hat, cond, rng, b)
                     l_gen = l_dmd + self.dcfg.nu1 * l_gan
-                l_gen.backward()
             finally:
                 self.fake.requires_grad_(True)
                 self.head.requires_grad_(True)
-            rng.sync_grads(self.generator)
-            metrics["gen_gnorm"] = clip_and_norm(self.generator.parameters(), o.grad_clip)
-            self.opt_gen.step()
+            metrics["gen_gnorm"] = optimizer_step(self.opt_gen, l_gen, [self.generator], rng, o.grad_clip,
+                                                  lr=warmup_lr(o.lr_gen, step, o.warmup), ema=self.ema,
+                                                  ema_step=self.gen_updates)
             self.gen_updates += 1
-            if self.ema is not None:
-                self.ema.update(self.generator, self.gen_updates - 1)
             metrics.update(m)
             metrics["gen_loss"] = float(l_gen.detach())
         metrics["sigma_gen"] = float(sigma_g.float().log().mean().exp())  # geometric mean

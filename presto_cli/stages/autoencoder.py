@@ -29,8 +29,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_write_json
 from presto_cli.recipes import BaseRecipe, register_stage
 from presto_cli.seeds import seed_for, seeded
-from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task,
-                                   set_lr, warmup_lr)
+from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
 
 
 @dataclass
@@ -150,15 +149,10 @@ class AutoencoderTask(Task):
             loss, parts, recon = reconstruction_losses(self.codec, audio, noise, lc)
         if adv_on:
             # discriminator step on the detached reconstruction
-            set_lr(self.opt_d, lc.disc_lr or lr)
-            self.opt_d.zero_grad(set_to_none=True)
             with ctx.autocast():
                 d_loss = discriminator_loss(self.disc(audio), self.disc(recon.detach()),
                                             lc.adversarial_kind)
-            d_loss.backward()
-            ctx.sync_grads(self.disc)
-            clip_and_norm(self.disc.parameters(), r.train.grad_clip)
-            self.opt_d.step()
+            optimizer_step(self.opt_d, d_loss, [self.disc], ctx, r.train.grad_clip, lr=lc.disc_lr or lr)
             metrics["d_loss"] = float(d_loss.detach())
             with ctx.autocast():
                 real = self.disc(audio)
@@ -167,16 +161,9 @@ class AutoencoderTask(Task):
                 fm = feature_matching_loss(real, fake)
             loss = loss + lc.adversarial_weight * g_adv + lc.feature_matching_weight * fm
             metrics.update(g_adv=float(g_adv.detach()), fm=float(fm.detach()))
-        set_lr(self.opt, lr)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        gnorm = optimizer_step(self.opt, loss, [self.codec], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         if self.disc is not None:
-            self.disc.zero_grad(set_to_none=True)  # generator pass must not leave D gradients
-        ctx.sync_grads(self.codec)
-        gnorm = clip_and_norm(self.codec.parameters(), r.train.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.codec, ctx.step)
+            self.disc.zero_grad(set_to_none=True)  # the generator pass must not leave D gradients
         parts_f = {k: float(v.detach()) for k, v in parts.items()}
         return {"loss": float(loss.detach()), **parts_f, **metrics, "grad_norm": gnorm, "lr": lr}
 

@@ -10,7 +10,7 @@ import torch
 from presto_cli.errors import PrestoError
 from presto_cli.eval.clap_model import REPORT_NAME, ClapModel, ClapModelConfig, info_nce
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
-from presto_cli.train.loop import EMA, Task, build_adamw, clip_and_norm, register_task, set_lr, warmup_lr
+from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
 
 
 @dataclass
@@ -69,7 +69,6 @@ class ClapTask(Task):
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         tr = self.recipe.train
-        set_lr(self.opt, warmup_lr(tr.lr, ctx.step, tr.warmup))
         audio = batch["audio"].to(ctx.device)
         captions = [str(c) for c in batch["caption"]]
         self.model.train()
@@ -79,13 +78,8 @@ class ClapTask(Task):
             t = self.model.encode_text(captions, features=feats)
         loss, acc = info_nce(a, t, self.model.scale(),
                              captions if self.recipe.clap.same_caption_positive else None)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.sync_grads(self.model)
-        gnorm = clip_and_norm(self.model.parameters(), tr.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.model, ctx.step)
+        gnorm = optimizer_step(self.opt, loss, [self.model], ctx, tr.grad_clip,
+                               lr=warmup_lr(tr.lr, ctx.step, tr.warmup), ema=self.ema)
         return {"loss": float(loss.detach()), "acc": float(acc), "temp": float(1.0 / self.model.scale().detach()),
                 "grad_norm": gnorm}
 

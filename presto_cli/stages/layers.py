@@ -17,7 +17,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.io import load_state_strict, prefixed, read_artefact_meta, save_artefact
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.stages.common import DistillTask
-from presto_cli.train.loop import EMA, build_adamw, clip_and_norm, register_task, set_lr, warmup_lr
+from presto_cli.train.loop import EMA, build_adamw, optimizer_step, register_task, warmup_lr
 
 __all__ = ["ASERecipe", "PrestoLRecipe", "ASETask", "PrestoLTask", "layer_meta"]
 
@@ -130,7 +130,6 @@ class LayerTask(DistillTask):
         cond = drop_condition(cond, self.edm.p_uncond, ctx.rand("layers.cfg_drop", (G,)))
         depths = self.train_depths(sigma, ctx)
         lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
-        set_lr(self.opt, lr)
         self.student.train()
         with ctx.autocast():
             total, parts = layer_losses(self.student, self.teacher, x0, sigma, noise, cond, depths,
@@ -138,13 +137,7 @@ class LayerTask(DistillTask):
                                         self_teacher=self.alpha,
                                         self_teacher_cfg=float(getattr(r.layers, "self_teacher_cfg", 1.0)))
         loss = total.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.sync_grads(self.student)
-        gnorm = clip_and_norm(self.student.parameters(), r.train.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.student, ctx.step)
+        gnorm = optimizer_step(self.opt, loss, [self.student], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
                "depth": float(depths.float().mean()) / self.schedule.depth_total,
                **self.schedule.bin_shares(sigma)}

@@ -25,8 +25,7 @@ from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.seeds import seeded
 from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder, text_encoder_dim
-from presto_cli.train.loop import (EMA, Task, build_adamw, clip_and_norm, register_task, set_lr,
-                                   warmup_lr)
+from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
 
 __all__ = ["TeacherRecipe", "TeacherTask", "teacher_meta", "init_dit"]
 
@@ -173,18 +172,11 @@ class TeacherTask(Task):
         cond = drop_condition(cond, r.edm.p_uncond, ctx.rand("teacher.cfg_drop", (G,)))
 
         lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
-        set_lr(self.opt, lr)
         self.net.train()
         with ctx.autocast():
             per_sample = edm_loss(self.denoiser, x0, sigma, noise, cond)
         loss = per_sample.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.sync_grads(self.net)
-        gnorm = clip_and_norm(self.net.parameters(), r.train.grad_clip)
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.net, ctx.step)
+        gnorm = optimizer_step(self.opt, loss, [self.net], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         with torch.no_grad():  # loss split by noise level: low (< sigma_data), high
             low = sigma < r.edm.sigma_data
             out = {"loss": float(loss), "grad_norm": gnorm, "lr": lr}

@@ -231,6 +231,26 @@ def clip_and_norm(params, max_norm: float) -> float:
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, modules: Iterable[nn.Module], ctx,
+                   grad_clip: float, *, lr: float | None = None, ema: EMA | None = None,
+                   ema_step: int | None = None) -> float:
+    """One update of ``modules`` by ``opt``: set the LR (when given), zero the gradients, backward,
+    average the gradients over ranks (``ctx.sync_grads``), clip, step, update the EMA (of the first
+    module, warm-up counted by ``ema_step``, default ``ctx.step``). Returns the gradient norm before
+    clipping. Every task's update goes through here."""
+    modules = list(modules)
+    if lr is not None:
+        set_lr(opt, lr)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.sync_grads(*modules)
+    gnorm = clip_and_norm([p for m in modules for p in m.parameters()], grad_clip)
+    opt.step()
+    if ema is not None:
+        ema.update(modules[0], ctx.step if ema_step is None else ema_step)
+    return gnorm
+
+
 # --------------------------------------------------------------------------------------------
 # Data order
 
