@@ -204,53 +204,21 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory made by a t
 
 
 def _mount() -> None:
-    from presto_cli.commands import generate as gen_mod
-
-    app.command("generate")(gen_mod.generate_cmd)
-    try:
-        from presto_cli.commands import eval as eval_mod
-
-        app.command("eval")(eval_mod.eval_cmd)
-    except ImportError as e:  # pragma: no cover - while the module is being written
-        _missing("eval", e)
-    try:
-        from presto_cli.commands import bench as bench_mod
-
-        app.command("bench")(bench_mod.bench_cmd)
-    except ImportError as e:  # pragma: no cover
-        _missing("bench", e)
-    try:
-        from presto_cli.commands import data as data_mod
-
-        data_app = data_mod.app
-    except ImportError as e:  # pragma: no cover
-        data_app = typer.Typer(help="Data: synthesise, prepare and encode datasets.")
-        _missing_in(data_app, "synth", e)
+    from presto_cli.commands import bench as bench_mod
+    from presto_cli.commands import data as data_mod
     from presto_cli.commands import data_encode
-
-    data_app.command("encode")(data_encode.encode_cmd)
-    app.add_typer(data_app, name="data", help="Data: synthesise, prepare and encode datasets.")
+    from presto_cli.commands import env as env_mod
+    from presto_cli.commands import eval as eval_mod
+    from presto_cli.commands import generate as gen_mod
     from presto_cli.commands import recipe as recipe_mod
 
+    app.command("generate")(gen_mod.generate_cmd)
+    app.command("eval")(eval_mod.eval_cmd)
+    app.command("bench")(bench_mod.bench_cmd)
+    data_mod.app.command("encode")(data_encode.encode_cmd)
+    app.add_typer(data_mod.app, name="data", help="Data: synthesise, prepare and encode datasets.")
     app.add_typer(recipe_mod.app, name="recipe", help="Recipes: the keys of each training stage.")
-    from presto_cli.commands import env as env_mod
-
     app.command("env")(env_mod.env_cmd)
-
-
-def _missing(name: str, e: Exception) -> None:
-    def cmd():
-        raise PrestoError(f"`presto {name}` is unavailable: {e}")
-
-    cmd.__doc__ = f"(unavailable: {e})"
-    app.command(name)(cmd)
-
-
-def _missing_in(sub: typer.Typer, name: str, e: Exception) -> None:
-    def cmd():
-        raise PrestoError(f"`presto data {name}` is unavailable: {e}")
-
-    sub.command(name)(cmd)
 
 
 _mount()

@@ -17,20 +17,9 @@ runner = CliRunner()
 
 
 def _app():
-    try:
-        from presto_cli.cli import app
+    from presto_cli.cli import app
 
-        return app
-    except ImportError:  # the lead's cli.py not there yet: a local app wrapping the commands
-        import typer
-
-        from presto_cli.commands.bench import bench_cmd
-        from presto_cli.commands.eval import eval_cmd
-
-        app = typer.Typer()
-        app.command("eval")(eval_cmd)
-        app.command("bench")(bench_cmd)
-        return app
+    return app
 
 
 def _tone(freq: float, seconds: float = 0.5, amp: float = 0.4) -> torch.Tensor:

@@ -29,7 +29,6 @@ MEANINGS = {
     "CodecLossConfig.disc_lr": "discriminator learning rate (0 -> train.lr)",
     "ASEConfig.bins": "interior ln(sigma) bin edges, ascending ([] with depths: [] -> the default schedule)",
     "ASEConfig.train_depth": "schedule: train each sample at k(sigma) [ASE]; uniform: at any depth [ours]",
-    "PrestoLConfig.self_teacher_cfg": "CFG weight of the self-teacher loss (> 1: match the guided outputs) [ours]",
     "BaseRecipe.stage": "which stage this recipe trains (picks the recipe's sections)",
     "BaseRecipe.seed": "seed of every random draw of the run (init, data order, noise)",
     "DataConfig.sample_rate": "rate audio is read at (autoencoder: = model.sample_rate; later stages: the codec's)",

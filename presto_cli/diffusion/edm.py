@@ -10,7 +10,6 @@ Classifier-free guidance uses the DiT's learned null condition:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -21,7 +20,7 @@ from presto_cli.errors import PrestoError
 
 __all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition",
            "sigma_train_from_normal", "sigma_inf_from_uniform",
-           "sample_sigma_train", "sample_sigma_inf", "log_normal_density"]
+           "sample_sigma_train", "sample_sigma_inf"]
 
 
 @dataclass
@@ -273,10 +272,3 @@ def edm_loss(denoiser: EDMDenoiser, x0: Tensor, sigma: Tensor, noise: Tensor, co
         d = d[0]
     err = (d - x0.float()).pow(2).flatten(1).mean(1)
     return edm_weight(sigma, denoiser.cfg.sigma_data) * err
-
-
-def log_normal_density(sigma: Tensor, cfg: EDMConfig) -> Tensor:
-    """Density of p_train at ``sigma`` (for plots and diagnostics)."""
-    s = sigma.float()
-    z = (s.log() - cfg.p_mean) / cfg.p_std
-    return torch.exp(-0.5 * z * z) / (s * cfg.p_std * math.sqrt(2 * math.pi))

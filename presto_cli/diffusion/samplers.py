@@ -15,7 +15,7 @@ Per-sample noise (:class:`PerSampleNoise`) makes a clip depend only on its seed.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -27,10 +27,6 @@ __all__ = ["PerSampleNoise", "get_sigmas_karras", "sample_euler", "sample_heun",
            "sample_dpmpp_2m", "sample_fewstep", "SAMPLERS", "get_sigmas_fewstep", "get_sigmas", "nfe", "get_sampler", "run_sampler"]
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
-
-
-class Callback(Protocol):
-    def __call__(self, info: dict) -> None: ...
 
 
 class PerSampleNoise:

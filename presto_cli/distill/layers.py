@@ -72,9 +72,6 @@ class PrestoLConfig(ASEConfig):
     budget_embed: bool = True  # embedding of the number of blocks run, added to adaLN
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream
     self_teacher: float = 1.0  # alpha of L_st = ||D_drop - sg(D_full teacher)||^2 (0: off)
-    # guidance weight of L_st [ours]: > 1 matches the CFG-guided outputs the sampler uses,
-    # D_null + w (D_c - D_null), student and teacher alike (one more student forward per step)
-    self_teacher_cfg: float = 1.0
     denoise: float = 1.0  # weight of the ordinary denoising loss
 
 
@@ -95,7 +92,7 @@ def build_schedule(cfg: ASEConfig, depth_total: int, edm_cfg, mode: str,
 
 def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, sigma: Tensor,
                  noise: Tensor, cond: Cond | None, depths: Tensor, schedule: LayerSchedule, *,
-                 denoise: float = 1.0, self_teacher: float = 0.0, self_teacher_cfg: float = 1.0
+                 denoise: float = 1.0, self_teacher: float = 0.0
                  ) -> tuple[Tensor, dict[str, Tensor]]:
     """The layer-distillation objective, per sample, and its parts (METHOD.md section 4).
 
@@ -115,24 +112,9 @@ def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, 
     if self_teacher > 0:
         if teacher is None:
             raise ValueError("self_teacher > 0 needs the teacher")
-        w = float(self_teacher_cfg)
-        if w != 1.0 and cond is not None:
-            # guided outputs, divided by w so the term keeps the unguided one's scale. Samples
-            # whose caption was dropped (CFG training) compare null outputs: weight 0.
-            dropped = cond.uncond_flags().to(x0.device)
-            w_vec = torch.where(dropped, torch.zeros(b, device=x0.device), torch.full((b,), w, device=x0.device))
-            with torch.no_grad():
-                d_full = teacher.guided(x_sigma, sigma, cond, w_vec).float()
-            null = cond.with_uncond(torch.ones(b, dtype=torch.bool, device=x0.device))
-            d_null = forward_at_depths(student, x_sigma, sigma, null, depths, schedule)
-            wv = w_vec.view(shape)
-            d_drop_g = d_null + wv * (d_drop - d_null)
-            scale = torch.where(dropped, torch.ones_like(w_vec), w_vec).view(shape)
-            l_st = lam * ((d_drop_g - d_full) / scale).pow(2).flatten(1).mean(1)
-        else:
-            with torch.no_grad():
-                d_full = teacher(x_sigma, sigma, cond).float()
-            l_st = lam * (d_drop - d_full).pow(2).flatten(1).mean(1)
+        with torch.no_grad():
+            d_full = teacher(x_sigma, sigma, cond).float()
+        l_st = lam * (d_drop - d_full).pow(2).flatten(1).mean(1)
         parts["loss_self_teacher"] = l_st.detach()
         total = total + self_teacher * l_st
     return total, parts

@@ -267,15 +267,10 @@ def style_texts(styles_file: str, ref: str, needed: list[str]) -> dict[str, str]
             return table
         if styles_file and c == Path(styles_file):
             raise PrestoError(f"styles file not found: {c}")
-    try:
-        from presto_cli.data.synth import style_captions
+    from presto_cli.data.synth import style_captions
 
-        table = style_captions()
-        if all(s in table for s in needed):
-            return table
-    except ImportError:
-        pass
-    return {s: s for s in needed}
+    table = style_captions()
+    return table if all(s in table for s in needed) else {s: s for s in needed}
 
 
 # --------------------------------------------------------------------------------------------

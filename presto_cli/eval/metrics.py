@@ -266,8 +266,3 @@ def prompt_adherence(audio_emb, style_text_emb, true_style_idx) -> float:
         raise PrestoError("prompt adherence: a style label is outside the list of styles")
     sims = _normalise_rows(a) @ _normalise_rows(s).T
     return float(np.mean(np.argmax(sims, axis=1) == idx))
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON-safe float (NaN/Inf become None)."""
-    return float(x) if x is not None and math.isfinite(x) else None

@@ -134,8 +134,7 @@ class LayerTask(DistillTask):
         with ctx.autocast():
             total, parts = layer_losses(self.student, self.teacher, x0, sigma, noise, cond, depths,
                                         self.schedule, denoise=self.w_denoise,
-                                        self_teacher=self.alpha,
-                                        self_teacher_cfg=float(getattr(r.layers, "self_teacher_cfg", 1.0)))
+                                        self_teacher=self.alpha)
         loss = total.mean()
         gnorm = optimizer_step(self.opt, loss, [self.student], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
