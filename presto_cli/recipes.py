@@ -298,26 +298,29 @@ def load_yaml(text: str, name: str = "<text>"):
         loader.dispose()
 
 
-def read_yaml_with_base(path: str | Path, _seen: tuple = ()) -> dict:
+def read_yaml_with_base(path: str | Path, _seen: tuple = (), what: str = "recipe") -> dict:
+    """A YAML mapping with its ``base:`` files deep-merged underneath (recipes, and `presto eval
+    --config` files with ``what="eval config"``); one clear line for a missing or bad file."""
     path = Path(path)
     if not path.is_file():
-        raise PrestoError(f"recipe file not found: {path}", "check the path; recipes live in recipes/")
+        hint = "check the path; recipes live in recipes/" if what == "recipe" else "check the path"
+        raise PrestoError(f"{what} file not found: {path}", hint)
     if path.resolve() in _seen:
-        raise PrestoError(f"recipe {path} includes itself through 'base:'")
+        raise PrestoError(f"{what} {path} includes itself through 'base:'")
     try:
-        data = load_yaml(read_utf8(path, "recipe"), str(path)) or {}
+        data = load_yaml(read_utf8(path, what), str(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise PrestoError(f"recipe {path} is not valid YAML{at}", "fix the YAML syntax") from None
+        raise PrestoError(f"{what} {path} is not valid YAML{at}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise PrestoError(f"recipe {path} must be a mapping of keys to values")
+        raise PrestoError(f"{what} {path} must be a mapping of keys to values")
     base = data.pop("base", None)
     if base:
         bases = base if isinstance(base, list) else [base]
         merged: dict = {}
         for b in bases:
-            merged = _deep_merge(merged, read_yaml_with_base(path.parent / b, _seen + (path.resolve(),)))
+            merged = _deep_merge(merged, read_yaml_with_base(path.parent / b, _seen + (path.resolve(),), what))
         data = _deep_merge(merged, data)
     return data
 

@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 
-from presto_cli.errors import PrestoError
 
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"  # = presto_cli.pipeline.ASSETS (no torch import)
@@ -94,19 +93,9 @@ def eval_cmd(
 
     base: dict = {}
     if config is not None:
-        import yaml
+        from presto_cli.recipes import read_yaml_with_base
 
-        if not config.is_file():
-            raise PrestoError(f"eval config not found: {config}")
-        from presto_cli.recipes import load_yaml
-        from presto_cli.validate import read_utf8
-
-        try:
-            base = load_yaml(read_utf8(config, "eval config"), str(config)) or {}
-        except yaml.YAMLError:
-            raise PrestoError(f"{config} is not valid YAML") from None
-        if not isinstance(base, dict):
-            raise PrestoError(f"{config} must be a mapping of option names to values")
+        base = read_yaml_with_base(config, what="eval config")
         base = {k.replace("-", "_"): v for k, v in base.items()}
         for key in ("metrics", "models", "gen"):
             if isinstance(base.get(key), str):

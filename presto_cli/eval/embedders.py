@@ -130,6 +130,24 @@ def repeat_pad(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(y, (0, length - y.shape[-1]))
 
 
+def windowed_mean(wavs: list[torch.Tensor], window_seconds: float, sample_rate: int,
+                  embed_windows) -> np.ndarray:
+    """The CLAP windowing (LAION-CLAP and presto-clap alike): each clip ``[1, T]`` cut into the
+    deterministic windows of :func:`window_starts` (a short clip repeat-padded), every window
+    embedded by ``embed_windows([N, W] float32) -> [N, D]``, each clip's windows averaged, then
+    L2-normalised."""
+    W = max(1, int(round(window_seconds * sample_rate)))
+    windows, owner = [], []
+    for j, w in enumerate(wavs):
+        x = w[0].numpy().astype(np.float32)
+        for s in window_starts(x.shape[0], W):
+            windows.append(repeat_pad(x[s:s + W], W))
+            owner.append(j)
+    emb = np.asarray(embed_windows(np.stack(windows)), dtype=np.float64)
+    owner = np.asarray(owner)
+    return np.stack([_l2n(emb[owner == j].mean(axis=0)) for j in range(len(wavs))])
+
+
 def _l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -459,16 +477,7 @@ class LaionClapEmbedder(Embedder):
         return np.concatenate(out)
 
     def _embed_waveforms(self, wavs: list[torch.Tensor]) -> np.ndarray:
-        W = int(round(self.window_seconds * self.sample_rate))
-        windows, owner = [], []
-        for j, w in enumerate(wavs):
-            x = w[0].numpy().astype(np.float32)
-            for s in window_starts(x.shape[0], W):
-                windows.append(repeat_pad(x[s:s + W], W))
-                owner.append(j)
-        emb = self._embed_windows(np.stack(windows))
-        owner = np.asarray(owner)
-        return np.stack([_l2n(emb[owner == j].mean(axis=0)) for j in range(len(wavs))])
+        return windowed_mean(wavs, self.window_seconds, self.sample_rate, self._embed_windows)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         texts = [str(t) for t in texts]
@@ -519,22 +528,16 @@ class PrestoClapEmbedder(Embedder):
                   "windowing": f"deterministic {self.window_seconds:g} s windows, averaged, L2-normalised"})
         return d
 
-    def _embed_waveforms(self, wavs: list[torch.Tensor]) -> np.ndarray:
-        W = max(1, int(round(self.window_seconds * self.sample_rate)))
-        windows, owner = [], []
-        for j, w in enumerate(wavs):
-            x = w[0].numpy().astype(np.float32)
-            for s in window_starts(x.shape[0], W):
-                windows.append(repeat_pad(x[s:s + W], W))
-                owner.append(j)
-        xs = torch.from_numpy(np.stack(windows))[:, None]
+    def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        xs = torch.from_numpy(windows)[:, None]
         outs = []
         with torch.no_grad():
             for i in range(0, xs.shape[0], self.batch):
                 outs.append(self.model.encode_audio(xs[i:i + self.batch].to(self.device)).double().cpu())
-        emb = torch.cat(outs).numpy()
-        owner = np.asarray(owner)
-        return np.stack([_l2n(emb[owner == j].mean(axis=0)) for j in range(len(wavs))])
+        return torch.cat(outs).numpy()
+
+    def _embed_waveforms(self, wavs: list[torch.Tensor]) -> np.ndarray:
+        return windowed_mean(wavs, self.window_seconds, self.sample_rate, self._embed_windows)
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         with torch.no_grad():
