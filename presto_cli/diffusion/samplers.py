@@ -67,9 +67,13 @@ def _check(sigmas: Tensor) -> None:
         raise PrestoError("sigmas must be a 1-D tensor with at least two values (ending with 0)")
 
 
-def _report(callback, i, x, sigma, denoised) -> None:
+def _denoise(model_fn: ModelFn, x: Tensor, sigmas: Tensor, i: int, callback) -> tuple[Tensor, Tensor, Tensor]:
+    """Step ``i``'s ``(sigma_i, sigma_{i+1}, D(x; sigma_i))``, reported to ``callback``."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    den = model_fn(x, _sig(s, x)).float()
     if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        callback({"i": i, "x": x, "sigma": s, "denoised": den})
+    return s, s_next, den
 
 
 def _steps(n: int, disable: bool):
@@ -91,13 +95,8 @@ def sample_euler(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleN
     _check(sigmas)
     x = x.float()
     for i in _steps(len(sigmas) - 1, disable):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = model_fn(x, _sig(s, x)).float()
-        _report(callback, i, x, s, den)
-        if float(s_next) == 0.0:
-            x = den
-        else:
-            x = x + (s_next - s) * (x - den) / s
+        s, s_next, den = _denoise(model_fn, x, sigmas, i, callback)
+        x = den if float(s_next) == 0.0 else x + (s_next - s) * (x - den) / s
     return x
 
 
@@ -108,9 +107,7 @@ def sample_heun(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNo
     _check(sigmas)
     x = x.float()
     for i in _steps(len(sigmas) - 1, disable):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = model_fn(x, _sig(s, x)).float()
-        _report(callback, i, x, s, den)
+        s, s_next, den = _denoise(model_fn, x, sigmas, i, callback)
         d = (x - den) / s
         x_pred = x + (s_next - s) * d
         if float(s_next) == 0.0:
@@ -133,9 +130,7 @@ def sample_dpmpp_2m(model_fn: ModelFn, x: Tensor, sigmas: Tensor,
     prev_den: Tensor | None = None
     h_prev: Tensor | None = None
     for i in _steps(len(sigmas) - 1, disable):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = model_fn(x, _sig(s, x)).float()
-        _report(callback, i, x, s, den)
+        s, s_next, den = _denoise(model_fn, x, sigmas, i, callback)
         if float(s_next) == 0.0:
             x = den
             break
@@ -161,9 +156,7 @@ def sample_fewstep(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampl
     n = len(sigmas) - 1
     x_hat = x
     for i in _steps(n, disable):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x_hat = model_fn(x, _sig(s, x)).float()
-        _report(callback, i, x, s, x_hat)
+        s, s_next, x_hat = _denoise(model_fn, x, sigmas, i, callback)
         if i == n - 1 or float(s_next) == 0.0:
             break
         if noise is None:  # never the global RNG: a clip must depend on its seed only
