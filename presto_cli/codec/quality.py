@@ -44,7 +44,7 @@ def chroma_similarity(x: np.ndarray, y: np.ndarray, sr: int) -> float:
 
 def tonal_change(x: np.ndarray, sr: int, lag_seconds: float = 0.5) -> float:
     """Mean chroma cosine distance between frames ``lag_seconds`` apart (0 for a steady drone;
-    ../shared/tools/tonal_change.py's measure)."""
+    the measure benchmarks/spectrograms.py prints)."""
     from presto_cli import dsp as mf
 
     lag = max(1, int(round(lag_seconds * mf.SAMPLE_RATE / mf.HOP)))
