@@ -9,7 +9,7 @@
 * ``mmd_rbf(x, y, bandwidth=0.1)``: unbiased squared MMD with a Gaussian RBF kernel, float64.
   Reference values on gmm2d with bandwidth 0.1 and 1000 vs 1000 points: two independent samples of
   the mixture ~0 (|.| < 0.005); an untrained DiT teacher > 0.1.
-* ``train_toy_teacher(kind="gmm2d", steps=300, seed=0)``: trains the real ``teacher`` stage
+* ``train_toy_teacher(kind="gmm2d", steps=300, seed=0, p_uncond=0.1)``: trains the real ``teacher`` stage
   (TeacherTask, hash text encoder, tiny DiT) on the mixture in ~10-20 s on one core and returns a
   :class:`ToyTeacher` (EMA denoiser, its recipe, the mixture, a text cache). Cached per process.
 * ``sample_teacher(teacher, n, seed, steps=18, sampler="heun", cfg=1.0, labels=None)``: samples
@@ -56,8 +56,10 @@ def sample_gmm(kind: str, n: int, seed: int) -> torch.Tensor:
     return parse_toy_path(f"toy:{kind}").sample(n, torch.Generator().manual_seed(seed))[0]
 
 
-def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, **model_kw):
-    """The teacher recipe used by :func:`train_toy_teacher` (a TeacherRecipe)."""
+def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, p_uncond: float = 0.1,
+               **model_kw):
+    """The teacher recipe used by :func:`train_toy_teacher` (a TeacherRecipe); ``p_uncond`` is
+    the share of null-condition training samples (CFG)."""
     from presto_cli.stages.teacher import TeacherRecipe
     from presto_cli.diffusion.edm import EDMConfig
     from presto_cli.models.dit import DiTConfig
@@ -71,7 +73,7 @@ def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, **model_kw)
         stage="teacher", seed=seed, name=f"toy-{kind}", text="hash", toy_size=4096,
         data=DataConfig(path=f"toy:{kind}"),
         model=DiTConfig(**model),
-        edm=EDMConfig(cfg=1.0, sampler="heun", steps=18),
+        edm=EDMConfig(cfg=1.0, sampler="heun", steps=18, p_uncond=p_uncond),
         train=TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup=20, weight_decay=0.0,
                           ema=0.99, grad_clip=1.0, device="cpu"))
 
@@ -88,19 +90,22 @@ class ToyTeacher:
         return self.gmm.dim
 
 
-def train_toy_teacher(kind: str = "gmm2d", steps: int = 300, seed: int = 0) -> ToyTeacher:
+def train_toy_teacher(kind: str = "gmm2d", steps: int = 300, seed: int = 0,
+                      p_uncond: float = 0.1) -> ToyTeacher:
     """Train the real teacher stage on ``toy:<kind>`` in-process (no files). Cached per process
     (however it is called: positional or keyword arguments, ``toy`` or ``tests.toy``).
-    Deterministic: the initial weights come from the recipe seed, not the global RNG."""
-    return _train_toy_teacher(str(kind), int(steps), int(seed))
+    Deterministic: the initial weights come from the recipe seed, not the global RNG.
+    With the default ``p_uncond`` the null branch is too little trained for guided sampling to
+    follow the mixture's guided score (tests/test_presto_s_cfg.py uses 0.3 and 600 steps)."""
+    return _train_toy_teacher(str(kind), int(steps), int(seed), float(p_uncond))
 
 
 @functools.lru_cache(maxsize=4)
-def _train_toy_teacher(kind: str, steps: int, seed: int) -> ToyTeacher:
+def _train_toy_teacher(kind: str, steps: int, seed: int, p_uncond: float) -> ToyTeacher:
     from presto_cli.train.loop import BatchSource, Context, task_class
 
     torch.set_num_threads(1)
-    recipe = toy_recipe(kind, steps, seed)
+    recipe = toy_recipe(kind, steps, seed, p_uncond)
     ctx = Context(recipe.seed, torch.device("cpu"), "fp32", recipe.train.batch_size)
     task = task_class("teacher")(recipe, ctx, run_dir=".")
     source = BatchSource(task.make_dataset(), recipe.seed, ctx)
