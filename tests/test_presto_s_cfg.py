@@ -128,7 +128,11 @@ def test_guided_distillation_lands_on_the_guided_teacher():
     two guided seeds -0.001; at 200/250/300/350/400 iterations (80 generator updates at 400) the
     generator is 0.015/0.017/0.014/0.010/0.013 from the guided samples and 0.046/0.037/0.030/
     0.034/0.043 from the unguided ones; outward shift 0.080/0.064/0.058/0.069/0.082 (guided
-    teacher 0.082, unguided 0.005). The same run with w = 1: see the report in the commit.
+    teacher 0.082, unguided 0.005). With the real score mutated (in real_score): w ignored
+    (w = 1) 0.069 from the guided samples and 0.010 from the unguided ones, shift 0.000; branches
+    swapped, D(c) + w (D(null) - D(c)): 0.116 / 0.090, shift -0.73; both fail here. The mutation
+    D(c) + w (D(c) - D(null)) is guidance with w + 1 = 4, whose teacher samples are only 0.008 from
+    w = 3's: it passes here (0.020 / 0.057, shift 0.096) and is caught by the tests in (a).
     """
     t = train_toy_teacher("gmm2d", 600, 0, p_uncond=0.3)
     labels = draw_labels(1000, 1)
