@@ -37,9 +37,15 @@ class Codec(nn.Module):
     channels: int
     hop: int
 
-    def __init__(self) -> None:
+    def __init__(self, cfg=None, channels: int = 0, hop: int = 0) -> None:
+        """``cfg`` (validated here) gives ``sample_rate`` and ``n_fft``; ``channels`` and ``hop``
+        are the latents' channels and audio samples per frame."""
         super().__init__()
         self.register_buffer("latent_scale", torch.ones(()))
+        if cfg is not None:
+            cfg.validate()
+            self.cfg, self.sample_rate, self.n_fft = cfg, cfg.sample_rate, cfg.n_fft
+            self.channels, self.hop = channels, hop
 
     # -- to implement -------------------------------------------------------------------------
     def encode_dist(self, audio: Tensor) -> tuple[Tensor, Tensor]:

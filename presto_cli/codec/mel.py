@@ -86,13 +86,7 @@ class MelVocosCodec(Codec):
     stochastic = False  # encode is a fixed transform: no posterior, no KL term
 
     def __init__(self, cfg: MelCodecConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.sample_rate = cfg.sample_rate
-        self.channels = cfg.n_mels
-        self.hop = cfg.hop_length
-        self.n_fft = cfg.n_fft
+        super().__init__(cfg, channels=cfg.n_mels, hop=cfg.hop_length)
         nf = cfg.n_fft // 2 + 1
         self.register_buffer("window", hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel_fb", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels,

@@ -158,13 +158,7 @@ class STFTVAE(Codec):
     """STFT-domain VAE with a Vocos-style iSTFT decoder (see the module docstring)."""
 
     def __init__(self, cfg: CodecConfig):
-        super().__init__()
-        cfg.validate()
-        self.cfg = cfg
-        self.sample_rate = cfg.sample_rate
-        self.channels = cfg.latent_channels
-        self.hop = cfg.hop
-        self.n_fft = cfg.n_fft
+        super().__init__(cfg, channels=cfg.latent_channels, hop=cfg.hop)
         self.hop_length = cfg.hop_length
         nf = cfg.n_fft // 2 + 1
         self.n_freq = nf

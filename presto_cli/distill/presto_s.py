@@ -42,7 +42,7 @@ from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
 from presto_cli.errors import PrestoError
 from presto_cli.seeds import seeded
-from presto_cli.train.loop import EMA, optimizer_step, warmup_lr
+from presto_cli.train.loop import EMA, ema_state, optimizer_step, warmup_lr
 
 __all__ = ["DistillConfig", "OptimConfig", "PrestoS", "dmd_gradient",
            "dmd_loss", "real_score", "teacher_cfg_weight"]
@@ -395,9 +395,7 @@ class PrestoS:
         sd = {"generator": self.generator.state_dict(), "fake": self.fake.state_dict(),
               "head": self.head.state_dict(), "opt_gen": self.opt_gen.state_dict(),
               "opt_fake": self.opt_fake.state_dict(), "gen_updates": self.gen_updates,
-              "fake_updates": self.fake_updates}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
+              "fake_updates": self.fake_updates, **ema_state(self.ema)}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:

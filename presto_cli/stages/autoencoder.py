@@ -29,7 +29,8 @@ from presto_cli.errors import PrestoError
 from presto_cli.io import atomic_write_json
 from presto_cli.recipes import BaseRecipe, register_stage
 from presto_cli.seeds import seed_for, seeded
-from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
+from presto_cli.train.loop import (EMA, Task, build_adamw, ema_state, optimizer_step, register_task,
+                                   warmup_lr)
 
 
 @dataclass
@@ -161,16 +162,16 @@ class AutoencoderTask(Task):
                 fm = feature_matching_loss(real, fake)
             loss = loss + lc.adversarial_weight * g_adv + lc.feature_matching_weight * fm
             metrics.update(g_adv=float(g_adv.detach()), fm=float(fm.detach()))
-        gnorm = optimizer_step(self.opt, loss, [self.codec], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
+        gnorm = optimizer_step(self.opt, loss, [self.codec], ctx, r.train.grad_clip, lr=lr,
+                               ema=self.ema)
         if self.disc is not None:
             self.disc.zero_grad(set_to_none=True)  # the generator pass must not leave D gradients
         parts_f = {k: float(v.detach()) for k, v in parts.items()}
         return {"loss": float(loss.detach()), **parts_f, **metrics, "grad_norm": gnorm, "lr": lr}
 
     def state_dict(self) -> dict:
-        sd: dict[str, Any] = {"codec": self.codec.state_dict(), "opt": self.opt.state_dict()}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
+        sd: dict[str, Any] = {"codec": self.codec.state_dict(), "opt": self.opt.state_dict(),
+                              **ema_state(self.ema)}
         if self.disc is not None:
             sd["disc"] = self.disc.state_dict()
             sd["opt_d"] = self.opt_d.state_dict()

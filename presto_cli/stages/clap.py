@@ -10,7 +10,8 @@ import torch
 from presto_cli.errors import PrestoError
 from presto_cli.eval.clap_model import REPORT_NAME, ClapModel, ClapModelConfig, info_nce
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
-from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
+from presto_cli.train.loop import (EMA, Task, build_adamw, ema_state, optimizer_step, register_task,
+                                   warmup_lr)
 
 
 @dataclass
@@ -84,9 +85,7 @@ class ClapTask(Task):
                 "grad_norm": gnorm}
 
     def state_dict(self) -> dict:
-        sd = {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
+        sd = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), **ema_state(self.ema)}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from presto_cli.diffusion.edm import EDMDenoiser, drop_condition, sigma_inf_from_uniform, sigma_train_from_normal
+from presto_cli.diffusion.edm import (EDMDenoiser, drop_condition, sigma_inf_from_uniform,
+                                      sigma_train_from_normal)
 from presto_cli.diffusion.layer_schedule import LayerSchedule
 from presto_cli.distill.layers import (ASEConfig, PrestoLConfig, build_schedule, describe_schedule,
                                        describe_sigma, layer_losses, student_from_teacher)
@@ -17,7 +18,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.io import load_state_strict, prefixed, read_artefact_meta, save_artefact
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.stages.common import DistillTask
-from presto_cli.train.loop import EMA, build_adamw, optimizer_step, register_task, warmup_lr
+from presto_cli.train.loop import EMA, ema_state, build_adamw, optimizer_step, register_task, warmup_lr
 
 __all__ = ["ASERecipe", "PrestoLRecipe", "ASETask", "PrestoLTask", "layer_meta"]
 
@@ -146,9 +147,8 @@ class LayerTask(DistillTask):
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = {"student": self.student.state_dict(), "opt": self.opt.state_dict(),
-              "schedule": self.schedule.to_dict(), "teacher_sha256": self.teacher_sha256}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
+              "schedule": self.schedule.to_dict(), "teacher_sha256": self.teacher_sha256,
+              **ema_state(self.ema)}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:

@@ -25,7 +25,8 @@ from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.seeds import seeded
 from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder, text_encoder_dim
-from presto_cli.train.loop import EMA, Task, build_adamw, optimizer_step, register_task, warmup_lr
+from presto_cli.train.loop import (EMA, Task, build_adamw, ema_state, optimizer_step, register_task,
+                                   warmup_lr)
 
 __all__ = ["TeacherRecipe", "TeacherTask", "teacher_meta", "init_dit"]
 
@@ -190,9 +191,7 @@ class TeacherTask(Task):
 
     def state_dict(self) -> dict:
         sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(),
-              "frames_seen": self.frames_seen}
-        if self.ema is not None:
-            sd["ema"] = self.ema.state_dict()
+              "frames_seen": self.frames_seen, **ema_state(self.ema)}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:

@@ -204,6 +204,11 @@ class EMA:
         self.shadow.load_state_dict(sd)
 
 
+def ema_state(ema: EMA | None) -> dict:
+    """A checkpoint's ``{"ema": ...}`` entry, or nothing when the EMA is off."""
+    return {} if ema is None else {"ema": ema.state_dict()}
+
+
 def build_adamw(params, lr: float, train_cfg) -> torch.optim.AdamW:
     params = [p for p in params if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, betas=tuple(train_cfg.betas),
