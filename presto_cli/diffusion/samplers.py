@@ -62,15 +62,18 @@ def _sig(s: Tensor, x: Tensor) -> Tensor:
     return s.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
 
 
-def _check(sigmas: Tensor) -> None:
+def _start(sigmas: Tensor, x: Tensor) -> Tensor:
+    """Check the schedule; the state the sampler updates (float32)."""
     if sigmas.dim() != 1 or sigmas.numel() < 2:
         raise PrestoError("sigmas must be a 1-D tensor with at least two values (ending with 0)")
+    return x.float()
 
 
 def _denoise(model_fn: ModelFn, x: Tensor, sigmas: Tensor, i: int, callback) -> tuple[Tensor, Tensor, Tensor]:
     """Step ``i``'s ``(sigma_i, sigma_{i+1}, D(x; sigma_i))``, reported to ``callback``."""
     s, s_next = sigmas[i], sigmas[i + 1]
-    den = model_fn(x, _sig(s, x)).float()
+    with torch.no_grad():  # the samplers' only network calls: no graph anywhere in sampling
+        den = model_fn(x, _sig(s, x)).float()
     if callback is not None:
         callback({"i": i, "x": x, "sigma": s, "denoised": den})
     return s, s_next, den
@@ -88,24 +91,20 @@ def _steps(n: int, disable: bool):
             tick.advance()
 
 
-@torch.no_grad()
 def sample_euler(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
                  callback=None, disable: bool = True) -> Tensor:
     """Euler steps of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``."""
-    _check(sigmas)
-    x = x.float()
+    x = _start(sigmas, x)
     for i in _steps(len(sigmas) - 1, disable):
         s, s_next, den = _denoise(model_fn, x, sigmas, i, callback)
         x = den if float(s_next) == 0.0 else x + (s_next - s) * (x - den) / s
     return x
 
 
-@torch.no_grad()
 def sample_heun(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
                 callback=None, disable: bool = True) -> Tensor:
     """EDM Heun: Euler predictor, trapezoidal corrector except on the last step to sigma = 0."""
-    _check(sigmas)
-    x = x.float()
+    x = _start(sigmas, x)
     for i in _steps(len(sigmas) - 1, disable):
         s, s_next, den = _denoise(model_fn, x, sigmas, i, callback)
         d = (x - den) / s
@@ -113,20 +112,19 @@ def sample_heun(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNo
         if float(s_next) == 0.0:
             x = x_pred
         else:
-            den2 = model_fn(x_pred, _sig(s_next, x)).float()
+            with torch.no_grad():
+                den2 = model_fn(x_pred, _sig(s_next, x)).float()
             d2 = (x_pred - den2) / s_next
             x = x + (s_next - s) * 0.5 * (d + d2)
     return x
 
 
-@torch.no_grad()
 def sample_dpmpp_2m(model_fn: ModelFn, x: Tensor, sigmas: Tensor,
                     noise: PerSampleNoise | None = None, callback=None,
                     disable: bool = True) -> Tensor:
     """DPM-Solver++(2M) in log-SNR time ``t = -ln sigma`` with a second-order multistep
     correction of the data prediction; first and last steps are first order."""
-    _check(sigmas)
-    x = x.float()
+    x = _start(sigmas, x)
     prev_den: Tensor | None = None
     h_prev: Tensor | None = None
     for i in _steps(len(sigmas) - 1, disable):
@@ -146,13 +144,11 @@ def sample_dpmpp_2m(model_fn: ModelFn, x: Tensor, sigmas: Tensor,
     return x
 
 
-@torch.no_grad()
 def sample_fewstep(model_fn: ModelFn, x: Tensor, sigmas: Tensor, noise: PerSampleNoise | None = None,
                    callback=None, disable: bool = True) -> Tensor:
     """Presto-S few-step sampling (METHOD.md section 3): ``x_hat = G(x; sigma_i)``; unless last,
     ``x = x_hat + sigma_{i+1} eps'`` with fresh noise from ``noise`` (per sample)."""
-    _check(sigmas)
-    x = x.float()
+    x = _start(sigmas, x)
     n = len(sigmas) - 1
     x_hat = x
     for i in _steps(n, disable):
