@@ -1,4 +1,5 @@
-"""Caption vocabulary: the many ways people name a style, its moods and its instruments.
+"""Caption vocabulary: the many ways people name a style, its moods and its instruments
+(the tables live in assets/vocab.json; this module loads them).
 
 Training captions draw their words from these tables (:func:`presto_cli.data.synth.captions.train_caption`).
 Rules the tests hold them to (tests/test_synth.py):
@@ -14,217 +15,30 @@ do not combine: keep it that way when adding words here (the tests check it).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the caption code and the tests expect."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+
+
+_TABLES = _tuples(json.loads((Path(__file__).resolve().parents[2] / "assets" / "vocab.json")
+                             .read_text(encoding="utf-8")))
+
 # mood label -> words that say it (the label first). Shared across styles: a style only uses the
 # groups of its own moods.
-MOOD_WORDS: dict[str, tuple[str, ...]] = {
-    "relaxed": ("relaxed", "easygoing", "unhurried"),
-    "sophisticated": ("sophisticated", "classy", "refined"),
-    "smoky": ("smoky", "late-night", "dimly lit"),
-    "lively": ("lively", "spirited", "bright"),
-    "energetic": ("energetic", "high-energy", "powerful"),
-    "driving": ("driving", "propulsive", "hard-driving"),
-    "rebellious": ("rebellious", "gritty", "raw"),
-    "triumphant": ("triumphant", "victorious", "anthemic"),
-    "gentle": ("gentle", "soft", "relaxing", "peaceful"),
-    "melancholic": ("melancholic", "sad", "melancholy"),
-    "romantic": ("romantic", "loving", "passionate"),
-    "graceful": ("graceful", "delicate", "flowing"),
-    "elegant": ("elegant", "polished", "courtly"),
-    "sorrowful": ("sorrowful", "mournful", "sad"),
-    "tender": ("tender", "intimate", "warm"),
-    "stately": ("stately", "majestic", "dignified"),
-    "dark": ("dark", "sinister", "shadowy"),
-    "hypnotic": ("hypnotic", "trance-like", "repetitive"),
-    "relentless": ("relentless", "pounding", "unstoppable"),
-    "brooding": ("brooding", "moody", "gloomy"),
-    "uplifting": ("uplifting", "feel-good", "positive"),
-    "euphoric": ("euphoric", "ecstatic", "blissful"),
-    "sunny": ("sunny", "summery", "sunshine"),
-    "soulful": ("soulful", "heartfelt", "emotive"),
-    "calm": ("calm", "tranquil", "peaceful", "serene"),
-    "dreamy": ("dreamy", "floating", "hazy"),
-    "meditative": ("meditative", "contemplative", "introspective"),
-    "ethereal": ("ethereal", "otherworldly", "celestial"),
-    "groovy": ("groovy", "grooving", "in-the-pocket"),
-    "funky": ("funky", "slinky", "greasy"),
-    "playful": ("playful", "cheeky", "fun"),
-    "sassy": ("sassy", "cocky", "swaggering"),
-    "breezy": ("breezy", "airy", "carefree"),
-    "wistful": ("wistful", "longing", "bittersweet"),
-    "laid-back": ("laid-back", "chilled-out", "easy"),
-    "mellow": ("mellow", "smooth", "soft"),
-    "chill": ("chill", "chilled", "relaxing"),
-    "nostalgic": ("nostalgic", "reminiscent", "bittersweet"),
-    "sleepy": ("sleepy", "drowsy", "lazy"),
-    "cozy": ("cozy", "comforting", "snug"),
-    "heroic": ("heroic", "brave", "valiant"),
-    "bouncy": ("bouncy", "springy", "perky"),
-    "adventurous": ("adventurous", "daring", "questing"),
-    "epic": ("epic", "grand", "massive"),
-    "tense": ("tense", "suspenseful", "anxious"),
-    "ominous": ("ominous", "foreboding", "menacing"),
-    "intense": ("intense", "frantic", "fierce"),
-    "rolling": ("rolling", "surging", "propulsive"),
-    "futuristic": ("futuristic", "sci-fi", "cyber"),
-}
-
-# GM caption name (styles.GM, kit names) -> other words for it (the name first).
-INSTRUMENT_WORDS: dict[str, tuple[str, ...]] = {
-    "piano": ("piano", "grand piano", "acoustic piano"),
-    "Rhodes electric piano": ("Rhodes electric piano", "Rhodes", "Fender Rhodes"),
-    "electric piano": ("electric piano", "e-piano", "keys"),
-    "clavinet": ("clavinet", "clav"),
-    "celesta": ("celesta", "celeste"),
-    "vibraphone": ("vibraphone", "vibes"),
-    "organ": ("organ", "Hammond organ", "B3 organ"),
-    "rock organ": ("rock organ", "Hammond organ", "organ"),
-    "nylon-string guitar": ("nylon-string guitar", "classical guitar", "nylon guitar"),
-    "jazz guitar": ("jazz guitar", "hollow-body guitar", "archtop guitar"),
-    "clean electric guitar": ("clean electric guitar", "clean guitar", "electric guitar"),
-    "muted guitar": ("muted guitar", "palm-muted guitar", "choppy guitar"),
-    "overdriven guitar": ("overdriven guitar", "crunchy guitar", "electric guitar"),
-    "distorted guitar": ("distorted guitar", "fuzz guitar", "heavy guitar"),
-    "upright bass": ("upright bass", "double bass", "acoustic bass"),
-    "electric bass": ("electric bass", "bass guitar", "bass"),
-    "picked bass": ("picked bass", "bass guitar", "bass"),
-    "fretless bass": ("fretless bass", "bass guitar", "bass"),
-    "slap bass": ("slap bass", "slapped bass guitar", "popping bass"),
-    "synth bass": ("synth bass", "bass synth", "analog bass"),
-    "acid synth bass": ("acid synth bass", "acid bass", "303 bass"),
-    "violin": ("violin", "violins", "fiddle"),
-    "viola": ("viola",),
-    "cello": ("cello", "cellos", "violoncello"),
-    "harp": ("harp", "concert harp"),
-    "timpani": ("timpani", "kettle drums", "orchestral drums"),
-    "string ensemble": ("string ensemble", "string section", "strings"),
-    "slow strings": ("slow strings", "lush strings", "strings"),
-    "choir": ("choir", "voices", "chorus"),
-    "trumpet": ("trumpet", "muted trumpet", "horn"),
-    "trombone": ("trombone", "low brass", "trombones"),
-    "french horn": ("french horn", "horns", "french horns"),
-    "brass section": ("brass section", "horn section", "horns"),
-    "alto sax": ("alto sax", "alto saxophone", "saxophone"),
-    "tenor sax": ("tenor sax", "tenor saxophone", "sax"),
-    "clarinet": ("clarinet", "woodwind"),
-    "flute": ("flute", "wooden flute"),
-    "square-wave lead": ("square-wave lead", "square wave", "pulse wave lead", "chip lead"),
-    "sawtooth lead": ("sawtooth lead", "saw synth", "synth lead"),
-    "bass lead": ("bass lead", "reese bass", "synth bass"),
-    "new age pad": ("new age pad", "shimmering pad", "synth pad"),
-    "warm pad": ("warm pad", "analog pad", "synth pad"),
-    "polysynth": ("polysynth", "synth chords", "analog synth"),
-    "choir pad": ("choir pad", "vocal pad", "synth choir"),
-    "halo pad": ("halo pad", "glassy pad", "synth pad"),
-    "sweep pad": ("sweep pad", "sweeping pad", "filtered pad"),
-    # drum kits
-    "brushed jazz drums": ("brushed jazz drums", "brushes", "brushed drums"),
-    "jazz drums": ("jazz drums", "ride cymbal", "jazz kit"),
-    "rock drums": ("rock drums", "loud drums", "drum kit"),
-    "drum kit": ("drum kit", "drums", "live drums"),
-    "drum machine": ("drum machine", "909 drums", "programmed drums"),
-    "electronic drums": ("electronic drums", "808 drums", "beat machine"),
-    "funk drums": ("funk drums", "tight snare", "drums"),
-    "tight drums": ("tight drums", "dry drums", "drums"),
-    "soft brushed percussion": ("soft brushed percussion", "brushed percussion", "shaker and rim clicks"),
-    "light percussion": ("light percussion", "shakers", "rim clicks"),
-    "one-drop drums": ("one-drop drums", "one drop beat", "rimshots"),
-    "roots drums": ("roots drums", "drums", "rim clicks"),
-    "dusty drums": ("dusty drums", "boom-bap drums", "sampled drums"),
-    "boom-bap drums": ("boom-bap drums", "boom bap beat", "dusty drums"),
-    "8-bit drums": ("8-bit drums", "noise-channel drums", "chip drums"),
-    "orchestral percussion": ("orchestral percussion", "bass drum and cymbals", "war drums"),
-    "breakbeat drums": ("breakbeat drums", "breakbeats", "amen break"),
-}
-
-TEMPO_WORDS = {"Slow": ("slow", "slow-tempo", "slow-paced"), "Mid-tempo": ("mid-tempo", "medium-tempo", "moderate"),
-               "Upbeat": ("upbeat", "brisk", "up-tempo"), "Fast": ("fast", "quick", "fast-paced")}
-
+MOOD_WORDS: dict[str, tuple[str, ...]] = _TABLES["MOOD_WORDS"]
+# GM caption name (styles.GM, kit names; drum kits last) -> other words for it (the name first).
+INSTRUMENT_WORDS: dict[str, tuple[str, ...]] = _TABLES["INSTRUMENT_WORDS"]
+# tempo label -> words that say it
+TEMPO_WORDS: dict[str, tuple[str, ...]] = _TABLES["TEMPO_WORDS"]
 # style name -> names, traits and everyday phrases ({mood} is filled with a mood word of the clip).
-NAMES: dict[str, tuple[str, ...]] = {
-    "jazz_trio": ("jazz trio", "jazz", "piano trio", "swing jazz", "small-combo jazz", "straight-ahead jazz",
-                  "acoustic jazz"),
-    "rock": ("rock", "rock band", "hard rock", "guitar rock", "classic rock", "alternative rock", "rock and roll"),
-    "classical_piano": ("classical piano", "solo piano", "piano", "classical", "piano sonatina",
-                        "classical-era piano", "Mozart-style piano"),
-    "string_quartet": ("string quartet", "chamber strings", "chamber music", "classical strings",
-                       "quartet for strings", "string ensemble"),
-    "techno": ("techno", "minimal techno", "warehouse techno", "Berlin techno", "electronic dance music",
-               "techno music", "club techno"),
-    "house": ("house", "house music", "deep house", "piano house", "dance music", "club house"),
-    "ambient": ("ambient", "ambient music", "atmospheric music", "new age", "drone music", "ambient electronica"),
-    "funk": ("funk", "funk music", "seventies funk", "soul-funk", "funk band", "jazz-funk"),
-    "bossa_nova": ("bossa nova", "bossa", "Brazilian jazz", "Latin jazz", "bossa nova music", "samba-jazz"),
-    "reggae": ("reggae", "roots reggae", "dub reggae", "Jamaican reggae", "reggae music", "rocksteady"),
-    "lofi_hiphop": ("lo-fi hip hop", "lofi", "lo-fi", "lo-fi beats", "chillhop", "lofi hip-hop", "jazzy hip hop"),
-    "chiptune": ("chiptune", "8-bit music", "chip music", "8-bit chiptune", "retro game music", "video game music"),
-    "cinematic": ("cinematic orchestral", "orchestral", "film score", "orchestral score", "movie soundtrack",
-                  "trailer music", "symphonic"),
-    "drum_and_bass": ("drum and bass", "DnB", "drum & bass", "jungle", "drum n bass", "d&b"),
-}
-
-TRAITS: dict[str, tuple[str, ...]] = {
-    "jazz_trio": ("with swinging ride cymbal and walking bass", "with a walking bass line", "in swing time",
-                  "with comping chords", "with a swing feel and a walking bass", "swinging on the ride"),
-    "rock": ("with power chords and a steady backbeat", "with distorted electric guitars",
-             "with loud drums and crash cymbals", "with a backbeat and drum fills", "with chugging power chords"),
-    "classical_piano": ("solo, no drums", "with Alberti bass and a singing melody", "with a broken-chord left hand",
-                        "for solo piano", "with a clear right-hand melody"),
-    "string_quartet": ("bowed, no drums", "with violins, viola and cello", "with sustained bowed harmony",
-                       "with a violin melody over cello", "for two violins, viola and cello"),
-    "techno": ("with a four-on-the-floor kick", "with a pulsing synth bass", "with ticking hi-hats",
-               "with synth stabs and claps", "with a thumping kick drum"),
-    "house": ("with offbeat open hi-hats", "with a four-on-the-floor kick", "with stabbed chords",
-              "with claps and shakers", "with a bouncy bassline"),
-    "ambient": ("slowly evolving, beatless", "with slowly evolving synth pads", "with no drums",
-                "with sparse bell tones over long pads", "washed in reverb"),
-    "funk": ("with syncopated sixteenth notes", "with a busy bass line and choppy chords", "with brass stabs",
-             "with a tight syncopated drum groove", "with a syncopated bass line and horn hits"),
-    "bossa_nova": ("with a syncopated clave rhythm", "with nylon-string guitar", "with soft percussion",
-                   "with a strummed guitar pattern", "with a rim-click clave"),
-    "reggae": ("with offbeat guitar chops", "with one-drop drums", "with an offbeat skank and organ",
-               "with a deep bass line", "with a skanking guitar on the offbeat"),
-    "lofi_hiphop": ("with vinyl crackle", "with dusty drums and jazzy chords", "with a loose swung beat",
-                    "with vinyl hiss and mellow keys", "with a head-nodding boom-bap beat"),
-    "chiptune": ("like a retro video game", "with a buzzy 8-bit lead", "with fast arpeggios",
-                 "with a bitcrushed beat", "with bleeps and arpeggiated chords"),
-    "cinematic": ("with a driving string ostinato", "with strings, brass and choir", "with timpani hits",
-                  "with booming timpani and horns", "with a choir over pulsing strings"),
-    "drum_and_bass": ("with a chopped breakbeat", "with a deep sub bass line", "with fast breakbeats",
-                      "with atmospheric pads", "with chopped breaks and sub bass"),
-}
-
-EVERYDAY: dict[str, tuple[str, ...]] = {
-    "jazz_trio": ("{mood} jazz club music", "coffee shop jazz, {mood}", "{mood} jazz for a dinner party",
-                  "swing music with a walking bass", "{mood} cocktail-hour jazz", "jazz standards, {mood}"),
-    "rock": ("{mood} guitar music for a road trip", "stadium rock with loud guitars", "{mood} music to headbang to",
-             "garage band rock, {mood}", "{mood} rock anthem for the gym", "{mood} guitar band song"),
-    "classical_piano": ("{mood} piano music", "{mood} classical piano for reading", "{mood} piano practice piece",
-                        "a {mood} piano piece like a Mozart sonata", "{mood} piano for a rainy afternoon"),
-    "string_quartet": ("{mood} chamber music for strings", "{mood} string music for a wedding",
-                       "four string players, {mood}", "{mood} violin and cello music", "period drama strings, {mood}"),
-    "techno": ("{mood} techno for a warehouse rave", "{mood} club music with a thudding kick",
-               "{mood} electronic music for the dancefloor", "underground rave techno", "{mood} after-hours techno"),
-    "house": ("{mood} dance music for a summer party", "{mood} house music for the club",
-              "dance track with big chords", "{mood} beach club groove", "{mood} disco-flavoured house"),
-    "ambient": ("{mood} music for meditation", "{mood} background music for sleep", "{mood} soundscape for yoga",
-                "spa music, {mood}", "{mood} space ambience"),
-    "funk": ("{mood} funk to dance to", "{mood} 70s funk jam", "{mood} groove with a rubbery bass",
-             "party funk with horns", "{mood} funk band groove"),
-    "bossa_nova": ("{mood} Brazilian music for a beach cafe", "{mood} bossa nova for a summer evening",
-                   "Ipanema-style guitar song, {mood}", "{mood} lounge music with nylon guitar",
-                   "{mood} Brazilian guitar music"),
-    "reggae": ("{mood} Jamaican music", "{mood} island music with offbeat guitar", "{mood} reggae for a beach party",
-               "Bob Marley-style reggae, {mood}", "{mood} roots music from Jamaica"),
-    "lofi_hiphop": ("{mood} beats to study to", "{mood} lofi beats to relax to", "{mood} study music",
-                    "lo-fi beats for homework, {mood}", "{mood} hip hop instrumental for studying"),
-    "chiptune": ("{mood} old-school video game music", "{mood} 8-bit game soundtrack", "{mood} retro arcade music",
-                 "NES-style level music, {mood}", "{mood} music for a pixel-art platformer"),
-    "cinematic": ("{mood} movie trailer music", "{mood} soundtrack for a battle scene", "{mood} orchestral film music",
-                  "{mood} fantasy film soundtrack", "{mood} Hollywood orchestra"),
-    "drum_and_bass": ("{mood} fast breakbeat music", "{mood} drum and bass for running",
-                      "{mood} rave music with breakbeats", "{mood} jungle track for the dancefloor",
-                      "{mood} liquid drum and bass"),
-}
-
+NAMES: dict[str, tuple[str, ...]] = _TABLES["NAMES"]
+TRAITS: dict[str, tuple[str, ...]] = _TABLES["TRAITS"]
+EVERYDAY: dict[str, tuple[str, ...]] = _TABLES["EVERYDAY"]
 # extra nouns every style may use (after its own Style.nouns)
-COMMON_NOUNS = ("instrumental", "recording")
+COMMON_NOUNS: tuple[str, ...] = _TABLES["COMMON_NOUNS"]
