@@ -8,7 +8,6 @@ file suffix.
 """
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -198,11 +197,3 @@ def peak_normalize(audio: torch.Tensor, peak: float = 0.95, eps: float = 1e-8) -
     if float(m) < eps:
         return audio.clone()
     return audio * (peak / m)
-
-
-def rms_db(audio: torch.Tensor | np.ndarray, eps: float = 1e-10) -> float:
-    """RMS level in dBFS (a full-scale sine is about -3 dB; digital silence about -200 dB)."""
-    x = audio.detach().double().cpu().numpy() if isinstance(audio, torch.Tensor) \
-        else np.asarray(audio, dtype=np.float64)
-    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
-    return 20.0 * math.log10(max(rms, eps))

@@ -8,11 +8,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from presto_cli.audio import (AUDIO_EXTS, audio_info, load_audio, peak_normalize, resample, rms_db,
+from presto_cli.audio import (AUDIO_EXTS, audio_info, load_audio, peak_normalize, resample,
                               write_audio)
 from presto_cli.errors import PrestoError
 
 SR = 16000
+
+
+def rms_db(audio: torch.Tensor | np.ndarray, eps: float = 1e-10) -> float:
+    """(test helper) RMS level in dBFS (a full-scale sine is about -3 dB; digital silence about -200 dB)."""
+    x = audio.detach().double().cpu().numpy() if isinstance(audio, torch.Tensor) \
+        else np.asarray(audio, dtype=np.float64)
+    rms = math.sqrt(float(np.mean(x * x))) if x.size else 0.0
+    return 20.0 * math.log10(max(rms, eps))
 
 
 def tone(freq: float = 440.0, seconds: float = 1.0, sr: int = SR, amp: float = 0.5) -> torch.Tensor:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser
-from presto_cli.diffusion.layered import LayeredDenoiser, forward_at_depths, layered_model_fn
+from presto_cli.diffusion.edm import denoise_fn
+from presto_cli.diffusion.layered import LayeredDenoiser, forward_at_depths
 from presto_cli.distill.layers import layer_losses
 from presto_cli.diffusion.schedules import karras_sigmas
 from presto_cli.diffusion.layer_schedule import LayerSchedule, eval_sigmas
@@ -193,13 +194,13 @@ def test_self_teacher_loss_is_zero_when_nothing_is_dropped():
     assert parts["loss_self_teacher"].min() > 1e-6
 
 
-def test_layered_model_fn_guided_matches_manual_cfg():
+def test_layered_denoiser_guided_matches_manual_cfg():
     net = _net()
     den = EDMDenoiser(net, EDMConfig())
     sched = LayerSchedule(bins=[0.0], depths=[6, 3], depth_total=6, mode="keep-last")
     x, cond = _randn(4, 3, 10), _cond()
     sigma = torch.tensor([0.5, 0.5, 5.0, 5.0])
-    fn = layered_model_fn(den, sched, cond, cfg=3.0)
+    fn = denoise_fn(LayeredDenoiser(den, sched), cond, 3.0)  # the pipeline's model_fn
     with torch.no_grad():
         got = fn(x, sigma)
         ld = LayeredDenoiser(den, sched)

@@ -152,6 +152,7 @@ def generate_cmd(
     else:
         jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
         batches, total = _batches(jobs, batch_size), len(jobs)
+    from presto_cli.audio import peak_normalize
     from presto_cli.outputs import clip_record, provenance, write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
     from presto_cli.runtime import console, progress, resolve_device, set_cpu_threads_for
@@ -190,7 +191,7 @@ def generate_cmd(
                 for j, a in zip(chunk, audio):
                     a = a.float()
                     if normalize:
-                        a = a / a.abs().max().clamp_min(1e-8) * (10 ** (-1 / 20))
+                        a = peak_normalize(a, 10 ** (-1 / 20))
                     rec = clip_record(j["path"], j["prompt"], j["seed"], common)
                     write_clip(j["path"], a, pipe.sample_rate, rec)
                     done += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMDenoiser, cfg_guided, denoise_fn
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, cfg_guided
 from presto_cli.diffusion.layer_schedule import LayerSchedule
 from presto_cli.errors import PrestoError
 
@@ -85,10 +85,3 @@ class LayeredDenoiser(nn.Module):
     def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor) -> Tensor:
         """Classifier-free guidance as one batch of 2B, each half at the schedule's depth."""
         return cfg_guided(self.forward, x, sigma, cond, w)
-
-
-def layered_model_fn(denoiser: EDMDenoiser, schedule: LayerSchedule, cond: Cond | None,
-                     cfg: float = 1.0):
-    """``model_fn(x, sigma_batch) -> denoised`` for the samplers, at the schedule's depths."""
-    layered = denoiser if isinstance(denoiser, LayeredDenoiser) else LayeredDenoiser(denoiser, schedule)
-    return denoise_fn(layered, cond, cfg)
