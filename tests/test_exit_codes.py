@@ -92,7 +92,7 @@ def test_clip_and_sidecar_are_written_together(tmp_path, monkeypatch):
     import torch
 
     import presto_cli.io as pio
-    from presto_cli.commands.generate import _write_clip
+    from presto_cli.outputs import write_clip as _write_clip
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
