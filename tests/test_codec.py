@@ -306,6 +306,18 @@ def test_autoencoder_stage_trains_exports_and_resumes_exactly(tmp_path):
         load_recipe("recipes/tiny/autoencoder.yaml", ["data.sample_rate=22050"])
 
 
+def test_autoencoder_export_measures_the_held_out_split_when_the_corpus_has_one(tmp_path):
+    from presto_cli.train.loop import run_stage
+
+    data = tmp_path / "data"
+    _write_folder(data, n_files=4, heldout=2)
+    recipe = load_recipe("recipes/tiny/autoencoder.yaml",
+                         [f"data.path={data}", "data.val_fraction=0.3", "train.steps=2"])
+    run_stage(recipe, tmp_path / "a", progress=False)
+    report = json.loads((tmp_path / "a" / "recon.json").read_text())["recon"]
+    assert report["split"] == "heldout" and report["clips"] == 1
+
+
 def test_recipes_load():
     for name in ("tiny", "demo", "paper"):
         r = load_recipe(f"recipes/{name}/autoencoder.yaml")

@@ -7,8 +7,9 @@ against the input clip, ε drawn counter-based (``ctx.randn``), plus an optional
 least-squares objective, and feature matching).
 
 Export (:func:`~presto_cli.codec.export.export_codec`) with the EMA weights: latent statistics on a
-deterministic sample of the training set, held-out reconstruction quality on the validation split
-when ``data.val_fraction`` > 0 (else other crops of training clips, said so in ``recon.json``).
+deterministic sample of the training set, reconstruction quality on clips training never saw: the
+corpus's held-out split if it has one, else the validation split when ``data.val_fraction`` > 0
+(else other crops of training clips, said so in ``recon.json``).
 """
 from __future__ import annotations
 
@@ -195,18 +196,19 @@ class AutoencoderTask(Task):
         codec = copy.deepcopy(self.ema.shadow if self.ema is not None else self.codec).eval()
         train = self.make_dataset()
         stats = ClipSample(train, ex.stats_clips, r.seed, "export-stats")
-        split = "val"
-        held: ClipSample | list = []
-        if r.data.val_fraction > 0:
+        split, held = "", []
+        # never-trained clips first: the corpus's held-out split, then the validation split;
+        # with neither, other crops of training clips (recon.json says which)
+        for name in ("heldout", "val", "train"):
+            if name == "val" and not r.data.val_fraction > 0:
+                continue
             try:
-                held = ClipSample(self._dataset("val", ex.eval_seconds), ex.eval_clips, r.seed,
+                held = ClipSample(self._dataset(name, ex.eval_seconds), ex.eval_clips, r.seed,
                                   "export-eval")
-            except PrestoError:  # an empty validation split
-                held = []
-        if not len(held):  # no held-out split: report on (other crops of) training clips, say so
-            split = "train"
-            held = ClipSample(self._dataset("train", ex.eval_seconds), ex.eval_clips, r.seed,
-                              "export-eval")
+            except PrestoError:  # an empty split
+                continue
+            split = name
+            break
         report = export_codec(codec, path, stats, held, ex.sigma_data, split, ex.batch_size,
                               png_clips=ex.png_clips,
                               extra_meta={"name": r.name, "seed": r.seed,
