@@ -85,3 +85,16 @@ def test_plain_torch_minilm_equals_transformers_bert():
     torch.testing.assert_close(tokens * m, want * m, rtol=0, atol=2e-5)  # padded rows are unused
     ref_pooled = torch.nn.functional.normalize((want * m).sum(1) / m.sum(1), dim=-1)
     torch.testing.assert_close(pooled, ref_pooled, rtol=0, atol=1e-5)
+
+
+def test_a_cut_prompt_is_reported(capsys):
+    from presto_cli.runtime import console
+
+    enc = build_text_encoder("minilm")
+    with console.capture() as cap:
+        enc(["a calm piano melody"])
+    assert "ignored" not in cap.get()
+    with console.capture() as cap:
+        tok, _, _ = enc(["short", "piano " * 100])
+    out = " ".join(cap.get().split())  # the console wraps long lines
+    assert tok.shape[1] == 64 and "text 2" in out and "64 tokens; the rest of it is ignored" in out, out

@@ -174,8 +174,17 @@ def load_tokenizer(model_dir: str | Path, max_tokens: int):
 
 
 def tokenize(tok, texts: list[str]) -> tuple[Tensor, Tensor]:
-    """(ids [B,N] long, attention mask [B,N] long)."""
+    """(ids [B,N] long, attention mask [B,N] long). A text longer than the tokenizer's limit is cut
+    there, and a warning on stderr says which one."""
     enc = tok.encode_batch(texts)
+    cut = [i for i, e in enumerate(enc) if e.overflowing]
+    if cut:
+        from presto_cli.runtime import console
+
+        limit = tok.truncation["max_length"] if tok.truncation else len(enc[0].ids)
+        for i in cut:
+            console.print(f"[yellow]warning: text {i + 1} ({texts[i][:40]!r}...) is longer than the "
+                          f"text encoder's {limit} tokens; the rest of it is ignored[/]")
     ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
     mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
     return ids, mask
