@@ -2,7 +2,7 @@
 
     python benchmarks/bundle.py --runs runs/demo --data data/synth
 
-Writes presto_cli/assets/: demo-{teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
+Writes presto_cli/assets/: demo-{codec,teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
 metadata), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
 seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap,
 mel and music-feature embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from presto_cli.io import atomic_write_text, load_artefact, save_artefact  # noqa: E402
 from presto_cli.pipeline import ASSETS  # noqa: E402
 
-RUNS = {"teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
+RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
 
 
