@@ -219,6 +219,30 @@ def test_two_runs_aimed_at_one_path(tmp_path):
     assert _listing(tmp_path) == ["same.wav", "same.wav.json"]
 
 
+def test_two_trainings_aimed_at_one_run_directory(tmp_path):
+    """While one training run lives, a second one into the same --out is refused in one line and
+    writes nothing there; once the first is gone its stale claim is taken over."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "presto_cli", "pretrain", str(TINY), "train.steps=100000",
+           "train.ckpt_every=100000", "--out", str(run)]
+    first = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lock = tmp_path / ".run.presto-lock"
+        deadline = time.time() + 120
+        while not lock.exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock in 120 s"
+        r = _sub("pretrain", TINY, "train.steps=2", "--out", run, timeout=120)
+        assert r.returncode == 1 and "is taken" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0
+        assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert _sub("pretrain", TINY, "train.steps=2", "--out", tmp_path / "run", "--resume",
+                timeout=300).returncode == 0  # the killed run's claim is stale and taken over
+
+
 # --------------------------------------------------------------------------------------------
 # Corrupt checkpoints: export and --resume fall back to the newest intact one
 

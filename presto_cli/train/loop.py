@@ -408,10 +408,21 @@ def build_task(recipe: BaseRecipe, run_dir: Path, device: torch.device | None = 
 
 def run_stage(recipe: BaseRecipe, out_dir: str | Path, resume: bool = False,
               progress: bool = True, on_step: Callable[[int, dict], None] | None = None) -> Path:
-    """Train ``recipe`` into ``out_dir``; returns the exported artefact's path."""
-    run_dir = Path(out_dir)
+    """Train ``recipe`` into ``out_dir``; returns the exported artefact's path. The run directory is
+    claimed for the run (:mod:`presto_cli.claim`): a second run aimed at it while this one lives is
+    refused with one line instead of writing the same checkpoints."""
+    from presto_cli.claim import claim_outputs
+
     device = resolve_device(recipe.train.device)
     _init_distributed(device)
+    if dist_info()[0] != 0:  # rank 0 holds the claim for the whole group
+        return _run_stage(recipe, Path(out_dir), device, resume, progress, on_step)
+    with claim_outputs([Path(out_dir)], force=True):
+        return _run_stage(recipe, Path(out_dir), device, resume, progress, on_step)
+
+
+def _run_stage(recipe: BaseRecipe, run_dir: Path, device, resume: bool, progress: bool,
+               on_step: Callable[[int, dict], None] | None) -> Path:
     rank, world = dist_info()
     ckpt_dir = run_dir / "checkpoints"
     existing = _checkpoints_newest_first(run_dir)
