@@ -239,4 +239,4 @@ def test_presto_ls_distils_the_layered_generator_on_toy(artefacts):
     assert isinstance(gen, LayeredDenoiser) and gen.schedule == sched
     m_ls = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=gen), ref)
     print(f"presto-ls toy: presto-l one step {m_l:.5f} presto-ls one step {m_ls:.5f}")
-    assert m_l > 0.03 and m_ls < 0.5 * m_l and m_ls < 0.025, (m_l, m_ls)
+    assert m_l > 0.03 and m_ls < 0.4 * m_l and m_ls < 0.025, (m_l, m_ls)
