@@ -60,6 +60,10 @@ class DiTConfig:
     cross_attn: bool = True  # cross-attention to the text tokens (else pooled text only)
     budget_embed: bool = False  # layer-budget embedding added to the adaLN condition (Presto-L)
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream (Presto-L)
+    # Channels of the frame-rate output refiner (0 = none). With patching, the final linear map
+    # gives each token's C*patch outputs from only `width` features: when C*patch > width the
+    # network cannot remove per-element noise outside that subspace (METHOD.md section 2).
+    out_refine: int = 0
 
     def validate(self) -> None:
         checks = [
@@ -72,6 +76,7 @@ class DiTConfig:
             (self.max_frames >= 1, "model.max_frames must be >= 1"),
             (self.mlp_ratio > 0, "model.mlp_ratio must be > 0"),
             (self.text_dim >= 1, "model.text_dim must be >= 1"),
+            (self.out_refine >= 0, "model.out_refine must be >= 0 (0 = no refiner)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -194,6 +199,30 @@ class DiTBlock(nn.Module):
 # The network
 
 
+class OutputRefiner(nn.Module):
+    """A small frame-rate residual on the DiT's output: ``r(y, x, c)`` from the unpatched output
+    ``y[B,C,F]`` and the (preconditioned) input ``x[B,C,F]``, two kernel-3 convolutions FiLM-ed
+    by the condition vector, a zero-initialised 1x1 projection (so it starts as the identity).
+    It gives every latent element its own degrees of freedom, which the token bottleneck lacks."""
+
+    def __init__(self, channels: int, hidden: int, cond_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(2 * channels, hidden, 3, padding=1)
+        self.conv2 = nn.Conv1d(hidden, hidden, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * hidden)
+        self.proj = nn.Conv1d(hidden, channels, 1)
+        for mod in (self.film, self.proj):
+            nn.init.zeros_(mod.weight)
+            nn.init.zeros_(mod.bias)
+
+    def forward(self, y: Tensor, x: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.film(F.silu(cond)).to(y.dtype).chunk(2, dim=-1)
+        h = self.conv1(torch.cat([y, x], dim=1))
+        h = F.gelu(h * (1 + scale[:, :, None]) + shift[:, :, None])
+        h = F.gelu(self.conv2(h))
+        return self.proj(h)
+
+
 class DiT(nn.Module):
     """Diffusion transformer over latent frames; predicts the EDM network output F.
 
@@ -232,6 +261,8 @@ class DiT(nn.Module):
         for lin in (self.final_ada, self.out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        if cfg.out_refine:
+            self.refine = OutputRefiner(cfg.in_channels, cfg.out_refine, w)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -341,6 +372,8 @@ class DiT(nn.Module):
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
         y = self.out(_modulate(self.final_norm(h), shift, scale))  # (B, n, C*p)
         y = y.reshape(b, n, c, p).permute(0, 2, 1, 3).reshape(b, c, n * p)[:, :, :frames]
+        if cfg.out_refine:
+            y = y + self.refine(y, x[:, :, :frames].to(y.dtype), cond)
         if return_hidden:
             return y, hidden
         return y
@@ -372,6 +405,9 @@ def estimate_params(cfg: DiTConfig) -> int:
     block += lin(w, (9 if cfg.cross_attn else 6) * w)
     n += cfg.depth * block
     n += lin(w, 2 * w) + lin(w, cfg.in_channels * cfg.patch)
+    if cfg.out_refine:
+        c, r = cfg.in_channels, cfg.out_refine
+        n += (2 * c * r * 3 + r) + (r * r * 3 + r) + lin(w, 2 * r) + lin(r, c)
     return n
 
 
@@ -386,4 +422,7 @@ def estimate_flops(cfg: DiTConfig, frames: int, text_tokens: int = 64,
         per_block += 2 * n * 2 * w * w + 2 * text_tokens * 2 * w * w + 2 * 2 * n * text_tokens * w
     per_block += 2 * n * 2 * w * hid
     io = 2 * n * w * cfg.in_channels * cfg.patch * 2
+    if cfg.out_refine:
+        c, r = cfg.in_channels, cfg.out_refine
+        io += 2 * frames * (2 * c * r * 3 + r * r * 3 + r * c)
     return int(k * per_block + io)
