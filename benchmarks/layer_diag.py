@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -74,6 +75,8 @@ def main() -> None:
     for p in a.models:
         den, meta, _ = load_teacher(p, "cpu")
         name = p.parent.name if p.name == "model.safetensors" else p.stem
+        if re.fullmatch(r"seed\d+", name):  # runs/demo/grid/ase/seed1 -> ase/seed1
+            name = f"{p.parent.parent.name}/{name}"
         if name in models:  # runs/demo/ase vs runs/demo/long/ase
             name = f"{p.parent.parent.name}/{name}"
         if name in models:

@@ -14,9 +14,13 @@
    ``--seeds`` fixed seed sets (the prompts' seeds + 1000 k), so
    each score is a mean with its spread across seed sets: two models whose FADs differ by less
    than that spread are not separated by this measurement. Plus real training-split audio as the
-   ceiling, Presto-S at 1/2/4/8 steps and the Presto-L ablation (runs/demo/ablation).
+   ceiling, Presto-S at 1/2/4/8 steps; adherence on the plain-language paraphrase prompts; tonal
+   change and chroma peak share of each model's clips for the 14 canonical style captions.
 3. With the training runs present (runs/demo), `benchmarks/layer_diag.py`: per-noise-bin denoising
-   error and distance to the full teacher of ASE, Presto-L and the ablations on held-out latents.
+   error and distance to the full teacher of ASE, Presto-L and the layer-method grid on held-out
+   latents; the grid (runs/demo/grid/<cell>/seed<k>: {early exit, keep-last} x {self-teacher on,
+   off} and ASE, three training seeds) scored by FAD under both embedders, and FAD against latency
+   of the teacher, ASE and Presto-L at 8, 16 and 32 sampler steps.
 4. Writes results/*.json, results/report.html and the tables between the README's markers.
 """
 from __future__ import annotations
@@ -65,12 +69,10 @@ def main() -> None:
                     help="the demo chain's training runs (for the per-bin layer diagnostics), if present")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "synth",
                     help="the demo corpus (its held-out latents feed the layer diagnostics)")
-    ap.add_argument("--ablation", type=Path, default=ROOT / "runs" / "demo" / "ablation",
-                    help="folder of Presto-L ablation runs (each */model.safetensors), if present")
-    ap.add_argument("--diag", type=Path, nargs="*",
-                    default=[ROOT / "runs" / "demo" / "control", ROOT / "runs" / "demo" / "long"],
-                    help="folders of further diagnostic runs (each */model.safetensors), scored like the "
-                         "ablation: the full-depth fine-tuning control and the longer ASE/Presto-L runs")
+    ap.add_argument("--grid", type=Path, default=ROOT / "runs" / "demo" / "grid",
+                    help="the layer-method comparison's runs (grid/<cell>/seed<k>/model.safetensors), if present")
+    ap.add_argument("--grid-n", type=int, default=48, help="clips per grid model and per FAD-vs-latency point")
+    ap.add_argument("--latency-steps", default="8,16,32", help="sampler steps of the FAD-vs-latency comparison")
     ap.add_argument("--render-only", action="store_true",
                     help="re-run only the layer diagnostics and rewrite the tables from results/summary.json")
     a = ap.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
         S["layer_diag"] = layer_diag(a)
         (a.out / "summary.json").write_text(json.dumps(S, indent=2))
         write_readme(render(S["bench"], S["eval"], S["real"], {int(k): v for k, v in S["presto_s_steps"].items()},
-                            a, S["ablation"], S["layer_diag"], S.get("music")))
+                            a, S.get("grid"), S["layer_diag"], S.get("music"), S.get("extra")))
         return
 
     A = ROOT / "presto_cli" / "assets"
@@ -124,24 +126,25 @@ def main() -> None:
     for s in (1, 2, 4, 8):
         steps[s] = presto("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                           a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
-    ablation = {}
-    extra = [run for d in a.diag for run in _runs(d)]
-    abl_runs = _runs(a.ablation)
-    for run in abl_runs + extra:
-        name = run.parent.name if run in abl_runs else f"{run.parent.parent.name}/{run.parent.name}"
-        ablation[name] = [presto("eval", "--model", str(run), *common[2:], *prompt_set(k), "--n", str(a.n),
-                                 "--device", a.device, "--audio-dir", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}_audio"),
-                                 "--out", str(a.out / f"eval_{name.replace('/', '_')}{sfx(k)}.json"))
-                          for k in range(a.seeds)]
+    n_para = sum(1 for l in (A / "paraphrase_prompts.jsonl").read_text().splitlines() if l.strip())
+    extra = {"paraphrase": presto("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
+                                  *common[2:-2], "--metrics", "adherence", "--device", a.device,
+                                  "--audio-dir", str(a.out / "paraphrase_audio"), "--out", str(a.out / "eval_paraphrase.json")),
+             "notes": notes_eval(a, every, common)}
+    grid = grid_eval(a, common)
+    if grid is not None:
+        extra["fad_latency"] = fad_latency(a, common)
     music = music_eval(a, ev, real_dir if real else None)
     diag = layer_diag(a)
+    if grid is not None and diag:
+        grid["per_bin"] = diag[0]
     # timing last: on a machine with nothing else running by then
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
-                                                    "presto_s_steps": steps, "ablation": ablation,
-                                                    "layer_diag": diag, "music": music}, indent=2))
-    table = render(bench, ev, real, steps, a, ablation, diag, music)
+                                                    "presto_s_steps": steps, "grid": grid,
+                                                    "layer_diag": diag, "music": music, "extra": extra}, indent=2))
+    table = render(bench, ev, real, steps, a, grid, diag, music, extra)
     write_readme(table)
     print(table)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
@@ -178,6 +181,99 @@ def _runs(folder: Path) -> list[Path]:
     return sorted(folder.glob("*/model.safetensors")) if folder.is_dir() else []
 
 
+GRID_CELLS = {  # cell -> (block choice, self-teacher, budget embedding)
+    "ase": ("early exit", "off", "no"),
+    "early-exit-no-st": ("early exit", "off", "yes"),
+    "early-exit-st": ("early exit", "on", "yes"),
+    "keep-last-no-st": ("keep-last", "off", "yes"),
+    "keep-last-st": ("keep-last", "on", "yes"),
+}
+
+
+def grid_models(a) -> list[Path]:
+    return [p for c in GRID_CELLS for p in sorted((a.grid / c).glob("seed*/model.safetensors"))]
+
+
+def grid_eval(a, common: list[str]) -> dict | None:
+    """The layer-method comparison: each training seed of each cell generates --grid-n clips of the
+    held-out prompts (first seed set), scored by FAD under presto-clap and the music embedder."""
+    runs = grid_models(a)
+    if not runs:
+        return None
+    docs = {}
+    for run in runs:
+        cell, seed = run.parent.parent.name, run.parent.name
+        key = f"{cell}_{seed}"
+        docs[key] = presto("eval", "--model", str(run), *common[2:-2], "--metrics", "fad,mmd", "--n", str(a.grid_n),
+                           "--device", a.device, "--audio-dir", str(a.out / "grid_audio" / key),
+                           "--out", str(a.out / f"grid_{key}.json"))
+    ref = music_reference(a)
+    music = None
+    if ref is not None:
+        dirs = [x for k in docs for x in ("--gen", docs[k]["systems"][0]["audio_dir"])]
+        music = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
+                       "--out", str(a.out / "grid_music.json"))
+    return {"n": a.grid_n, "eval": docs, "music": music}
+
+
+def fad_latency(a, common: list[str]) -> dict:
+    """FAD (both embedders) and batch-1 latency of the teacher, ASE and Presto-L at --latency-steps."""
+    out = {}
+    models = [x for m in ("demo-teacher", "demo-ase", "demo-l") for x in ("--model", m)]
+    for s in [int(x) for x in a.latency_steps.split(",")]:
+        ev = presto("eval", *models, *common[2:-2], "--metrics", "fad", "--n", str(a.grid_n), "--steps", str(s),
+                    "--device", a.device, "--audio-dir", str(a.out / f"latency_{s}steps_audio"),
+                    "--out", str(a.out / f"eval_latency_{s}steps.json"))
+        ref = music_reference(a)
+        mus = None
+        if ref is not None:
+            dirs = [x for sy in ev["systems"] for x in ("--gen", sy["audio_dir"])]
+            mus = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
+                         "--out", str(a.out / f"eval_latency_{s}steps_music.json"))
+        bench = presto("bench", *models, "--steps", str(s), "--device", a.device, "--repeats", "5", "--no-memory")
+        out[s] = {"eval": ev, "music": mus, "bench": bench}
+    return out
+
+
+def notes_eval(a, every: list[str], common: list[str]) -> dict:
+    """Do the notes move? Each model generates the 14 canonical style captions (seeds 0-13); the
+    tonal change (mean chroma distance over 0.5 s) and the chroma peak share (the strongest pitch
+    class's share of a frame's chroma: a noise floor spreads it, 1/12 = 0.083) of those clips,
+    against one training clip per style of the corpus."""
+    import numpy as np
+    import soundfile as sf
+
+    from presto_cli.codec.quality import chroma_peak_share, tonal_change
+
+    styles = json.loads((ROOT / "presto_cli" / "assets" / "styles.json").read_text())["styles"]
+    f = a.out / "styles14.jsonl"
+    f.write_text("".join(json.dumps({"prompt": st["caption"], "seed": i, "name": st["name"], "style": st["name"]}) + "\n"
+                         for i, st in enumerate(styles)))
+    ev = presto("eval", *every, "--prompts", str(f), "--n", str(len(styles)), *common[2:-2], "--metrics", "adherence",
+                "--device", a.device,
+                "--audio-dir", str(a.out / "styles14_audio"), "--out", str(a.out / "eval_styles14.json"))
+
+    def score(files: list[Path]) -> dict:
+        tc, ps = [], []
+        for p in files:
+            x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+            tc.append(tonal_change(x.mean(1), sr))
+            ps.append(chroma_peak_share(x.mean(1), sr))
+        return {"tonal_change": float(np.mean(tc)), "peak_share": float(np.mean(ps)), "n": len(files)}
+
+    res = {sy["name"]: {**score(sorted(Path(sy["audio_dir"]).glob("*.wav"))), "adherence": sy["scores"].get("adherence")}
+           for sy in ev["systems"]}
+    if (a.real / "manifest.jsonl").is_file():
+        rows = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
+        first = {}
+        for r in rows:
+            st = (r.get("labels") or {}).get("style")
+            if r.get("split", "train") == "train" and st and st not in first:
+                first[st] = a.real / r["path"]
+        res["corpus (one clip per style)"] = score([first[st["name"]] for st in styles if st["name"] in first])
+    return res
+
+
 def layer_diag(a) -> list[dict] | None:
     """benchmarks/layer_diag.py on the demo chain's layer runs, when the runs and data are here."""
     teacher_run = a.runs / "teacher" / "model.safetensors"
@@ -185,7 +281,7 @@ def layer_diag(a) -> list[dict] | None:
     if not (teacher_run.is_file() and all(p.is_file() for p in layer_runs)
             and (a.data / "manifest.jsonl").is_file()):
         return None
-    layer_runs += _runs(a.ablation) + [r for d in a.diag for r in _runs(d) if json.loads(_meta(r)).get("schedule")]
+    layer_runs += grid_models(a)
     docs = []
     for cfg in (1.0, 2.0):  # unguided (what the layer stages train) and the teacher's CFG (what sampling sees)
         out = a.out / ("layer_diag.json" if cfg == 1.0 else f"layer_diag_cfg{cfg:g}.json")
@@ -247,7 +343,7 @@ def _pm(v, nd=3) -> str:
     return _f(m, nd) if sd is None else f"{_f(m, nd)} ± {float(f'{sd:.2g}'):g}"  # sd: 2 significant digits
 
 
-def render(bench, ev, real, steps, a, ablation=None, diag=None, music=None) -> str:
+def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=None) -> str:
     b = _bench_rows(bench)
     emb = ev[0].get("embedder", {})
     memb = (music[0].get("embedder", {}) if music else {})
@@ -293,17 +389,43 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None, music=None) -> s
         sc = doc["systems"][0]["scores"]
         lines.append(f"| {s} | {_f(sc.get('fad'))} | {_f(sc.get('mmd2'))} | {_f(sc.get('clap_score'))} | "
                      f"{_f(sc.get('recall'))} | {_f(sc.get('adherence'))} |")
-    if ablation:
-        lines += ["", "Presto-L ablation (same schedule, data and steps; one part switched off each), and "
-                  "diagnostic runs: control/full-depth-finetune = ASE's recipe at full depth everywhere (the "
-                  "same 400 fine-tuning steps, no layer dropped); long/* = ASE and Presto-L trained 1200 steps "
-                  "instead of 400:", "",
-                  "| model | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
-        rows = [(n, _agg(ev, n)) for n in ("demo-l", "demo-ase") if n in _sys(ev[0])]
-        rows += [(n, _agg(docs)) for n, docs in ablation.items()]
-        for n, sc in rows:
-            lines.append(f"| {n} | {_pm(sc.get('fad'))} | {_pm(sc.get('mmd2'))} | {_pm(sc.get('clap_score'))} | "
-                         f"{_pm(sc.get('recall'))} | {_pm(sc.get('adherence'))} |")
+    extra = extra or {}
+    if extra.get("paraphrase"):
+        para = _sys(extra["paraphrase"])
+        lines += ["", f"Prompt adherence in a person's words: `assets/paraphrase_prompts.jsonl` ({len(next(iter(para.values()))['files']) if para and next(iter(para.values())).get('files') else 84} "
+                  "plain-language descriptions, 6 per style, in words the caption templates never use) beside the held-out "
+                  "captions (first seed set); adherence = the share of clips presto-clap assigns to the prompt's style.", "",
+                  "| model | held-out adherence | paraphrase adherence | gap (points) |", "|---|---|---|---|"]
+        for name in names:
+            h = (_sys(ev[0]).get(name) or {}).get("scores", {}).get("adherence")
+            q = (para.get(name) or {}).get("scores", {}).get("adherence")
+            gap = f"{100 * (h - q):.0f}" if h is not None and q is not None else "–"
+            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {gap} |")
+    if extra.get("notes"):
+        lines += ["", "Do the notes move? The 14 canonical style captions (seeds 0-13) per model: tonal change "
+                  "(mean chroma cosine distance over 0.5 s; a drone scores below 0.07) and chroma peak share "
+                  "(the strongest pitch class's share of a frame's chroma: white noise 0.12, 1/12 at the least), "
+                  "against one training clip per style.", "",
+                  "| audio | tonal change | ratio to corpus | chroma peak share |", "|---|---|---|---|"]
+        notes = extra["notes"]
+        corpus = notes.get("corpus (one clip per style)", {}).get("tonal_change")
+        for name, v in notes.items():
+            ratio = f"{v['tonal_change'] / corpus:.2f}" if corpus else "–"
+            lines.append(f"| {name} | {v['tonal_change']:.3f} | {ratio} | {v['peak_share']:.3f} |")
+    if grid:
+        lines += grid_table(grid)
+    if extra.get("fad_latency"):
+        lines += ["", f"FAD against latency at other sampler budgets ({a.grid_n} clips of the held-out prompts "
+                  "per point, first seed set; Heun with the teacher's CFG; latency: batch 1, median of 5 "
+                  "interleaved rounds). The paper's claim: Presto-L improves standard sampling at every budget.", "",
+                  "| model | steps | NFE | latency (s) | FAD (presto-clap) ↓ | FAD (music) ↓ |", "|---|---|---|---|---|---|"]
+        for s_, doc in sorted(extra["fad_latency"].items(), key=lambda kv: int(kv[0])):
+            br = _bench_rows(doc["bench"])
+            mus = _sys(doc["music"]) if doc.get("music") else {}
+            for name, sy in _sys(doc["eval"]).items():
+                m = mus.get(name, {}).get("scores", {}).get("fad") if mus else None
+                lines.append(f"| {name} | {s_} | {_f(br.get(name, {}).get('nfe'))} | {_f(br.get(name, {}).get('latency_s'))} | "
+                             f"{_f(sy['scores'].get('fad'))} | {_f(m)} |")
     if isinstance(diag, dict):  # one document (older summaries)
         diag = [diag]
     for dg in diag or []:
@@ -317,11 +439,48 @@ def render(bench, ev, real, steps, a, ablation=None, diag=None, music=None) -> s
                   "| model | " + " | ".join(f"k={k}" for k in d) + " | mean |",
                   "|---|" + "---|" * (len(d) + 1)]
         for n, v in dg["results"].items():
+            if "/seed" in n:  # the grid's runs: summarised over training seeds in its own table
+                continue
             dn, st = v["dn"], v["st"]
             cells = [f"{x:.3f}" + ("" if n.startswith("teacher") else f" ({y:.3f})") for x, y in zip(dn, st)]
             mean = f"{statistics.fmean(dn):.3f}" + ("" if n.startswith("teacher") else f" ({statistics.fmean(st):.3f})")
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
+
+
+def grid_table(grid: dict) -> list[str]:
+    """The 2x2 + ASE table: per cell, mean ± sd over training seeds of FAD (both embedders) and of
+    the per-bin denoising error (benchmarks/layer_diag.py, no CFG)."""
+    def stat(vals):
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        if not vals:
+            return None
+        return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
+
+    mus = _sys(grid["music"]) if grid.get("music") else {}
+    pb = (grid.get("per_bin") or {}).get("results", {})
+    depths = (grid.get("per_bin") or {}).get("depths_low_to_high_noise", [])
+    lines = ["", f"Layer methods compared (issue: a comparison that can separate them): every cell trained from "
+             f"the same teacher with training seeds 0, 1, 2; {grid['n']} clips per run (held-out prompts, first "
+             "seed set); per-bin error = EDM-weighted denoising error on held-out latents per noise bin "
+             "(no CFG), low noise first, with the depth each bin runs at. Mean ± standard deviation over the "
+             "training seeds.", "",
+             "| cell | blocks kept | self-teacher | budget embedding | seeds | FAD (presto-clap) ↓ | FAD (music) ↓ | "
+             "per-bin error, mean ↓ | " + " | ".join(f"k={d}" for d in depths) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(depths)]
+    for cell, (blocks, st, be) in GRID_CELLS.items():
+        keys = sorted(k for k in grid["eval"] if k.rsplit("_seed", 1)[0] == cell)
+        if not keys:
+            continue
+        fad = stat([grid["eval"][k]["systems"][0]["scores"].get("fad") for k in keys])
+        fmus = stat([mus.get(grid["eval"][k]["systems"][0]["name"], {}).get("scores", {}).get("fad") for k in keys])
+        runs = [pb.get(f"{cell}/{k.rsplit('_', 1)[1]}") for k in keys]
+        runs = [r for r in runs if r]
+        mean_err = stat([statistics.fmean(r["dn"]) for r in runs])
+        per = [stat([r["dn"][b] for r in runs]) for b in range(len(depths))]
+        lines.append(f"| {cell} | {blocks} | {st} | {be} | {len(keys)} | {_pm(fad)} | {_pm(fmus)} | {_pm(mean_err)} | "
+                     + " | ".join(_pm(v) for v in per) + " |")
+    return lines
 
 
 if __name__ == "__main__":

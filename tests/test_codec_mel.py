@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from presto_cli.codec import build_codec
-from presto_cli.codec.quality import (chroma_similarity, comb_contrast_db, music_report,
+from presto_cli.codec.quality import (chroma_peak_share, chroma_similarity, comb_contrast_db, music_report,
                                       tonal_change)
 from presto_cli.codec.export import export_codec
 from presto_cli.codec.losses import CodecLossConfig, reconstruction_losses
@@ -156,6 +156,16 @@ def test_chroma_and_tonal_change_tell_a_melody_from_a_drone():
     assert same["chroma_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert same["tonal_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert same["chroma_similarity_unrelated"] < 0.9  # melody vs drone
+
+
+def test_chroma_peak_share_tells_pitches_from_noise():
+    t = np.arange(SR * 2) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)  # one pitch class
+    triad = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (261.63, 329.63, 392.0)).astype(np.float32)
+    noise = (0.1 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+    assert chroma_peak_share(tone, SR) > 0.9
+    assert 0.25 < chroma_peak_share(triad, SR) < 0.45  # three equal pitch classes: about 1/3
+    assert chroma_peak_share(noise, SR) < 0.16  # spread over all twelve (1/12 at the least)
 
 
 def test_export_reports_music_measures_and_draws_the_png(tmp_path):

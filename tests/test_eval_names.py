@@ -10,6 +10,7 @@ def test_system_names():
     assert system_name("demo-s") == "demo-s"
     assert system_name("runs/demo/ase/model.safetensors") == "ase"
     assert system_name("runs/demo/presto-s/model.safetensors") == "presto-s"
+    assert system_name("runs/demo/grid/ase/seed1/model.safetensors") == "ase_seed1"  # training seeds
     assert system_name("/x/my model.safetensors") == "my_model"
 
 

@@ -421,6 +421,8 @@ def system_name(model: str) -> str:
         base = model
     elif p.stem == "model" and p.parent.name:
         base = p.parent.name
+        if re.fullmatch(r"seed\d+", base) and p.parent.parent.name:  # runs/demo/grid/ase/seed1
+            base = f"{p.parent.parent.name}_{base}"
     else:
         base = p.stem
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
