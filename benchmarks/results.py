@@ -1,6 +1,6 @@
 """Regenerate README's results table from the bundled demo models, in one run on this machine.
 
-    python benchmarks/results.py [--n 240] [--seeds 3] [--device cpu] [--out results/]
+    python benchmarks/results.py [--n 240] [--seeds 3] [--jobs 2] [--device cpu] [--out results/]
 
 1. `presto bench` (run last, so nothing of this script runs beside it; batch 1, after warm-up,
    teacher first, timed rounds interleaved across the models): latency, real-time factor, NFE,
@@ -32,17 +32,23 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+JOB_ENV: dict[str, str] = {}  # with --jobs > 1: one thread per presto process
+
+
 def presto(*args: str) -> dict:
     cmd = [sys.executable, "-m", "presto_cli", *args, "--json"]
     print("$ presto " + " ".join(args), file=sys.stderr, flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args and args[0] != "bench":  # timing runs alone, with the machine's default threads
+        env.update(JOB_ENV)
+    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"presto {' '.join(args)} failed ({r.returncode})")
     return json.loads(r.stdout)
@@ -73,6 +79,8 @@ def main() -> None:
                     help="the layer-method comparison's runs (grid/<cell>/seed<k>/model.safetensors), if present")
     ap.add_argument("--grid-n", type=int, default=48, help="clips per grid model and per FAD-vs-latency point")
     ap.add_argument("--latency-steps", default="8,16,32", help="sampler steps of the FAD-vs-latency comparison")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="quality evaluations run at once (one thread each); the benches always run alone, last")
     ap.add_argument("--render-only", action="store_true",
                     help="re-run only the layer diagnostics and rewrite the tables from results/summary.json")
     a = ap.parse_args()
@@ -104,12 +112,17 @@ def main() -> None:
         return "" if k == 0 else f"_seed{k}"
 
     every = [x for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") for x in ("--model", m)]
-    ev = [presto("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
-                 "--report", str(a.out / "report.html"))]
+    if a.jobs > 1:
+        JOB_ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    pool = ThreadPoolExecutor(max(1, a.jobs))  # independent evaluations; no task submits another
+    later = lambda *args: pool.submit(presto, *args)  # noqa: E731
+    ev_f = [later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
+                  "--report", str(a.out / "report.html"))]
     for k in range(1, a.seeds):
-        ev.append(presto("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(k),
-                         "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
+        ev_f.append(later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(k),
+                          "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
     real_dir = a.out / "real_train"
+    real_f = None
     if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
         rows = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
         rows = [r for r in rows if r.get("split", "train") == "train"][: a.n]
@@ -118,28 +131,32 @@ def main() -> None:
             dst = real_dir / Path(r["path"]).name
             if not dst.exists():
                 os.symlink((a.real / r["path"]).resolve(), dst)
-        real = presto("eval", "--gen", str(real_dir), *common[2:-2], "--metrics", "fad,mmd,prdc",
-                      "--out", str(a.out / "eval_real.json"))
-    else:
-        real = None
-    steps = {}
-    for s in (1, 2, 4, 8):
-        steps[s] = presto("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
-                          a.device, "--out", str(a.out / f"eval_s_{s}steps.json"))
+        real_f = later("eval", "--gen", str(real_dir), *common[2:-2], "--metrics", "fad,mmd,prdc",
+                       "--out", str(a.out / "eval_real.json"))
+    steps_f = {s: later("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
+                        a.device, "--out", str(a.out / f"eval_s_{s}steps.json")) for s in (1, 2, 4, 8)}
     n_para = sum(1 for l in (A / "paraphrase_prompts.jsonl").read_text().splitlines() if l.strip())
-    extra = {"paraphrase": presto("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
-                                  *common[2:-2], "--metrics", "adherence", "--device", a.device,
-                                  "--audio-dir", str(a.out / "paraphrase_audio"), "--out", str(a.out / "eval_paraphrase.json")),
-             "notes": notes_eval(a, every, common)}
-    grid = grid_eval(a, common)
-    if grid is not None:
-        extra["fad_latency"] = fad_latency(a, common)
+    para_f = later("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
+                   *common[2:-2], "--metrics", "adherence", "--device", a.device,
+                   "--audio-dir", str(a.out / "paraphrase_audio"), "--out", str(a.out / "eval_paraphrase.json"))
+    notes_f = pool.submit(notes_eval, a, every, common)
+    has_grid = bool(grid_models(a))
+    grid_f = pool.submit(grid_eval, a, common)
+    lat_f = {s: pool.submit(latency_eval, a, common, s) for s in _latency_steps(a)} if has_grid else {}
+    ev = [f.result() for f in ev_f]
+    real = real_f.result() if real_f else None
+    steps = {s: f.result() for s, f in steps_f.items()}
+    extra = {"paraphrase": para_f.result(), "notes": notes_f.result()}
+    grid = grid_f.result()
     music = music_eval(a, ev, real_dir if real else None)
+    pool.shutdown()
     diag = layer_diag(a)
     if grid is not None and diag:
         grid["per_bin"] = diag[0]
     # timing last: on a machine with nothing else running by then
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
+    if lat_f:
+        extra["fad_latency"] = {s: {**f.result(), "bench": latency_bench(a, s)} for s, f in lat_f.items()}
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
                                                     "presto_s_steps": steps, "grid": grid,
@@ -216,23 +233,32 @@ def grid_eval(a, common: list[str]) -> dict | None:
     return {"n": a.grid_n, "eval": docs, "music": music}
 
 
-def fad_latency(a, common: list[str]) -> dict:
-    """FAD (both embedders) and batch-1 latency of the teacher, ASE and Presto-L at --latency-steps."""
-    out = {}
-    models = [x for m in ("demo-teacher", "demo-ase", "demo-l") for x in ("--model", m)]
-    for s in [int(x) for x in a.latency_steps.split(",")]:
-        ev = presto("eval", *models, *common[2:-2], "--metrics", "fad", "--n", str(a.grid_n), "--steps", str(s),
-                    "--device", a.device, "--audio-dir", str(a.out / f"latency_{s}steps_audio"),
-                    "--out", str(a.out / f"eval_latency_{s}steps.json"))
-        ref = music_reference(a)
-        mus = None
-        if ref is not None:
-            dirs = [x for sy in ev["systems"] for x in ("--gen", sy["audio_dir"])]
-            mus = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
-                         "--out", str(a.out / f"eval_latency_{s}steps_music.json"))
-        bench = presto("bench", *models, "--steps", str(s), "--device", a.device, "--repeats", "5", "--no-memory")
-        out[s] = {"eval": ev, "music": mus, "bench": bench}
-    return out
+def _latency_steps(a) -> list[int]:
+    return [int(x) for x in a.latency_steps.split(",") if x.strip()]
+
+
+LATENCY_MODELS = ("demo-teacher", "demo-ase", "demo-l")
+
+
+def latency_eval(a, common: list[str], s: int) -> dict:
+    """FAD under both embedders of the teacher, ASE and Presto-L at ``s`` sampler steps."""
+    models = [x for m in LATENCY_MODELS for x in ("--model", m)]
+    ev = presto("eval", *models, *common[2:-2], "--metrics", "fad", "--n", str(a.grid_n), "--steps", str(s),
+                "--device", a.device, "--audio-dir", str(a.out / f"latency_{s}steps_audio"),
+                "--out", str(a.out / f"eval_latency_{s}steps.json"))
+    ref = music_reference(a)
+    mus = None
+    if ref is not None:
+        dirs = [x for sy in ev["systems"] for x in ("--gen", sy["audio_dir"])]
+        mus = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
+                     "--out", str(a.out / f"eval_latency_{s}steps_music.json"))
+    return {"eval": ev, "music": mus}
+
+
+def latency_bench(a, s: int) -> dict:
+    """Batch-1 latency of the same models at ``s`` steps (run alone, after every evaluation)."""
+    models = [x for m in LATENCY_MODELS for x in ("--model", m)]
+    return presto("bench", *models, "--steps", str(s), "--device", a.device, "--repeats", "5", "--no-memory")
 
 
 def notes_eval(a, every: list[str], common: list[str]) -> dict:
