@@ -67,3 +67,26 @@ def test_music_eval_rescoring_the_generated_clips(tmp_path, monkeypatch):
     assert "/x/eval_seed1_audio/demo-s" in calls[1] and str(tmp_path / "real_train") not in calls[1]
     held.rmdir()
     assert R.music_eval(a, ev, None) is None  # no reference: skipped, said on stderr
+
+
+def test_grid_table_reports_the_spread_over_training_seeds_and_per_bin_errors():
+    R = _results()
+    evals, mus = {}, {}
+    for cell, fads in (("ase", (1.0, 3.0, 2.0)), ("keep-last-st", (0.5, 0.7, 0.6))):
+        for k, f in enumerate(fads):
+            name = f"{cell}_seed{k}"
+            evals[name] = _doc("presto-clap", {name: {"fad": f}})
+            mus[name] = {"fad": 10.0 * f}
+    per_bin = {"depths_low_to_high_noise": [8, 6], "results": {
+        "ase/seed0": {"dn": [0.1, 0.5]}, "ase/seed1": {"dn": [0.3, 0.7]}, "ase/seed2": {"dn": [0.2, 0.6]},
+        "keep-last-st/seed0": {"dn": [0.1, 0.2]}, "keep-last-st/seed1": {"dn": [0.1, 0.2]},
+        "keep-last-st/seed2": {"dn": [0.1, 0.2]}}}
+    grid = {"n": 16, "eval": evals, "music": _doc("music-features", mus), "per_bin": per_bin}
+    lines = R.grid_table(grid)
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.strip("|").split("|")] for l in lines
+            if l.startswith("| ase") or l.startswith("| keep-last")}
+    assert rows["ase"][1:5] == ["early exit", "off", "no", "3"]
+    assert rows["ase"][5] == "2 ± 1" and rows["ase"][6] == "20 ± 10"  # FAD mean ± sd over the seeds
+    assert rows["ase"][7] == "0.4 ± 0.1" and rows["ase"][8] == "0.2 ± 0.1" and rows["ase"][9] == "0.6 ± 0.1"
+    assert rows["keep-last-st"][5] == "0.6 ± 0.1" and rows["keep-last-st"][9] == "0.2 ± 0"
+    assert "early-exit-st" not in "\n".join(lines)  # cells without runs are left out
