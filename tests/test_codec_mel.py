@@ -158,6 +158,24 @@ def test_chroma_and_tonal_change_tell_a_melody_from_a_drone():
     assert same["chroma_similarity_unrelated"] < 0.9  # melody vs drone
 
 
+def test_decoding_diverged_latents_gives_finite_audio_not_nan(monkeypatch):
+    """A sampler run with too few steps can return latents in the hundreds (Heun, 2 steps from
+    sigma 80); exp() of such a log-mel overflowed into NaN audio. Clipped, the audio stays finite,
+    and real audio (its log-mel below the clip) decodes exactly as without the clip."""
+    import presto_cli.codec.mel as mel
+
+    codec = mel_codec().eval()
+    with torch.no_grad():
+        huge = 200.0 * torch.randn(1, codec.channels, 20, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(codec.decode(huge)).all()
+        lm = codec.log_mel(torch.tensor(note_sequence(C_MAJOR, 0.25))[None, None])
+        assert float(lm.max()) < mel.LOG_MEL_MAX - 1
+        clipped = codec.vocode(lm)
+        monkeypatch.setattr(mel, "LOG_MEL_MAX", float("inf"))
+        assert torch.equal(codec.vocode(lm), clipped)
+        assert not torch.isfinite(codec.decode(huge)).all()  # the failure the clip prevents
+
+
 def test_chroma_peak_share_tells_pitches_from_noise():
     t = np.arange(SR * 2) / SR
     tone = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)  # one pitch class

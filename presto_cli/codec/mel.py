@@ -29,6 +29,8 @@ from presto_cli.codec.losses import mel_filterbank
 from presto_cli.codec.vae import ChannelNorm, ConvNeXtBlock1d, hann_window, istft_same, stft_same
 from presto_cli.errors import PrestoError
 
+LOG_MEL_MAX = 8.0  # natural-log mel power; a full-scale square wave or noise reaches about 6
+
 
 @dataclass
 class MelCodecConfig:
@@ -140,6 +142,9 @@ class MelVocosCodec(Codec):
 
     def vocode(self, log_mel: Tensor) -> Tensor:
         """Audio ``[B, 1, N * hop]`` from an (uncentred) log-mel ``[B, n_mels, N]``."""
+        # A full-scale signal's log-mel peaks near 6; far larger values (a diverged sampler) would
+        # overflow exp() below into inf - inf = NaN audio. Clip them 2 nats above full scale.
+        log_mel = log_mel.clamp(max=LOG_MEL_MAX)
         h = self.inp_norm(self.inp(log_mel.to(self.inp.weight.dtype)))
         log_mag, phase = self.head(self.out_norm(self.blocks(h))).chunk(2, dim=1)
         with torch.autocast(log_mag.device.type, enabled=False):
