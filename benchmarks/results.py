@@ -380,7 +380,8 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
     spread = (f" Quality scores are the mean ± standard deviation over {seeds} seed sets of {a.n} clips "
               "(the held-out prompts' seeds + 0, 1000, 2000, ...)." if seeds > 1 else "")
     lines = [
-        f"Measured by `python benchmarks/results.py --n {a.n} --seeds {a.seeds} --device {a.device}` on "
+        f"Measured by `python benchmarks/results.py --n {a.n} --seeds {a.seeds} --jobs {getattr(a, 'jobs', 1)} "
+        f"--grid-n {getattr(a, 'grid_n', 48)} --device {a.device}` on "
         f"{bench.get('device_name', bench.get('device', a.device))} ({bench.get('threads', '?')} threads), "
         f"{time.strftime('%Y-%m-%d')}. "
         f"Latency: batch 1, after warm-up, median of {a.repeats} rounds interleaved across the models; "
