@@ -30,7 +30,7 @@ install-clap: install
 demo-models:
 	bash benchmarks/train_demo_models.sh
 
-# The published tables' settings on 2 CPU cores (about 35 min); on a GPU raise --n and --grid-n.
+# The published tables' settings on 2 CPU cores (20 min, 2026-12-01); on a GPU raise --n and --grid-n.
 RESULTS_ARGS ?= --n 48 --seeds 2 --jobs 2 --grid-n 16 --repeats 10
 
 results:
