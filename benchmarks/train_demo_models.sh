@@ -41,10 +41,12 @@ python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block
 # choice {early exit, keep-last} x the self-teacher term {on, off}, all with the budget embedding,
-# plus ASE, each trained GRID_SEEDS times (training seeds 0, 1, 2). With GRID_STEPS unset every run
+# plus ASE, each trained GRID_SEEDS times (training seeds 0, 1, 2). With GRID_STEPS= (empty) every run
 # has the recipes' steps and seed 0 of ASE and of keep-last + self-teacher (= Presto-L) are the runs
 # above; GRID_STEPS=N (and GRID_BATCH=B) trains every cell N steps (batch B) instead: all 15 runs, so
-# the cells stay comparable.
+# the cells stay comparable. Default: 50 steps at batch 16 (about a minute per run on one thread).
+GRID_STEPS=${GRID_STEPS-50}  # the published grid: 50 steps at batch 16 per run (GRID_STEPS= for the recipes')
+GRID_BATCH=${GRID_BATCH-16}
 if [ "${GRID:-1}" = "1" ]; then
   for seed in $(seq 0 $(( ${GRID_SEEDS:-3} - 1 ))); do
     for cell in ase early-exit-no-st early-exit-st keep-last-no-st keep-last-st; do
