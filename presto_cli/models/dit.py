@@ -10,7 +10,8 @@ through pre-norm blocks:
 
 with every (shift, scale, gate) produced by a zero-initialised linear map of the condition vector
 ``c = NoiseEmbed(c_noise) + Proj(pooled text) [+ BudgetEmbed(k)]`` (adaLN-zero, so a fresh block is
-the identity). A final LayerNorm + adaLN + zero-initialised linear map returns ``F[B, C, F]``.
+the identity). A final LayerNorm + adaLN + zero-initialised linear map returns ``F[B, C, F]``,
+optionally plus a frame-rate output refiner (``out_refine``: see :class:`OutputRefiner`).
 
 The network knows nothing about EDM (the wrapper in :mod:`presto_cli.diffusion.edm` does the
 preconditioning) nor about distillation; it only offers what distillation needs:
