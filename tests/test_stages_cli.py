@@ -76,3 +76,35 @@ def test_resume_refuses_a_changed_teacher(tiny_chain, tmp_path):
         assert "not the file this run started with" in r.stderr and "Traceback" not in r.stderr
         after = (tmp_path / run / "latest").read_text() if (tmp_path / run / "latest").exists() else None
         assert before == after
+
+
+def test_distill_steps_continues_from_an_exported_generator(tiny_chain, tmp_path):
+    """``distill.init`` starts the generator from an exported Presto-S model, not the teacher: one
+    iteration with no generator update (r = 5) and no EMA exports exactly the init's weights; a
+    teacher (or a missing file) as init is refused with one line."""
+    import torch
+
+    from presto_cli.io import load_artefact
+
+    common = _common(tiny_chain)
+    presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=4", "distill.update_ratio=1",
+           "--out", tmp_path / "s1")
+    s1 = tmp_path / "s1" / "model.safetensors"
+    no_update = ["train.steps=1", "distill.update_ratio=5", "distill.ema=0"]
+    presto("distill-steps", TINY / "presto-s.yaml", *common, *no_update, f"distill.init={s1}",
+           "--out", tmp_path / "s2")
+    presto("distill-steps", TINY / "presto-s.yaml", *common, *no_update, "--out", tmp_path / "s0")
+
+    def dit(path):
+        t, _ = load_artefact(path)
+        return {k: v.float() for k, v in t.items() if k.startswith("dit.")}
+
+    init, cont, fresh, teacher = dit(s1), dit(tmp_path / "s2" / "model.safetensors"), \
+        dit(tmp_path / "s0" / "model.safetensors"), dit(tiny_chain["teacher"])
+    assert all(torch.equal(init[k], cont[k]) for k in init)
+    assert all(torch.equal(teacher[k], fresh[k]) for k in teacher)
+    assert max(float((init[k] - teacher[k]).abs().max()) for k in init) > 1e-4  # s1 did train
+    for bad, words in ((tiny_chain["teacher"], "'teacher' artefact"), (tmp_path / "nope.safetensors", "no file")):
+        r = presto("distill-steps", TINY / "presto-s.yaml", *common, *no_update, f"distill.init={bad}",
+                   "--out", tmp_path / "bad", check=False)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -72,9 +72,29 @@ class PrestoSTask(DistillTask):
         del self.frozen  # held by the model as its real score
 
     def build_model(self, teacher: EDMDenoiser, w: float) -> PrestoS:
-        """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model)."""
+        """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model).
+        ``distill.init`` starts G from an exported Presto-S generator of the same teacher (the fake
+        score and the head start afresh, from the teacher and the seed)."""
         return PrestoS(teacher, self.recipe.distill, optim_config(self.recipe), w,
-                       seed=self.recipe.seed)
+                       generator_init=self.generator_init(teacher), seed=self.recipe.seed)
+
+    def generator_init(self, teacher: EDMDenoiser) -> EDMDenoiser | None:
+        path = self.recipe.distill.init
+        if not path:
+            return None
+        from presto_cli.diffusion.artefact import load_teacher
+
+        if not Path(path).is_file():
+            raise PrestoError(f"distill.init: no file {path}",
+                              "give an exported Presto-S model (model.safetensors of a distill-steps run)")
+        gen, meta, _ = load_teacher(path, self.device)
+        if meta.get("kind") != "presto-s":
+            raise PrestoError(f"distill.init: {path} is a '{meta.get('kind')}' artefact",
+                              "give a `presto distill-steps` output")
+        if recipe_to_dict(gen.net.cfg) != recipe_to_dict(teacher.net.cfg):
+            raise PrestoError(f"distill.init: {path} is not the same network as the teacher",
+                              "continue from a generator distilled from this teacher")
+        return gen
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
