@@ -40,6 +40,7 @@ from presto_cli.diffusion.edm import Cond, EDMDenoiser, edm_weight
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss
 from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
+from presto_cli.distill.regression import RegressionPairs
 from presto_cli.errors import PrestoError
 from presto_cli.seeds import seeded
 from presto_cli.train.loop import EMA, ema_state, optimizer_step, warmup_lr
@@ -82,6 +83,9 @@ class DistillConfig:
     disc_layers: int = 2
     disc_kernel: int = 3
     teacher_dtype: Literal["fp32", "bf16"] = "fp32"  # dtype of the frozen real score
+    reg_weight: float = 0.0  # weight of the teacher-trajectory regression loss [DMD1; 0 = off, DMD2]
+    reg_pairs: int = 256  # teacher ODE trajectories for the regression (made once per run)
+    reg_steps: int = 32  # Heun steps of those trajectories (the few-step points are added)
     dmd_sign: float = 1.0  # debug: multiplies the DMD gradient (-1 must break distillation)
 
     def validate(self) -> None:
@@ -96,6 +100,11 @@ class DistillConfig:
                 raise PrestoError(f"distill.{k} must be > 0, got {v}")
         if self.gen_steps < 1:
             raise PrestoError(f"distill.gen_steps must be >= 1, got {self.gen_steps}")
+        if self.reg_weight < 0:
+            raise PrestoError(f"distill.reg_weight must be >= 0, got {self.reg_weight}")
+        if self.reg_weight > 0 and (self.reg_pairs < 1 or self.reg_steps < 2):
+            raise PrestoError("distill.reg_weight > 0 needs distill.reg_pairs >= 1 and distill.reg_steps >= 2",
+                              "for example reg_pairs=256 reg_steps=32")
         if self.inf_steps < 0:
             raise PrestoError(f"distill.inf_steps must be >= 0, got {self.inf_steps}")
         if self.ema is not None and not 0.0 <= self.ema < 1.0:
@@ -235,6 +244,8 @@ class PrestoS:
         self.ema = EMA(self.generator, ocfg.ema) if ocfg.ema > 0 else None
         self.gen_updates = 0
         self.fake_updates = 0
+        # teacher ODE pairs for the regression loss (distill.reg_weight > 0): set by the caller
+        self.reg: RegressionPairs | None = None
 
     # -- hooks -------------------------------------------------------------------------------
     def generator_kwargs(self, sigma: Tensor) -> dict[str, Any]:
@@ -344,6 +355,16 @@ class PrestoS:
             out.update(gen_gan=float(l_gan.detach()), d_gen=float(d.detach().mean()))
         return l_dmd, l_gan, out
 
+    def regression_loss(self, rng: Draws, b: int) -> Tensor:
+        """Mean squared error of G at teacher ODE states against the trajectories' ends
+        (distill/regression.py); needs ``self.reg``."""
+        if self.reg is None:
+            raise PrestoError("distill.reg_weight > 0 but no teacher trajectories were made",
+                              "the presto-s stage makes them; in code, set PrestoS.reg")
+        x_in, sigma, y, cond = self.reg.draw(rng, b, self.device)
+        pred = self.generator(x_in, sigma, cond, **self.generator_kwargs(sigma)).float()
+        return (pred - y).pow(2).mean()
+
     # -- one iteration -----------------------------------------------------------------------
     def train_step(self, x: Tensor, cond: Cond, rng: Draws, global_batch: int | None = None
                    ) -> dict[str, float]:
@@ -372,6 +393,10 @@ class PrestoS:
                 with rng.autocast():
                     l_dmd, l_gan, m = self.generator_loss(x_hat, cond, rng, b)
                     l_gen = l_dmd + self.dcfg.nu1 * l_gan
+                    if self.dcfg.reg_weight > 0:
+                        l_reg = self.regression_loss(rng, b)
+                        l_gen = l_gen + self.dcfg.reg_weight * l_reg
+                        m["reg_loss"] = float(l_reg.detach())
             finally:
                 self.fake.requires_grad_(True)
                 self.head.requires_grad_(True)

@@ -2,6 +2,7 @@
 (:class:`~presto_cli.distill.presto_s.PrestoS`) on the teacher's data (latent cache or toy mixture)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,8 @@ class PrestoSTask(DistillTask):
         w = recipe.distill.cfg if recipe.distill.cfg is not None else teacher_cfg_weight(meta)
         self.model = self.build_model(self.frozen, w)
         del self.frozen  # held by the model as its real score
+        if recipe.distill.reg_weight > 0:
+            self.model.reg = self.regression_pairs()
 
     def build_model(self, teacher: EDMDenoiser, w: float) -> PrestoS:
         """The Presto-S networks (Presto-LS overrides this to start G from a Presto-L model).
@@ -95,6 +98,58 @@ class PrestoSTask(DistillTask):
             raise PrestoError(f"distill.init: {path} is not the same network as the teacher",
                               "continue from a generator distilled from this teacher")
         return gen
+
+    def regression_pairs(self):
+        """Teacher ODE trajectories for ``distill.reg_weight`` (distill/regression.py): made once
+        (``<run>/reg_pairs.safetensors``, reused on resume when it matches the recipe and teacher),
+        from ``reg_pairs`` training captions and noises drawn from the recipe seed."""
+        import time
+
+        import torch
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from presto_cli.diffusion.schedules import fewstep_points
+        from presto_cli.distill.regression import RegressionPairs, teacher_trajectories
+        from presto_cli.io import atomic_path
+        from presto_cli.runtime import console
+        from presto_cli.seeds import seed_for
+
+        r, m = self.recipe, self.model
+        d = r.distill
+        edm = m.teacher.cfg
+        points = fewstep_points(d.gen_steps, edm.sigma_min, edm.sigma_max, m.rho)
+        ds = self.make_dataset()
+        g = torch.Generator().manual_seed(seed_for(r.seed, "reg-pairs"))
+        idx = torch.randint(len(ds), (d.reg_pairs,), generator=g).tolist()
+        items = [ds[i] for i in idx]
+        captions = [it["caption"] for it in items]
+        shape = tuple(items[0]["latents"].shape)
+        key = {"teacher_sha256": self.teacher_sha256, "pairs": d.reg_pairs, "steps": d.reg_steps,
+               "w": m.w, "points": [round(float(p), 6) for p in points], "seed": r.seed, "shape": list(shape)}
+        path = self.run_dir / "reg_pairs.safetensors"
+        cached = None
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if json.loads((f.metadata() or {}).get("key", "{}")) == key:
+                    cached = {k: f.get_tensor(k) for k in f.keys()}
+        if cached is None:
+            noise = torch.randn((d.reg_pairs,) + shape, generator=g)
+            states, ends, t0, bs = [], [], time.time(), 16
+            for a in range(0, d.reg_pairs, bs):
+                cond = self.text(captions[a:a + bs], self.device)
+                st, en = teacher_trajectories(m.teacher, noise[a:a + bs], cond, m.w, points, d.reg_steps, m.rho)
+                states.append(st.half().cpu())
+                ends.append(en.half().cpu())
+                done = min(a + bs, d.reg_pairs)
+                console.print(f"teacher trajectories for the regression loss: {done}/{d.reg_pairs} "
+                              f"({time.time() - t0:.0f} s)")
+            cached = {"states": torch.cat(states), "ends": torch.cat(ends)}
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, suffix=".safetensors") as tmp:
+                save_file(cached, str(tmp), metadata={"key": json.dumps(key)})
+        cond = self.text(captions, self.device)
+        return RegressionPairs(cached["states"], points.cpu(), cached["ends"], cond)
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
