@@ -24,6 +24,8 @@ from presto_cli.pipeline import ASSETS  # noqa: E402
 
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
+# a later phase of the same model replaces the run above it (recipes/demo/presto-s-regress.yaml)
+LATER = {"presto-s": "presto-s-regress"}
 
 
 def bundle_models(runs: Path) -> list[str]:
@@ -33,6 +35,8 @@ def bundle_models(runs: Path) -> list[str]:
     done = []
     for run, name in RUNS.items():
         src = runs / run / "model.safetensors"
+        if run in LATER and (runs / LATER[run] / "model.safetensors").is_file():
+            run, src = LATER[run], runs / LATER[run] / "model.safetensors"
         if not src.is_file():
             print(f"skip {name}: {src} missing")
             continue

@@ -34,6 +34,8 @@ stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/au
 T="data.teacher=$OUT/teacher/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
+# second phase of the bundled Presto-S (regression onto teacher ODE trajectories); bundled as demo-s
+stage distill-steps  recipes/demo/presto-s-regress.yaml presto-s-regress "$T" "$C" "distill.init=$OUT/presto-s/model.safetensors"
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"

@@ -22,7 +22,7 @@ One iteration (:meth:`PrestoS.train_step`), exactly METHOD.md section 3:
    ``L_G = L_DMD + nu1 (Dh(x_hat + sigma' eps) - 1)^2``.
 
 Squared norms are *means* over elements, as in DMD2 (whose nu1/nu2 starting values we use). The
-``dmd_sign`` recipe key (debug) multiplies g; -1 must make distillation fail (a test checks it).
+``dmd_sign`` recipe key multiplies g: 0 switches DMD off (a regression-only phase, distill/regression.py); -1 must make distillation fail (a test checks it).
 
 All randomness comes from ``rng.randn(tag, shape)`` / ``rng.rand(tag, shape)`` of the training
 context (counter-based on (seed, step, tag)), so resume and DDP are exact.
@@ -86,7 +86,7 @@ class DistillConfig:
     reg_weight: float = 0.0  # weight of the teacher-trajectory regression loss [DMD1; 0 = off, DMD2]
     reg_pairs: int = 256  # teacher ODE trajectories for the regression (made once per run)
     reg_steps: int = 32  # Heun steps of those trajectories (the few-step points are added)
-    dmd_sign: float = 1.0  # debug: multiplies the DMD gradient (-1 must break distillation)
+    dmd_sign: float = 1.0  # multiplies the DMD gradient: 0 = off (a regression-only phase); -1 must break distillation (tests)
 
     def validate(self) -> None:
         if self.update_ratio < 1:
