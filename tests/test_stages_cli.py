@@ -108,3 +108,25 @@ def test_distill_steps_continues_from_an_exported_generator(tiny_chain, tmp_path
         r = presto("distill-steps", TINY / "presto-s.yaml", *common, *no_update, f"distill.init={bad}",
                    "--out", tmp_path / "bad", check=False)
         assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_distill_steps_regression_makes_its_trajectories_once(tiny_chain, tmp_path):
+    """``distill.reg_weight``: the run makes its teacher trajectories (one file, a state per
+    few-step point), logs the regression loss, and a resumed run reuses the file instead of
+    integrating the ODE again."""
+    import torch
+    from safetensors import safe_open
+
+    common = _common(tiny_chain) + ["distill.reg_weight=1", "distill.reg_pairs=4", "distill.reg_steps=3",
+                                    "distill.update_ratio=1", "train.ckpt_every=2"]
+    r0 = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=2", "--out", tmp_path / "s")
+    assert "teacher trajectories" in r0.stdout + r0.stderr
+    pairs = tmp_path / "s" / "reg_pairs.safetensors"
+    with safe_open(str(pairs), framework="pt") as f:
+        states, ends = f.get_tensor("states"), f.get_tensor("ends")
+    assert states.shape[:2] == (4, 4) and ends.shape[0] == 4 and bool(torch.isfinite(states.float()).all())
+    metrics = [json.loads(l) for l in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["reg_loss"] > 0 for m in metrics)
+    before = pairs.stat().st_mtime_ns
+    r = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=3", "--out", tmp_path / "s", "--resume")
+    assert pairs.stat().st_mtime_ns == before and "teacher trajectories" not in r.stdout + r.stderr
