@@ -320,13 +320,51 @@ def layer_diag(a) -> list[dict] | None:
     return docs
 
 
+# Tables scored from training runs (runs/demo: the grid, per-bin diagnostics) or from them with
+# the FAD-against-latency points: when this machine cannot produce one, the previous one is kept.
+RUN_SECTIONS = ("Layer methods compared", "FAD against latency at other sampler budgets",
+                "Layer dropping per noise bin")
+CARRIED = ("The tables below were not rescored by this run (its machine had no training runs in "
+           "`runs/demo`); they are carried over from the previous `make results`.")
+
+
+def _sections(block: str) -> dict[str, str]:
+    """The run-scored sections of a results block, by their opening words (each runs to the next)."""
+    starts = sorted((i, key) for key in RUN_SECTIONS for i in _find_all(block, "\n" + key))
+    out: dict[str, str] = {}
+    for n, (i, key) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(block)
+        out.setdefault(key, "")
+        out[key] += block[i:end].rstrip("\n") + "\n"
+    return out
+
+
+def _find_all(text: str, sub: str) -> list[int]:
+    i, found = text.find(sub), []
+    while i >= 0:
+        found.append(i)
+        i = text.find(sub, i + 1)
+    return found
+
+
+def carry_over(old_block: str, table: str) -> str:
+    """``table`` plus each run-scored section the old block had and ``table`` lacks, under a note."""
+    have, old = _sections("\n" + table), _sections("\n" + old_block)
+    missing = [old[k] for k in RUN_SECTIONS if k in old and k not in have]
+    if not missing:
+        return table
+    return table.rstrip("\n") + "\n\n" + CARRIED + "\n" + "".join(missing).rstrip("\n")
+
+
 def write_readme(table: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START in text and END in text:
         head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        readme.write_text(head + START + "\n" + table + "\n" + END + tail)
+        old, tail = rest.split(END, 1)
+        if CARRIED in old:  # carry the old tables, not the old note
+            old = old.replace(CARRIED, "")
+        readme.write_text(head + START + "\n" + carry_over(old, table) + "\n" + END + tail)
 
 
 def _meta(path: Path) -> str:

@@ -90,3 +90,22 @@ def test_grid_table_reports_the_spread_over_training_seeds_and_per_bin_errors():
     assert rows["ase"][7] == "0.4 ± 0.1" and rows["ase"][8] == "0.2 ± 0.1" and rows["ase"][9] == "0.6 ± 0.1"
     assert rows["keep-last-st"][5] == "0.6 ± 0.1" and rows["keep-last-st"][9] == "0.2 ± 0"
     assert "early-exit-st" not in "\n".join(lines)  # cells without runs are left out
+
+
+def test_tables_a_run_cannot_rescore_are_carried_over_under_a_note():
+    """A results run on a machine without the training runs keeps the previous grid, latency and
+    per-bin tables (under one note) instead of deleting them; a table it did produce replaces the
+    old one; carrying twice gives the same block."""
+    R = _results()
+    old = ("main table\n\nLayer methods compared (old)\n\n| grid old |\n\nFAD against latency at other sampler "
+           "budgets (old)\n\n| lat old |\n\nLayer dropping per noise bin (cfg 1)\n\n| d1 old |\n\n"
+           "Layer dropping per noise bin (cfg 2)\n\n| d2 old |\n")
+    new = "main table, new\n\n| new |\n"
+    out = R.carry_over(old, new)
+    assert out.startswith(new.rstrip("\n")) and out.count(R.CARRIED) == 1
+    for t in ("| grid old |", "| lat old |", "| d1 old |", "| d2 old |"):
+        assert t in out and out.index(R.CARRIED) < out.index(t)
+    assert R.carry_over(out.replace(R.CARRIED, ""), new) == out  # the next run carries the same tables
+    fresh = R.carry_over(old, new + "\nLayer methods compared (new)\n\n| grid new |\n")
+    assert "| grid new |" in fresh and "| grid old |" not in fresh and "| lat old |" in fresh
+    assert R.carry_over(old, old) == old  # nothing missing: nothing carried, no note
