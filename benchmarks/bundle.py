@@ -49,6 +49,35 @@ def bundle_models(runs: Path) -> list[str]:
         size = (ASSETS / f"{name}.safetensors").stat().st_size / 2**20
         print(f"bundled {name}: {size:.1f} MiB")
         done.append(name)
+    share_codec(ASSETS)
+    return done
+
+
+def share_codec(assets: Path, codec_name: str = "demo-codec.safetensors") -> list[str]:
+    """Store the codec once: each bundled generator whose embedded codec equals ``codec_name``'s
+    tensors is rewritten without them, pointing at that file (``io.load_artefact`` puts them back
+    on load). Returns the files rewritten."""
+    import hashlib
+
+    import torch
+
+    codec_path = assets / codec_name
+    if not codec_path.is_file():
+        return []
+    codec, _ = load_artefact(codec_path)
+    digest = hashlib.sha256(codec_path.read_bytes()).hexdigest()
+    done = []
+    for f in sorted(assets.glob("demo-*.safetensors")):
+        if f == codec_path:
+            continue
+        tensors, meta = load_artefact(f)  # a shared codec comes back here; compare it all the same
+        emb = {k[len("codec."):]: v for k, v in tensors.items() if k.startswith("codec.")}
+        if set(emb) != set(codec) or not all(torch.equal(emb[k].cpu(), codec[k].cpu()) for k in codec):
+            continue
+        meta = dict(meta, codec_file=codec_name, codec_sha256=digest)
+        save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith("codec.")}, meta)
+        done.append(f.name)
+        print(f"{f.name}: codec stored once, in {codec_name} ({f.stat().st_size / 2**20:.1f} MiB)")
     return done
 
 

@@ -129,7 +129,31 @@ def load_artefact(path: str | Path, device: str | torch.device = "cpu"):
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise PrestoError(f"{path} has corrupt presto metadata") from None
+    if meta.get("codec_file") and not any(k.startswith("codec.") for k in tensors):
+        tensors.update(_shared_codec(path, meta, device))
     return tensors, meta
+
+
+def _shared_codec(path: Path, meta: dict, device) -> dict[str, torch.Tensor]:
+    """The embedded codec of an artefact that stores it once beside itself (``meta["codec_file"]``,
+    a file in the same folder, e.g. the bundled models and ``demo-codec.safetensors``): its tensors
+    under ``codec.``. The keys are removed from ``meta`` so copies of it (students) embed the codec."""
+    name = meta.pop("codec_file")
+    digest = meta.pop("codec_sha256", None)
+    src = path.parent / name
+    if Path(name).name != name or not src.is_file():
+        raise PrestoError(f"{path} keeps its codec in {name}, which is not beside it",
+                          f"put {name} in {path.parent} (it ships with the model)")
+    if digest is not None:
+        import hashlib
+
+        if hashlib.sha256(src.read_bytes()).hexdigest() != digest:
+            raise PrestoError(f"{src} is not the codec {path.name} was made with (SHA-256 differs)",
+                              "restore the codec file that came with the model")
+    codec, cmeta = load_artefact(src, device)
+    if cmeta.get("kind") != "codec":
+        raise PrestoError(f"{src} is a '{cmeta.get('kind')}' artefact, not the codec {path.name} needs")
+    return {"codec." + k: v for k, v in codec.items()}
 
 
 def sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

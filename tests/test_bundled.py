@@ -54,3 +54,36 @@ def test_bundled_codec_keeps_the_notes_of_a_melody():
         y = codec.decode(codec.encode(torch.from_numpy(x)[None, None]))[0, 0, :len(x)].numpy()
     assert chroma_similarity(x, y, SR) > 0.85
     assert tonal_change(y, SR) > 0.7 * tonal_change(x, SR)
+
+
+def test_generators_store_the_codec_once_and_load_it_back(tmp_path):
+    """The bundled generators keep the codec in demo-codec.safetensors (not five copies): loading one
+    returns exactly that codec's tensors under ``codec.``; a student copies them in (no pointer left
+    in its metadata); a missing or different codec file is one clear error."""
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+
+    from presto_cli.errors import PrestoError
+    from presto_cli.io import load_artefact, save_artefact
+    from presto_cli.pipeline import ASSETS
+
+    codec, _ = load_artefact(ASSETS / "demo-codec.safetensors")
+    for name in ("demo-teacher", "demo-s"):
+        tensors, meta = load_artefact(ASSETS / f"{name}.safetensors")
+        assert "codec_file" not in meta and "codec_sha256" not in meta
+        emb = {k[len("codec."):]: v for k, v in tensors.items() if k.startswith("codec.")}
+        assert set(emb) == set(codec) and all(torch.equal(emb[k], codec[k]) for k in codec)
+        with safe_open(str(ASSETS / f"{name}.safetensors"), "pt") as f:
+            assert not any(k.startswith("codec.") for k in f.keys())  # stored once, not here
+
+    shutil.copy(ASSETS / "demo-s.safetensors", tmp_path / "demo-s.safetensors")
+    with pytest.raises(PrestoError, match="not beside it"):
+        load_artefact(tmp_path / "demo-s.safetensors")
+    changed = {k: v.clone() for k, v in codec.items()}
+    k0 = next(iter(changed))
+    changed[k0] = changed[k0] + 1
+    save_artefact(tmp_path / "demo-codec.safetensors", changed, {"kind": "codec"})
+    with pytest.raises(PrestoError, match="SHA-256 differs"):
+        load_artefact(tmp_path / "demo-s.safetensors")
