@@ -130,3 +130,38 @@ def test_distill_steps_regression_makes_its_trajectories_once(tiny_chain, tmp_pa
     before = pairs.stat().st_mtime_ns
     r = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=3", "--out", tmp_path / "s", "--resume")
     assert pairs.stat().st_mtime_ns == before and "teacher trajectories" not in r.stdout + r.stderr
+
+
+def test_pretrain_teacher_continues_from_an_exported_teacher(tiny_chain, tmp_path):
+    """``init`` starts a teacher run from an exported teacher's weights: with a negligible learning
+    rate the export is the init, a fresh run is not, one step at a real learning rate moves
+    away from it; a Presto-S artefact, a missing file or another network is refused in one line."""
+    import torch
+
+    from presto_cli.io import load_artefact
+
+    d = tiny_chain
+    common = [f"data.path={d['data']}", f"data.codec={d['codec']}", "data.clip_seconds=1.0",
+              "model.in_channels=8", "model.max_frames=64", "train.batch_size=4", "train.steps=2"]
+
+    def dit(path):
+        t, _ = load_artefact(path)
+        return {k: v.float() for k, v in t.items() if k.startswith("dit.")}
+
+    def run(name, *extra, check=True):
+        return presto("pretrain", TINY / "teacher.yaml", *common, *extra, "--out", tmp_path / name, check=check)
+
+    run("frozen", f"init={d['teacher']}", "train.lr=1e-12")
+    run("moved", f"init={d['teacher']}", "train.lr=1e-3", "train.warmup=0")
+    run("fresh", "train.lr=1e-12")
+    init = dit(d["teacher"])
+    frozen, moved, fresh = (dit(tmp_path / n / "model.safetensors") for n in ("frozen", "moved", "fresh"))
+    assert max(float((init[k] - frozen[k]).abs().max()) for k in init) < 1e-6
+    assert max(float((init[k] - fresh[k]).abs().max()) for k in init) > 1e-3
+    assert 0 < max(float((init[k] - moved[k]).abs().max()) for k in init) < 0.1
+    presto("distill-steps", TINY / "presto-s.yaml", *_common(d), "train.steps=1", "--out", tmp_path / "s")
+    for bad, words in (([f"init={tmp_path / 's' / 'model.safetensors'}"], "'presto-s' artefact"),
+                       ([f"init={tmp_path / 'nope.safetensors'}"], "no file"),
+                       ([f"init={d['teacher']}", "model.depth=3"], "not the network")):
+        r = run("bad", *bad, check=False)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -38,6 +38,7 @@ class TeacherRecipe(BaseRecipe):
     edm: EDMConfig = field(default_factory=EDMConfig)
     text: str = "minilm"  # minilm | clap | hash (hash: no weights, for toys and tiny recipes)
     toy_size: int = 4096  # number of points drawn when data.path is toy:gmm2d / toy:gmm1d
+    init: str = ""  # exported teacher to continue training from (weights and EMA; optimiser fresh)
 
     def validate(self) -> None:
         self.fill_from_inputs()
@@ -140,11 +141,33 @@ class TeacherTask(Task):
                                   f"model.in_channels={recipe.model.in_channels}",
                                   f"set model.in_channels: {self.codec.channels}")
         self.net = init_dit(recipe.model, recipe.seed, "teacher.init").to(self.device)
+        if recipe.init:
+            self.load_init(recipe.init)
         self.denoiser = EDMDenoiser(self.net, recipe.edm)
         self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
         self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train)
         self.text = TextCache(build_text_encoder(recipe.text, device=self.device))
         self.frames_seen = 0
+
+    def load_init(self, path: str) -> None:
+        """``init``: start from an exported teacher's (EMA) weights instead of a fresh network, to
+        continue training with another recipe (noise distribution, steps); the optimiser, the EMA's
+        count and the data order start afresh. A resumed run's checkpoint overrides this."""
+        if not Path(path).is_file():
+            raise PrestoError(f"init: no file {path}", "give an exported teacher (model.safetensors "
+                              "of a pretrain run, or a bundled demo-teacher)")
+        tensors, meta = load_artefact(path)
+        if meta.get("kind") != "teacher":
+            raise PrestoError(f"init: {path} is a '{meta.get('kind')}' artefact",
+                              "give a teacher (a `presto pretrain` teacher run's model.safetensors)")
+        if meta.get("model") != recipe_to_dict(self.recipe.model):
+            raise PrestoError(f"init: {path} is not the network of this recipe's model section",
+                              "copy its model section into the recipe")
+        if meta.get("text") != self.recipe.text:
+            raise PrestoError(f"init: {path} was trained with text '{meta.get('text')}', "
+                              f"this recipe uses '{self.recipe.text}'", f"set text: {meta.get('text')}")
+        sd = {k[len("dit."):]: v.float() for k, v in tensors.items() if k.startswith("dit.")}
+        load_state_strict(self.net, sd, f"init {path}")
 
     # -- data ------------------------------------------------------------------------------
 
