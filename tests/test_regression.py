@@ -111,3 +111,36 @@ def test_regression_weight_without_pairs_is_refused(teacher):
     b = BatchSource(ToyDataset("toy:gmm2d", 64, 0), 0, ctx).batch(0)
     with pytest.raises(PrestoError, match="no teacher trajectories"):
         ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+
+
+def test_regression_only_iterations_skip_the_fake_score_and_give_the_same_generator(teacher):
+    """With DMD and the GAN off, an iteration is the generator's regression update alone: the fast
+    path leaves the fake score untouched and ends at the generator the full iteration reaches
+    (whose DMD and GAN terms contribute exactly zero gradient)."""
+    e = teacher.recipe.edm
+    points = fewstep_points(2, e.sigma_min, e.sigma_max, e.rho)
+    _, cond, states, ends = _pairs(teacher, 64, 21, points, steps=8)
+
+    def run(fast: bool):
+        ps = PrestoS(teacher.denoiser, DistillConfig(update_ratio=1, dmd_sign=0.0, nu1=0.0, nu2=0.0,
+                                                     reg_weight=1.0, disc_blocks=[2]),
+                     OptimConfig(lr_gen=2e-3, lr_fake=1e-3, ema=0.9), w=1.0, seed=0)
+        ps.fast_regression = fast
+        ps.reg = RegressionPairs(states, points, ends, cond)
+        fake0 = {k: v.clone() for k, v in ps.fake.state_dict().items()}
+        ctx = Context(0, torch.device("cpu"), "fp32", 16)
+        src = BatchSource(ToyDataset("toy:gmm2d", 256, 0), 0, ctx)
+        for it in range(6):
+            ctx.step = it
+            b = src.batch(it)
+            m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+        fake_moved = any(not torch.equal(fake0[k], v) for k, v in ps.fake.state_dict().items())
+        return ps.export_generator().state_dict(), m, fake_moved, ps.gen_updates
+
+    g_fast, m_fast, moved_fast, n_fast = run(True)
+    g_full, m_full, moved_full, n_full = run(False)
+    assert n_fast == n_full == 6 and not moved_fast and moved_full
+    assert "fake_dsm" in m_full and "fake_dsm" not in m_fast
+    assert m_fast["reg_loss"] == pytest.approx(m_full["reg_loss"], rel=1e-5)
+    for k in g_full:
+        torch.testing.assert_close(g_fast[k], g_full[k], rtol=1e-5, atol=1e-6)
