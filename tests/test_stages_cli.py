@@ -165,3 +165,34 @@ def test_pretrain_teacher_continues_from_an_exported_teacher(tiny_chain, tmp_pat
                        ([f"init={d['teacher']}", "model.depth=3"], "not the network")):
         r = run("bad", *bad, check=False)
         assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_combine_continues_from_an_exported_presto_ls(tiny_chain, tmp_path):
+    """``distill.init`` in `presto combine` starts G from an exported Presto-LS model on the same
+    layer schedule: an iteration with no generator update exports exactly the init's weights; a
+    Presto-S artefact as init is refused in one line."""
+    import torch
+
+    from presto_cli.io import load_artefact
+
+    common = _common(tiny_chain)
+    presto("distill-layers", TINY / "presto-l.yaml", *common, "train.steps=2", "--out", tmp_path / "l")
+    layers = f"combine.layers={tmp_path / 'l' / 'model.safetensors'}"
+    presto("combine", TINY / "presto-ls.yaml", *common, layers, "train.steps=4", "distill.update_ratio=1",
+           "--out", tmp_path / "ls1")
+    ls1 = tmp_path / "ls1" / "model.safetensors"
+    no_update = ["train.steps=1", "distill.update_ratio=5", "distill.ema=0"]
+    presto("combine", TINY / "presto-ls.yaml", *common, layers, *no_update, f"distill.init={ls1}",
+           "--out", tmp_path / "ls2")
+
+    def dit(path):
+        t, _ = load_artefact(path)
+        return {k: v.float() for k, v in t.items() if k.startswith("dit.")}
+
+    init, cont, lay = dit(ls1), dit(tmp_path / "ls2" / "model.safetensors"), dit(tmp_path / "l" / "model.safetensors")
+    assert all(torch.equal(init[k], cont[k]) for k in init)
+    assert max(float((init[k] - lay[k]).abs().max()) for k in init) > 1e-4  # ls1 did train
+    presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=1", "--out", tmp_path / "s")
+    r = presto("combine", TINY / "presto-ls.yaml", *common, layers, *no_update,
+               f"distill.init={tmp_path / 's' / 'model.safetensors'}", "--out", tmp_path / "bad", check=False)
+    assert r.returncode == 1 and "'presto-s' artefact" in r.stderr and "Traceback" not in r.stderr, r.stderr

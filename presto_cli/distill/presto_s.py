@@ -60,7 +60,7 @@ class DistillConfig:
     """The ``distill:`` recipe section of Presto-S (METHOD.md section 3)."""
 
     teacher: str = ""  # teacher artefact (.safetensors); "" -> data.teacher
-    init: str = ""  # Presto-S artefact to start the generator from (continue a distillation); "" -> the teacher
+    init: str = ""  # artefact to start the generator from (continue a distillation): Presto-S for distill-steps, Presto-LS for combine; "" -> the teacher (combine: combine.layers)
     cfg: float | None = None  # real-score CFG weight w; None -> the teacher's inference w
     update_ratio: int = 5  # r: fake-score updates per generator update [paper]
     nu1: float = 3e-3  # GAN weight in the generator loss [DMD2]

@@ -164,8 +164,26 @@ class PrestoLSTask(PrestoSTask):
                           f"not {self.teacher_path}[/]")
         self.schedule = schedule
         self.layers_meta = lmeta
-        return PrestoS(teacher, r.distill, optim_config(r), w,
-                       generator_init=LayeredDenoiser(layered, schedule), seed=r.seed)
+        init = LayeredDenoiser(layered, schedule)
+        if r.distill.init:  # continue a Presto-LS run: G from its export, on the same schedule
+            init = LayeredDenoiser(self._init_generator(r.distill.init, schedule), schedule)
+        return PrestoS(teacher, r.distill, optim_config(r), w, generator_init=init, seed=r.seed)
+
+    def _init_generator(self, path: str, schedule) -> EDMDenoiser:
+        """``distill.init``: an exported Presto-LS generator with combine.layers' schedule."""
+        from presto_cli.diffusion.artefact import load_teacher
+
+        if not Path(path).is_file():
+            raise PrestoError(f"distill.init: no file {path}",
+                              "give an exported Presto-LS model (model.safetensors of a combine run)")
+        gen, meta, _ = load_teacher(path, self.device)
+        if meta.get("kind") != "presto-ls":
+            raise PrestoError(f"distill.init: {path} is a '{meta.get('kind')}' artefact",
+                              "give a `presto combine` output")
+        if meta.get("schedule") != schedule.to_dict():
+            raise PrestoError(f"distill.init: {path} runs another layer schedule than {self.recipe.combine.layers}",
+                              "continue with the Presto-L model it was trained from")
+        return gen
 
     def export_meta(self) -> dict:
         meta = super().export_meta()
