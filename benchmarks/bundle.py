@@ -24,8 +24,10 @@ from presto_cli.pipeline import ASSETS  # noqa: E402
 
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
-# a later phase of the same model replaces the run above it (recipes/demo/presto-s-regress.yaml)
-LATER = {"presto-s": "presto-s-regress"}
+# later phases of the same model replace the run above them (the last one present wins):
+# recipes/demo/teacher-shift{1,2}.yaml, presto-s-regress.yaml, presto-ls-regress.yaml
+LATER = {"teacher": ["teacher-shift1", "teacher-shift2"], "presto-s": ["presto-s-regress"],
+         "presto-ls": ["presto-ls-regress"]}
 
 
 def bundle_models(runs: Path) -> list[str]:
@@ -35,8 +37,9 @@ def bundle_models(runs: Path) -> list[str]:
     done = []
     for run, name in RUNS.items():
         src = runs / run / "model.safetensors"
-        if run in LATER and (runs / LATER[run] / "model.safetensors").is_file():
-            run, src = LATER[run], runs / LATER[run] / "model.safetensors"
+        for later in LATER.get(run, []):
+            if (runs / later / "model.safetensors").is_file():
+                run, src = later, runs / later / "model.safetensors"
         if not src.is_file():
             print(f"skip {name}: {src} missing")
             continue

@@ -31,7 +31,11 @@ else
 fi
 stage pretrain       recipes/demo/clap.yaml        clap
 stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/autoencoder/model.safetensors"
-T="data.teacher=$OUT/teacher/model.safetensors"
+# two more teacher phases with the training noise moved up (METHOD.md section 2); the last is the
+# teacher every later stage distils and bundle.py bundles as demo-teacher
+stage pretrain       recipes/demo/teacher-shift1.yaml teacher-shift1 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher/model.safetensors"
+stage pretrain       recipes/demo/teacher-shift2.yaml teacher-shift2 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift1/model.safetensors"
+T="data.teacher=$OUT/teacher-shift2/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
 # second phase of the bundled Presto-S (regression onto teacher ODE trajectories); bundled as demo-s
@@ -39,6 +43,11 @@ stage distill-steps  recipes/demo/presto-s-regress.yaml presto-s-regress "$T" "$
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"
+# second phase of the bundled Presto-LS (the same regression onto teacher ODE trajectories); its pairs
+# are presto-s-regress's (same teacher, seed and settings), copied so they are not made twice
+mkdir -p "$OUT/presto-ls-regress"
+[ -f "$OUT/presto-ls-regress/reg_pairs.safetensors" ] || cp "$OUT/presto-s-regress/reg_pairs.safetensors" "$OUT/presto-ls-regress/" 2>/dev/null || true
+stage combine        recipes/demo/presto-ls-regress.yaml presto-ls-regress "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block
