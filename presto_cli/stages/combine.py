@@ -28,7 +28,7 @@ from presto_cli.distill.presto_s import PrestoS
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, read_artefact_meta, save_artefact
 from presto_cli.recipes import recipe_to_dict, register_stage
-from presto_cli.stages.presto_s import PrestoSRecipe, PrestoSTask, optim_config
+from presto_cli.stages.presto_s import PrestoSRecipe, PrestoSTask, load_generator_init, optim_config
 from presto_cli.train.loop import Task, register_task
 
 __all__ = ["CombineConfig", "PrestoLSRecipe", "PrestoLSTask", "apply_schedule"]
@@ -171,15 +171,7 @@ class PrestoLSTask(PrestoSTask):
 
     def _init_generator(self, path: str, schedule) -> EDMDenoiser:
         """``distill.init``: an exported Presto-LS generator with combine.layers' schedule."""
-        from presto_cli.diffusion.artefact import load_teacher
-
-        if not Path(path).is_file():
-            raise PrestoError(f"distill.init: no file {path}",
-                              "give an exported Presto-LS model (model.safetensors of a combine run)")
-        gen, meta, _ = load_teacher(path, self.device)
-        if meta.get("kind") != "presto-ls":
-            raise PrestoError(f"distill.init: {path} is a '{meta.get('kind')}' artefact",
-                              "give a `presto combine` output")
+        gen, meta = load_generator_init(path, "presto-ls", "combine", self.device)
         if meta.get("schedule") != schedule.to_dict():
             raise PrestoError(f"distill.init: {path} runs another layer schedule than {self.recipe.combine.layers}",
                               "continue with the Presto-L model it was trained from")

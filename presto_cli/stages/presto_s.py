@@ -54,6 +54,21 @@ def optim_config(recipe: PrestoSRecipe) -> OptimConfig:
                        grad_clip=d.grad_clip, ema=d.ema if d.ema is not None else t.ema)
 
 
+def load_generator_init(path: str, kind: str, command: str, device) -> tuple[EDMDenoiser, dict]:
+    """``distill.init``: an exported generator of ``kind`` (made by ``presto COMMAND``) as
+    ``(denoiser, meta)``; a missing file or another kind of artefact is one clear error."""
+    from presto_cli.diffusion.artefact import load_teacher
+
+    if not Path(path).is_file():
+        raise PrestoError(f"distill.init: no file {path}",
+                          f"give an exported {kind} model (model.safetensors of a `presto {command}` run)")
+    gen, meta, _ = load_teacher(path, device)
+    if meta.get("kind") != kind:
+        raise PrestoError(f"distill.init: {path} is a '{meta.get('kind')}' artefact",
+                          f"give a `presto {command}` output")
+    return gen, meta
+
+
 @register_task("presto-s")
 class PrestoSTask(DistillTask):
     """``presto distill-steps``: Presto-S on the teacher's data (latent cache or toy mixture)."""
@@ -85,15 +100,7 @@ class PrestoSTask(DistillTask):
         path = self.recipe.distill.init
         if not path:
             return None
-        from presto_cli.diffusion.artefact import load_teacher
-
-        if not Path(path).is_file():
-            raise PrestoError(f"distill.init: no file {path}",
-                              "give an exported Presto-S model (model.safetensors of a distill-steps run)")
-        gen, meta, _ = load_teacher(path, self.device)
-        if meta.get("kind") != "presto-s":
-            raise PrestoError(f"distill.init: {path} is a '{meta.get('kind')}' artefact",
-                              "give a `presto distill-steps` output")
+        gen, _ = load_generator_init(path, "presto-s", "distill-steps", self.device)
         if recipe_to_dict(gen.net.cfg) != recipe_to_dict(teacher.net.cfg):
             raise PrestoError(f"distill.init: {path} is not the same network as the teacher",
                               "continue from a generator distilled from this teacher")
