@@ -44,6 +44,26 @@ def _pairs(teacher, n: int, seed: int, points: torch.Tensor, steps: int = 18):
     return noise, cond, states, ends
 
 
+def _regression_only(teacher, points, states, targets, cond, ema: float) -> PrestoS:
+    """A Presto-S with DMD and the GAN off and the regression loss on the given trajectories."""
+    ps = PrestoS(teacher.denoiser, DistillConfig(update_ratio=1, dmd_sign=0.0, nu1=0.0, nu2=0.0,
+                                                 reg_weight=1.0, disc_blocks=[2]),
+                 OptimConfig(lr_gen=2e-3, lr_fake=1e-3, ema=ema), w=1.0, seed=0)
+    ps.reg = RegressionPairs(states, points, targets, cond)
+    return ps
+
+
+def _iterate(ps: PrestoS, teacher, iterations: int, batch: int, data_n: int) -> dict:
+    """``iterations`` train steps on toy batches; the last step's metrics."""
+    ctx = Context(0, torch.device("cpu"), "fp32", batch)
+    src = BatchSource(ToyDataset("toy:gmm2d", data_n, 0), 0, ctx)
+    for it in range(iterations):
+        ctx.step = it
+        b = src.batch(it)
+        m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+    return m
+
+
 def test_trajectories_lie_on_the_few_step_points_and_end_where_heun_does(teacher):
     e = teacher.recipe.edm
     points = fewstep_points(4, e.sigma_min, e.sigma_max, e.rho)
@@ -79,16 +99,8 @@ def test_regression_alone_learns_the_teachers_ode_map(teacher):
         return float((out - test_ends).pow(2).sum(1).mean())
 
     def train(targets: torch.Tensor) -> float:
-        ps = PrestoS(teacher.denoiser, DistillConfig(update_ratio=1, dmd_sign=0.0, nu1=0.0, nu2=0.0,
-                                                     reg_weight=1.0, disc_blocks=[2]),
-                     OptimConfig(lr_gen=2e-3, lr_fake=1e-3, ema=0.0), w=1.0, seed=0)
-        ps.reg = RegressionPairs(states, points, targets, cond)
-        ctx = Context(0, torch.device("cpu"), "fp32", 64)
-        src = BatchSource(ToyDataset("toy:gmm2d", 4096, 0), 0, ctx)
-        for it in range(150):
-            ctx.step = it
-            b = src.batch(it)
-            m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+        ps = _regression_only(teacher, points, states, targets, cond, ema=0.0)
+        m = _iterate(ps, teacher, 150, 64, 4096)
         assert "reg_loss" in m
         return err(ps.export_generator())
 
@@ -122,18 +134,10 @@ def test_regression_only_iterations_skip_the_fake_score_and_give_the_same_genera
     _, cond, states, ends = _pairs(teacher, 64, 21, points, steps=8)
 
     def run(fast: bool):
-        ps = PrestoS(teacher.denoiser, DistillConfig(update_ratio=1, dmd_sign=0.0, nu1=0.0, nu2=0.0,
-                                                     reg_weight=1.0, disc_blocks=[2]),
-                     OptimConfig(lr_gen=2e-3, lr_fake=1e-3, ema=0.9), w=1.0, seed=0)
+        ps = _regression_only(teacher, points, states, ends, cond, ema=0.9)
         ps.fast_regression = fast
-        ps.reg = RegressionPairs(states, points, ends, cond)
         fake0 = {k: v.clone() for k, v in ps.fake.state_dict().items()}
-        ctx = Context(0, torch.device("cpu"), "fp32", 16)
-        src = BatchSource(ToyDataset("toy:gmm2d", 256, 0), 0, ctx)
-        for it in range(6):
-            ctx.step = it
-            b = src.batch(it)
-            m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
+        m = _iterate(ps, teacher, 6, 16, 256)
         fake_moved = any(not torch.equal(fake0[k], v) for k, v in ps.fake.state_dict().items())
         return ps.export_generator().state_dict(), m, fake_moved, ps.gen_updates
 
