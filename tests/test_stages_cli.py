@@ -132,6 +132,36 @@ def test_distill_steps_regression_makes_its_trajectories_once(tiny_chain, tmp_pa
     assert pairs.stat().st_mtime_ns == before and "teacher trajectories" not in r.stdout + r.stderr
 
 
+def test_distill_steps_regression_captions_from_a_prompt_file(tiny_chain, tmp_path):
+    """``distill.reg_prompts``: the trajectories are made with the file's captions (each used once
+    before any repeats, recorded beside the pairs), not the corpus's, from the same noises; a
+    missing file is refused in one line."""
+    import torch
+    from safetensors import safe_open
+
+    common = _common(tiny_chain) + ["distill.reg_weight=1", "distill.reg_pairs=4", "distill.reg_steps=3",
+                                    "distill.update_ratio=1", "train.steps=1"]
+    caps = tmp_path / "caps.txt"
+    caps.write_text("# two wordings\na slow waltz for a rainy afternoon\nfast drums and a buzzing synth bass\n")
+    presto("distill-steps", TINY / "presto-s.yaml", *common, f"distill.reg_prompts={caps}", "--out", tmp_path / "f")
+    presto("distill-steps", TINY / "presto-s.yaml", *common, "--out", tmp_path / "c")
+
+    def read(run):
+        with safe_open(str(run / "reg_pairs.safetensors"), framework="pt") as f:
+            return f.get_tensor("states").float(), json.loads(f.metadata()["captions"])
+
+    (sf, cf), (sc, cc) = read(tmp_path / "f"), read(tmp_path / "c")
+    assert sorted(cf[:2]) == sorted(cf[2:]) == sorted(["a slow waltz for a rainy afternoon",
+                                                       "fast drums and a buzzing synth bass"])
+    assert not set(cc) & set(cf)
+    # the same noise at sigma_max, then trajectories that depend on the captions
+    assert torch.equal(sf[:, 0], sc[:, 0])
+    assert (sf[:, -1] - sc[:, -1]).abs().max() > 1e-2
+    r = presto("distill-steps", TINY / "presto-s.yaml", *common, f"distill.reg_prompts={tmp_path / 'none.txt'}",
+               "--out", tmp_path / "m", check=False)
+    assert r.returncode == 1 and "prompt file not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_pretrain_teacher_continues_from_an_exported_teacher(tiny_chain, tmp_path):
     """``init`` starts a teacher run from an exported teacher's weights: with a negligible learning
     rate the export is the init, a fresh run is not, one step at a real learning rate moves

@@ -86,6 +86,7 @@ class DistillConfig:
     reg_weight: float = 0.0  # weight of the teacher-trajectory regression loss [DMD1; 0 = off, DMD2]
     reg_pairs: int = 256  # teacher ODE trajectories for the regression (made once per run)
     reg_steps: int = 32  # Heun steps of those trajectories (the few-step points are added)
+    reg_prompts: str = ""  # .txt/.jsonl of captions for those trajectories; "" -> the training captions
     dmd_sign: float = 1.0  # multiplies the DMD gradient: 0 = off (a regression-only phase); -1 must break distillation (tests)
 
     def validate(self) -> None:

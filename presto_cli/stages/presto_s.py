@@ -109,7 +109,9 @@ class PrestoSTask(DistillTask):
     def regression_pairs(self):
         """Teacher ODE trajectories for ``distill.reg_weight`` (distill/regression.py): made once
         (``<run>/reg_pairs.safetensors``, reused on resume when it matches the recipe and teacher),
-        from ``reg_pairs`` training captions and noises drawn from the recipe seed."""
+        from ``reg_pairs`` training captions (or ``reg_prompts``' captions) and noises drawn from the
+        recipe seed."""
+        import hashlib
         import time
 
         import torch
@@ -131,9 +133,20 @@ class PrestoSTask(DistillTask):
         idx = torch.randint(len(ds), (d.reg_pairs,), generator=g).tolist()
         items = [ds[i] for i in idx]
         captions = [it["caption"] for it in items]
+        if d.reg_prompts:
+            # captions from a file (more wordings than the corpus has), each used once before any
+            # is used again, in an order drawn from the recipe seed
+            from presto_cli.prompts import read_prompts
+
+            pool = [row["prompt"] for row in read_prompts(d.reg_prompts)]
+            gc = torch.Generator().manual_seed(seed_for(r.seed, "reg-captions"))  # noise draws unchanged
+            order = torch.cat([torch.randperm(len(pool), generator=gc)
+                               for _ in range(-(-d.reg_pairs // len(pool)))])[:d.reg_pairs]
+            captions = [pool[i] for i in order.tolist()]
         shape = tuple(items[0]["latents"].shape)
         key = {"teacher_sha256": self.teacher_sha256, "pairs": d.reg_pairs, "steps": d.reg_steps,
-               "w": m.w, "points": [round(float(p), 6) for p in points], "seed": r.seed, "shape": list(shape)}
+               "w": m.w, "points": [round(float(p), 6) for p in points], "seed": r.seed, "shape": list(shape),
+               "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest()}
         path = self.run_dir / "reg_pairs.safetensors"
         cached = None
         if path.is_file():
@@ -154,7 +167,7 @@ class PrestoSTask(DistillTask):
             cached = {"states": torch.cat(states), "ends": torch.cat(ends)}
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(path, suffix=".safetensors") as tmp:
-                save_file(cached, str(tmp), metadata={"key": json.dumps(key)})
+                save_file(cached, str(tmp), metadata={"key": json.dumps(key), "captions": json.dumps(captions)})
         cond = self.text(captions, self.device)
         return RegressionPairs(cached["states"], points.cpu(), cached["ends"], cond)
 
