@@ -326,8 +326,11 @@ def layer_diag(a) -> list[dict] | None:
 # the FAD-against-latency points: when this machine cannot produce one, the previous one is kept.
 RUN_SECTIONS = ("Layer methods compared", "FAD against latency at other sampler budgets",
                 "Layer dropping per noise bin")
-CARRIED = ("The tables below were not rescored by this run (its machine had no training runs in "
-           "`runs/demo`); they are carried over from the previous `make results`.")
+CARRIED = ("The tables below were not rescored by this run (the training runs they are scored from, "
+           "`runs/demo/grid/` and the layer runs, were not on its machine); they are carried over from "
+           "the previous `make results`.")
+OLD_NOTES = (CARRIED, "The tables below were not rescored by this run (its machine had no training runs in "
+             "`runs/demo`); they are carried over from the previous `make results`.")
 
 
 def _sections(block: str) -> dict[str, str]:
@@ -364,8 +367,8 @@ def write_readme(table: str) -> None:
     if START in text and END in text:
         head, rest = text.split(START, 1)
         old, tail = rest.split(END, 1)
-        if CARRIED in old:  # carry the old tables, not the old note
-            old = old.replace(CARRIED, "")
+        for note in OLD_NOTES:  # carry the old tables, not the old note
+            old = old.replace(note, "")
         readme.write_text(head + START + "\n" + carry_over(old, table) + "\n" + END + tail)
 
 
