@@ -303,7 +303,10 @@ def notes_eval(a, every: list[str], common: list[str]) -> dict:
 def layer_diag(a) -> list[dict] | None:
     """benchmarks/layer_diag.py on the demo chain's layer runs, when the runs and data are here."""
     # the teacher the layer runs were distilled from: its last training phase present
-    phases = [a.runs / n / "model.safetensors" for n in ("teacher", "teacher-shift1", "teacher-shift2")]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bundle import LATER  # benchmarks/bundle.py: the teacher's phases in order
+
+    phases = [a.runs / n / "model.safetensors" for n in ("teacher", *LATER["teacher"])]
     teacher_run = next((p for p in reversed(phases) if p.is_file()), phases[0])
     layer_runs = [a.runs / n / "model.safetensors" for n in ("ase", "presto-l")]
     if not (teacher_run.is_file() and all(p.is_file() for p in layer_runs)

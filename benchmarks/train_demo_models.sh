@@ -31,11 +31,12 @@ else
 fi
 stage pretrain       recipes/demo/clap.yaml        clap
 stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/autoencoder/model.safetensors"
-# two more teacher phases with the training noise moved up (METHOD.md section 2); the last is the
+# three more teacher phases with the training noise moved up (METHOD.md section 2); the last is the
 # teacher every later stage distils and bundle.py bundles as demo-teacher
 stage pretrain       recipes/demo/teacher-shift1.yaml teacher-shift1 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher/model.safetensors"
 stage pretrain       recipes/demo/teacher-shift2.yaml teacher-shift2 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift1/model.safetensors"
-T="data.teacher=$OUT/teacher-shift2/model.safetensors"
+stage pretrain       recipes/demo/teacher-shift3.yaml teacher-shift3 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift2/model.safetensors"
+T="data.teacher=$OUT/teacher-shift3/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
 # second phase of the bundled Presto-S (regression onto teacher ODE trajectories); bundled as demo-s
