@@ -232,3 +232,30 @@ def test_output_refiner_lifts_the_patch_bottleneck():
     plain, refined = _bottleneck_loss(0), _bottleneck_loss(16)
     assert plain > 0.7, plain  # the bound above (it cannot be beaten, however long it trains)
     assert refined < 0.4, refined  # per-frame outputs average the noise away (measured 0.265)
+
+
+@torch.no_grad()
+def test_pooled_only_ignores_tokens_and_matches_token_dropout():
+    """DiTConfig.pooled_only feeds the text through the pooled vector alone, and edm.drop_tokens
+    gives a training sample exactly that input (one zero token, pooled kept)."""
+    from presto_cli.diffusion.edm import Cond, drop_tokens
+
+    net = make()
+    x, c, tok, mask, pooled = inputs()
+    full = net(x, c, tok, mask, pooled)
+    po = copy.deepcopy(net)
+    po.cfg.pooled_only = True
+    a = po(x, c, tok, mask, pooled)
+    torch.testing.assert_close(a, po(x, c, torch.randn_like(tok), mask, pooled))  # tokens ignored
+    assert (a - full).abs().max() > 1e-3  # ... which the full model does not
+    assert (po(x, c, tok, mask, torch.randn_like(pooled)) - a).abs().max() > 1e-3  # pooled used
+    # the null condition stays the null condition
+    u = torch.ones(3, dtype=torch.bool)
+    torch.testing.assert_close(po(x, c, tok, mask, pooled, uncond=u), net(x, c, tok, mask, pooled, uncond=u))
+    # drop_tokens: the dropped samples see what pooled_only gives, the others their tokens
+    d = drop_tokens(Cond(tok, mask, pooled), 0.5, torch.tensor([0.9, 0.1, 0.6]))
+    mixed = net(x, c, d.tokens, d.mask, d.pooled)
+    torch.testing.assert_close(mixed[1], a[1])
+    torch.testing.assert_close(mixed[[0, 2]], full[[0, 2]])
+    torch.testing.assert_close(d.pooled, pooled)
+    assert drop_tokens(Cond(tok, mask, pooled), 0.0, torch.zeros(3)).tokens is tok  # p = 0: unchanged

@@ -162,5 +162,7 @@ def test_config_validation():
         EDMConfig(sigma_min=1.0, sigma_max=0.5).validate()
     with pytest.raises(PrestoError):
         EDMConfig(p_uncond=1.0).validate()
+    with pytest.raises(PrestoError):
+        EDMConfig(p_pooled_only=1.5).validate()
     EDMConfig().validate()
     assert math.isclose(EDMConfig().sigma_data, 0.5)

@@ -47,6 +47,27 @@ def test_toy_teacher_follows_text_and_cfg():
         assert guided >= max(plain - 0.02, 0.9), (lab, plain, guided)
 
 
+def test_pooled_only_training_teaches_the_pooled_path():
+    """edm.p_pooled_only (METHOD.md section 2): a teacher trained with half its samples seeing only
+    the pooled text vector follows its condition when sampled pooled-only (DiTConfig.pooled_only);
+    the same teacher trained without it does not (its style comes through the tokens)."""
+    import copy
+
+    means = None
+    near_po = {}
+    for p in (0.0, 0.5):
+        teacher = train_toy_teacher("gmm2d", p_pooled_only=p)
+        means = teacher.gmm.means
+        den = copy.deepcopy(teacher.denoiser)
+        den.net.cfg.pooled_only = True
+        for lab in (1, 2):
+            labels = torch.full((300,), lab)
+            x = sample_teacher(teacher, 300, seed=3, steps=12, labels=labels, denoiser=den)
+            near_po[p, lab] = float(((x - means[lab]).norm(dim=1) < 0.3).float().mean())
+    assert near_po[0.5, 1] > 0.8 and near_po[0.5, 2] > 0.8, near_po
+    assert near_po[0.0, 1] < 0.5 and near_po[0.0, 2] < 0.5, near_po
+
+
 def _tiny(tmp_path, *over):
     return load_recipe(TINY, ["train.steps=6", "train.ckpt_every=3", "train.log_every=1",
                               "train.batch_size=32", *over])

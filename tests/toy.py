@@ -57,7 +57,7 @@ def sample_gmm(kind: str, n: int, seed: int) -> torch.Tensor:
 
 
 def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, p_uncond: float = 0.1,
-               **model_kw):
+               p_pooled_only: float = 0.0, **model_kw):
     """The teacher recipe used by :func:`train_toy_teacher` (a TeacherRecipe); ``p_uncond`` is
     the share of null-condition training samples (CFG)."""
     from presto_cli.stages.teacher import TeacherRecipe
@@ -73,7 +73,7 @@ def toy_recipe(kind: str = "gmm2d", steps: int = 300, seed: int = 0, p_uncond: f
         stage="teacher", seed=seed, name=f"toy-{kind}", text="hash", toy_size=4096,
         data=DataConfig(path=f"toy:{kind}"),
         model=DiTConfig(**model),
-        edm=EDMConfig(cfg=1.0, sampler="heun", steps=18, p_uncond=p_uncond),
+        edm=EDMConfig(cfg=1.0, sampler="heun", steps=18, p_uncond=p_uncond, p_pooled_only=p_pooled_only),
         train=TrainConfig(steps=steps, batch_size=128, lr=2e-3, warmup=20, weight_decay=0.0,
                           ema=0.99, grad_clip=1.0, device="cpu"))
 
@@ -91,21 +91,21 @@ class ToyTeacher:
 
 
 def train_toy_teacher(kind: str = "gmm2d", steps: int = 300, seed: int = 0,
-                      p_uncond: float = 0.1) -> ToyTeacher:
+                      p_uncond: float = 0.1, p_pooled_only: float = 0.0) -> ToyTeacher:
     """Train the real teacher stage on ``toy:<kind>`` in-process (no files). Cached per process
     (however it is called: positional or keyword arguments, ``toy`` or ``tests.toy``).
     Deterministic: the initial weights come from the recipe seed, not the global RNG.
     With the default ``p_uncond`` the null branch is too little trained for guided sampling to
     follow the mixture's guided score (tests/test_presto_s_cfg.py uses 0.3 and 600 steps)."""
-    return _train_toy_teacher(str(kind), int(steps), int(seed), float(p_uncond))
+    return _train_toy_teacher(str(kind), int(steps), int(seed), float(p_uncond), float(p_pooled_only))
 
 
 @functools.lru_cache(maxsize=4)
-def _train_toy_teacher(kind: str, steps: int, seed: int, p_uncond: float) -> ToyTeacher:
+def _train_toy_teacher(kind: str, steps: int, seed: int, p_uncond: float, p_pooled_only: float) -> ToyTeacher:
     from presto_cli.train.loop import BatchSource, Context, task_class
 
     torch.set_num_threads(1)
-    recipe = toy_recipe(kind, steps, seed, p_uncond)
+    recipe = toy_recipe(kind, steps, seed, p_uncond, p_pooled_only)
     ctx = Context(recipe.seed, torch.device("cpu"), "fp32", recipe.train.batch_size)
     task = task_class("teacher")(recipe, ctx, run_dir=".")
     source = BatchSource(task.make_dataset(), recipe.seed, ctx)

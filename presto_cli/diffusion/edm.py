@@ -34,6 +34,9 @@ class EDMConfig:
     sigma_max: float = 80.0
     rho: float = 7.0
     p_uncond: float = 0.1  # probability of the null condition in training (CFG)
+    # probability that a training sample's text reaches the DiT through its pooled vector alone
+    # (its token stream becomes one zero token; METHOD.md section 2, "Words the captions never use")
+    p_pooled_only: float = 0.0
     cfg: float = 2.0  # inference guidance weight w (1 = no guidance)
     sampler: Literal["euler", "heun", "dpmpp_2m", "fewstep"] = "heun"
     steps: int = 32  # inference steps (sigmas before the final 0)
@@ -46,6 +49,8 @@ class EDMConfig:
                               f"got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         if not 0.0 <= self.p_uncond < 1.0:
             raise PrestoError(f"edm.p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if not 0.0 <= self.p_pooled_only <= 1.0:
+            raise PrestoError(f"edm.p_pooled_only must lie in [0, 1], got {self.p_pooled_only}")
         if self.steps < 1:
             raise PrestoError(f"edm.steps must be >= 1, got {self.steps}")
         if self.rho <= 0:
@@ -254,6 +259,19 @@ def drop_condition(cond: Cond, p_uncond: float, u: Tensor) -> Cond:
     """
     drop = u.to(cond.tokens.device).reshape(-1) < p_uncond
     return cond.with_uncond(drop | cond.uncond_flags())
+
+
+def drop_tokens(cond: Cond, p: float, u: Tensor) -> Cond:
+    """Pooled-only dropout: where ``u[b] < p`` sample b's token stream becomes one zero token (the
+    form ``DiTConfig.pooled_only`` gives every sample at inference); its pooled vector stays."""
+    drop = (u.to(cond.tokens.device).reshape(-1) < p)
+    if not bool(drop.any()):
+        return cond
+    tokens = torch.where(drop[:, None, None], torch.zeros_like(cond.tokens), cond.tokens)
+    first = torch.zeros_like(cond.mask, dtype=torch.bool)
+    first[:, 0] = True
+    mask = torch.where(drop[:, None], first, cond.mask.bool())
+    return replace(cond, tokens=tokens, mask=mask)
 
 
 def edm_loss(denoiser: EDMDenoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Cond | None,

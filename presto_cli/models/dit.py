@@ -59,6 +59,9 @@ class DiTConfig:
     noise_embed_dim: int = 256  # Fourier features of c_noise before the MLP
     qk_norm: bool = True  # RMS-normalise queries and keys (stable under bf16)
     cross_attn: bool = True  # cross-attention to the text tokens (else pooled text only)
+    # The text reaches the DiT through its pooled vector alone: the token stream is one zero token
+    # (the form edm.p_pooled_only trains; METHOD.md section 2, "Words the captions never use").
+    pooled_only: bool = False
     budget_embed: bool = False  # layer-budget embedding added to the adaLN condition (Presto-L)
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream (Presto-L)
     # Channels of the frame-rate output refiner (0 = none). With patching, the final linear map
@@ -283,6 +286,9 @@ class DiT(nn.Module):
                               "model.text_dim must match the text encoder")
         tokens = tokens.to(dtype)
         pooled = pooled.to(dtype)
+        if self.cfg.pooled_only:
+            tokens = torch.zeros(b, 1, td, dtype=dtype, device=tokens.device)
+            mask = torch.ones(b, 1, dtype=torch.bool, device=tokens.device)
         n = tokens.shape[1]
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=device)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from presto_cli.data.toy import ToyDataset, is_toy_path
-from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, edm_loss,
+from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, drop_tokens, edm_loss,
                                       sigma_train_from_normal)
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact
@@ -160,7 +160,9 @@ class TeacherTask(Task):
         if meta.get("kind") != "teacher":
             raise PrestoError(f"init: {path} is a '{meta.get('kind')}' artefact",
                               "give a teacher (a `presto pretrain` teacher run's model.safetensors)")
-        if meta.get("model") != recipe_to_dict(self.recipe.model):
+        # pooled_only is how the text is fed, not the network's shape: a phase may switch it
+        shape = lambda d: {k: v for k, v in d.items() if k != "pooled_only"}  # noqa: E731
+        if shape(meta.get("model") or {}) != shape(recipe_to_dict(self.recipe.model)):
             raise PrestoError(f"init: {path} is not the network of this recipe's model section",
                               "copy its model section into the recipe")
         if meta.get("text") != self.recipe.text:
@@ -193,6 +195,8 @@ class TeacherTask(Task):
         sigma = sigma_train_from_normal(r.edm, ctx.randn("teacher.sigma", (G,)))
         noise = ctx.randn("teacher.noise", (G, *x0.shape[1:]))
         cond = self.text(list(batch["caption"]), self.device)
+        if r.edm.p_pooled_only > 0:
+            cond = drop_tokens(cond, r.edm.p_pooled_only, ctx.rand("teacher.token_drop", (G,)))
         cond = drop_condition(cond, r.edm.p_uncond, ctx.rand("teacher.cfg_drop", (G,)))
 
         lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)
