@@ -39,8 +39,10 @@ stage pretrain       recipes/demo/teacher-shift3.yaml teacher-shift3 "data.codec
 T="data.teacher=$OUT/teacher-shift3/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
-# second phase of the bundled Presto-S (regression onto teacher ODE trajectories); bundled as demo-s
+# second phase of Presto-S (regression onto teacher ODE trajectories)
 stage distill-steps  recipes/demo/presto-s-regress.yaml presto-s-regress "$T" "$C" "distill.init=$OUT/presto-s/model.safetensors"
+# third phase: DMD + GAN back on, the regression kept as an anchor; bundled as demo-s
+stage distill-steps  recipes/demo/presto-s-dmd.yaml presto-s-dmd "$T" "$C" "distill.init=$OUT/presto-s-regress/model.safetensors"
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"
