@@ -59,6 +59,10 @@ def main() -> None:
             else real_clip(a.real, a.style, sr, seconds))
     if real is not None:
         panels.insert(0, (f"real {a.style} clip", real, sr))
+    else:  # the README's picture must show one: say so rather than drop it silently
+        import sys
+        print(f"warning: no real {a.style} clip in {a.real} (python benchmarks/bundle.py writes "
+              "<data>-heldout/, or give --real CLIP.wav); the picture has the models only", file=sys.stderr)
     titled = [(f"{name}: chroma change {tonal_change(x, s):.3f}", x, s) for name, x, s in panels]
     spectrogram_grid(a.out, titled, f'"{a.prompt}", seed {a.seed}')
     for title, _, _ in titled:
