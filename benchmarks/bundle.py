@@ -25,9 +25,10 @@ from presto_cli.pipeline import ASSETS  # noqa: E402
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
 # later phases of the same model replace the run above them (the last one present wins):
-# recipes/demo/teacher-shift{1,2,3}.yaml, presto-s-regress.yaml, presto-s-dmd.yaml, presto-ls-regress.yaml
+# recipes/demo/teacher-shift{1,2,3}.yaml, presto-s-regress.yaml, presto-s-dmd.yaml, presto-ls-regress.yaml,
+# presto-ls-dmd.yaml
 LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3"], "presto-s": ["presto-s-regress", "presto-s-dmd"],
-         "presto-ls": ["presto-ls-regress"]}
+         "presto-ls": ["presto-ls-regress", "presto-ls-dmd"]}
 
 
 def bundle_models(runs: Path) -> list[str]:

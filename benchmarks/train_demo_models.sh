@@ -51,6 +51,11 @@ stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.
 mkdir -p "$OUT/presto-ls-regress"
 [ -f "$OUT/presto-ls-regress/reg_pairs.safetensors" ] || cp "$OUT/presto-s-regress/reg_pairs.safetensors" "$OUT/presto-ls-regress/" 2>/dev/null || true
 stage combine        recipes/demo/presto-ls-regress.yaml presto-ls-regress "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls/model.safetensors"
+# third phase of Presto-LS (DMD + GAN back on, the regression kept as an anchor); its 256 trajectories
+# are presto-s-dmd's (same teacher, seed and settings); bundled as demo-ls
+mkdir -p "$OUT/presto-ls-dmd"
+[ -f "$OUT/presto-ls-dmd/reg_pairs.safetensors" ] || cp "$OUT/presto-s-dmd/reg_pairs.safetensors" "$OUT/presto-ls-dmd/" 2>/dev/null || true
+stage combine        recipes/demo/presto-ls-dmd.yaml presto-ls-dmd "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-regress/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block

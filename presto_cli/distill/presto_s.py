@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMDenoiser, edm_weight
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, drop_tokens, edm_weight
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss
 from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
@@ -88,6 +88,7 @@ class DistillConfig:
     reg_steps: int = 32  # Heun steps of those trajectories (the few-step points are added)
     reg_prompts: str = ""  # .txt/.jsonl of captions for those trajectories; "" -> the training captions
     dmd_sign: float = 1.0  # multiplies the DMD gradient: 0 = off (a regression-only phase); -1 must break distillation (tests)
+    p_pooled_only: float = 0.0  # the generator sees a sample's caption only through its pooled vector with this probability (edm.drop_tokens); the teacher, fake score and head see the full caption [ours]
 
     def validate(self) -> None:
         if self.update_ratio < 1:
@@ -112,6 +113,8 @@ class DistillConfig:
             raise PrestoError(f"distill.ema must lie in [0, 1), got {self.ema}")
         if self.cfg is not None and self.cfg < 0:
             raise PrestoError(f"distill.cfg must be >= 0, got {self.cfg}")
+        if not 0.0 <= self.p_pooled_only <= 1.0:
+            raise PrestoError(f"distill.p_pooled_only must lie in [0, 1], got {self.p_pooled_only}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,10 +270,20 @@ class PrestoS:
         c = rng.rand(f"{tag}/c", (b,))
         return dist.from_noise(z, u, c).to(self.device)
 
+    def generator_cond(self, cond: Cond | None, rng: Draws, tag: str, b: int) -> Cond | None:
+        """The condition the generator sees: ``cond`` with each sample's token stream dropped to
+        its pooled vector with probability ``distill.p_pooled_only`` (nothing drawn when 0, so
+        runs without it keep their draws)."""
+        p = self.dcfg.p_pooled_only
+        if p <= 0 or cond is None:
+            return cond
+        return drop_tokens(cond, p, rng.rand(f"{tag}/token_drop", (b,)))
+
     # -- the pieces of one iteration ---------------------------------------------------------
     def generate(self, x: Tensor, cond: Cond, rng: Draws, b: int, grad: bool) -> tuple[Tensor, Tensor]:
         """Step 1: ``(x_hat, sigma_g)``. ``b`` is the *global* batch (the draws' first dim)."""
         shape = (b,) + tuple(x.shape[1:])
+        cond = self.generator_cond(cond, rng, "gen", b)
         if self.dcfg.gen_input == "noised-real":
             sigma_g = self.sigma(self.p_gen, rng, "gen/sigma", b)
             x_in = x.float() + sigma_g.view(_bshape(x)) * rng.randn("gen/eps", shape)
@@ -366,6 +379,7 @@ class PrestoS:
             raise PrestoError("distill.reg_weight > 0 but no teacher trajectories were made",
                               "the presto-s stage makes them; in code, set PrestoS.reg")
         x_in, sigma, y, cond = self.reg.draw(rng, b, self.device)
+        cond = self.generator_cond(cond, rng, "reg", b)
         pred = self.generator(x_in, sigma, cond, **self.generator_kwargs(sigma)).float()
         return (pred - y).pow(2).mean()
 
