@@ -276,6 +276,21 @@ def test_pooled_only_dropout_reaches_the_generator_alone(teacher):
     l1, _ = ps1.fake_loss(x1, x, cond, ctx, b)
     l0, _ = ps0.fake_loss(x1, x, cond, ctx, b)
     assert torch.equal(l1, l0)
+    # the regression term (teacher trajectories made with the full caption) feeds the generator the
+    # same dropped condition: p = 1 on full-caption pairs equals p = 0 on token-dropped pairs
+    from presto_cli.distill.regression import RegressionPairs
+
+    g = torch.Generator().manual_seed(3)
+    states = x.unsqueeze(1) + torch.randn((b, 2) + tuple(x.shape[1:]), generator=g)
+    sigmas = torch.tensor([2.0, 0.5])
+    ps1.reg = RegressionPairs(states, sigmas, x, cond)
+    ps0.reg = RegressionPairs(states, sigmas, x, drop_tokens(cond, 1.0, torch.zeros(b)))
+    with torch.no_grad():
+        r1, r0 = ps1.regression_loss(ctx, b), ps0.regression_loss(ctx, b)
+        ps0.reg = RegressionPairs(states, sigmas, x, cond)
+        rf = ps0.regression_loss(ctx, b)
+    torch.testing.assert_close(r1, r0, atol=1e-6, rtol=1e-6)
+    assert (r1 - rf).abs() > 1e-6  # and the full caption gives another loss
 
 
 # ---------------------------------------------------------------------------------------------
