@@ -3,7 +3,8 @@
     python benchmarks/bundle.py --runs runs/demo --data data/synth
 
 Writes presto_cli/assets/: demo-{codec,teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
-metadata), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
+metadata), demo-captions.safetensors (the training captions every bundled model matches prompts
+against, stored once), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
 seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap,
 mel and music-feature embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
 <data>-heldout/ (not bundled).
@@ -55,6 +56,36 @@ def bundle_models(runs: Path) -> list[str]:
         done.append(name)
     share_codec(ASSETS)
     return done
+
+
+def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetensors") -> Path:
+    """Store the caption bank once (presto_cli/text/caption_bank.py): the bundled teacher's, else one
+    built from ``data``'s training split; the bundled models are rewritten without their copies (the
+    pipeline reads ``name`` for every bundled model)."""
+    from presto_cli.text.caption_bank import PREFIX, CaptionBank
+    from presto_cli.text.encoders import build_text_encoder
+
+    bank = None
+    teacher = assets / "demo-teacher.safetensors"
+    if teacher.is_file():
+        tensors, meta = load_artefact(teacher)
+        bank = CaptionBank.from_artefact(tensors, meta)
+    if bank is None:
+        rows = [json.loads(l) for l in (data / "manifest.jsonl").read_text().splitlines() if l.strip()]
+        caps = [r["caption"] for r in rows if r.get("split", "train") == "train"]
+        bank = CaptionBank.build(caps, build_text_encoder("minilm"))
+    bank.save(assets / name, source=str(data))
+    for f in sorted(assets.glob("demo-*.safetensors")):
+        if f.name == name:
+            continue
+        tensors, meta = load_artefact(f)
+        if "caption_bank" in meta or any(k.startswith(PREFIX) for k in tensors):
+            meta = {k: v for k, v in meta.items() if k not in ("caption_bank", "codec_file", "codec_sha256")}
+            save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, meta)
+            print(f"{f.name}: caption bank stored once, in {name}")
+    share_codec(assets)  # load_artefact put the shared codec back into the files rewritten above
+    print(f"caption bank: {len(bank)} captions in {assets / name} ({(assets / name).stat().st_size / 2**20:.1f} MiB)")
+    return assets / name
 
 
 def share_codec(assets: Path, codec_name: str = "demo-codec.safetensors") -> list[str]:
@@ -127,6 +158,7 @@ def main() -> None:
     a = ap.parse_args()
     if not a.skip_models:
         bundle_models(a.runs)
+    share_captions(ASSETS, a.data)
     held = heldout_set(a.data)
     reference_stats(held)
     if a.default:

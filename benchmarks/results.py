@@ -139,6 +139,13 @@ def main() -> None:
     para_f = later("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
                    *common[2:-2], "--metrics", "adherence", "--device", a.device,
                    "--audio-dir", str(a.out / "paraphrase_audio"), "--out", str(a.out / "eval_paraphrase.json"))
+    # the same prompts as written (no nearest-caption matching: text/caption_bank.py), adherence only
+    para_w = later("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
+                   *common[2:-2], "--metrics", "adherence", "--device", a.device, "--no-match",
+                   "--audio-dir", str(a.out / "paraphrase_written_audio"), "--out", str(a.out / "eval_paraphrase_written.json"))
+    held_w = later("eval", *every, *prompt_set(0), "--n", str(a.n), *common[2:-2], "--metrics", "adherence",
+                   "--device", a.device, "--no-match", "--audio-dir", str(a.out / "heldout_written_audio"),
+                   "--out", str(a.out / "eval_heldout_written.json"))
     notes_f = pool.submit(notes_eval, a, every, common)
     has_grid = bool(grid_models(a))
     grid_f = pool.submit(grid_eval, a, common)
@@ -146,7 +153,8 @@ def main() -> None:
     ev = [f.result() for f in ev_f]
     real = real_f.result() if real_f else None
     steps = {s: f.result() for s, f in steps_f.items()}
-    extra = {"paraphrase": para_f.result(), "notes": notes_f.result()}
+    extra = {"paraphrase": para_f.result(), "notes": notes_f.result(), "paraphrase_written": para_w.result(),
+             "heldout_written": held_w.result()}
     grid = grid_f.result()
     music = music_eval(a, ev, real_dir if real else None)
     pool.shutdown()
@@ -467,13 +475,23 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         para = _sys(extra["paraphrase"])
         lines += ["", f"Prompt adherence in a person's words: `assets/paraphrase_prompts.jsonl` ({len(next(iter(para.values()))['files']) if para and next(iter(para.values())).get('files') else 84} "
                   "plain-language descriptions, 6 per style, in words the caption templates never use) beside the held-out "
-                  "captions (first seed set); adherence = the share of clips presto-clap assigns to the prompt's style.", "",
-                  "| model | held-out adherence | paraphrase adherence | gap (points) |", "|---|---|---|---|"]
+                  "captions (first seed set); adherence = the share of clips presto-clap assigns to the prompt's style. "
+                  "Every model conditions on the training caption nearest to the prompt (its caption bank, METHOD.md "
+                  "section 2); \"as written\" is the same prompts with `--no-match`.", "",
+                  "| model | held-out adherence | paraphrase adherence | gap (points) | held-out, as written | "
+                  "paraphrases, as written | gap as written |", "|---|---|---|---|---|---|---|"]
+        pw = _sys(extra["paraphrase_written"]) if extra.get("paraphrase_written") else {}
+        hw = _sys(extra["heldout_written"]) if extra.get("heldout_written") else {}
+
+        def _gap(h, q):
+            return f"{100 * (h - q):.0f}" if h is not None and q is not None else "–"
+
         for name in names:
             h = (_sys(ev[0]).get(name) or {}).get("scores", {}).get("adherence")
             q = (para.get(name) or {}).get("scores", {}).get("adherence")
-            gap = f"{100 * (h - q):.0f}" if h is not None and q is not None else "–"
-            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {gap} |")
+            h2 = (hw.get(name) or {}).get("scores", {}).get("adherence")
+            q2 = (pw.get(name) or {}).get("scores", {}).get("adherence")
+            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {_gap(h, q)} | {_f(h2)} | {_f(q2)} | {_gap(h2, q2)} |")
     if extra.get("notes"):
         lines += ["", "Do the notes move? The 14 canonical style captions (seeds 0-13) per model: tonal change "
                   "(mean chroma cosine distance over 0.5 s; a drone scores below 0.07) and chroma peak share "

@@ -13,7 +13,7 @@ import torch
 from presto_cli import __version__
 from presto_cli.errors import PrestoError
 
-ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap")
+ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap", "caption-bank")
 
 
 def _umask_mode() -> int:

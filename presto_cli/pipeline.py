@@ -24,6 +24,7 @@ BUNDLED = {
     "demo-ls": "demo-ls.safetensors",
 }
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
+BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
 
 
 def bundled_models() -> dict[str, Path]:
@@ -94,6 +95,7 @@ class Pipeline:
             from presto_cli.codec import codec_from_embedded
 
             self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
+        self.bank = self._caption_bank(tensors, meta, path)
         self.schedule = None  # layer-dropping kinds: the depth each noise level runs at
         if meta.get("schedule"):
             from presto_cli.diffusion.layer_schedule import LayerSchedule
@@ -115,6 +117,19 @@ class Pipeline:
         self.default_frames = int(meta.get("frames", self.max_frames))
         self.max_duration = self.max_frames / self.frame_rate
         self.default_duration = self.default_frames / self.frame_rate
+
+    def _caption_bank(self, tensors, meta, path):
+        """The artefact's caption bank; for a bundled model, the shared assets/demo-captions file."""
+        from presto_cli.text.caption_bank import CaptionBank
+
+        bank = CaptionBank.from_artefact(tensors, meta)
+        if bank is None and path is not None and Path(path).parent == ASSETS and Path(path).name in BUNDLED.values() \
+                and (ASSETS / BUNDLED_CAPTIONS).is_file():
+            bank = CaptionBank.load(ASSETS / BUNDLED_CAPTIONS)
+        if bank is not None and bank.text and bank.text != meta.get("text", "minilm"):
+            raise PrestoError(f"{path}: its caption bank was encoded with '{bank.text}', the model uses "
+                              f"'{meta.get('text', 'minilm')}'", "re-export the model")
+        return bank
 
     # ------------------------------------------------------------------------------------
     def settings(self, steps=None, sampler=None, cfg=None, rho=None) -> SampleSettings:
@@ -149,12 +164,36 @@ class Pipeline:
                               f"({self.max_duration:.2f}s)", f"use --duration {self.max_duration:.2f} or less")
         return max(1, int(round(duration * self.frame_rate)))
 
-    def encode_text(self, prompts: list[str]):
-        from presto_cli.diffusion.edm import Cond
+    def conditions(self, prompts: list[str], match: bool | None = None) -> list[dict]:
+        """What each prompt is conditioned on: ``{"condition": text, "match_similarity": cosine or
+        None}``. With ``match`` (default: when the model carries a caption bank) the nearest training
+        caption in the text encoder's pooled space, else the prompt itself."""
+        self._check_prompts(prompts)
+        if match is None:
+            match = self.bank is not None
+        if not match:
+            return [{"condition": p, "match_similarity": None} for p in prompts]
+        if self.bank is None:
+            raise PrestoError("this model carries no caption bank to match prompts against",
+                              "leave out --match (its prompts are used as written)")
+        with torch.no_grad():
+            idx, sim = self.bank.match(self.text(list(prompts))[2])
+        return [{"condition": self.bank.captions[i], "match_similarity": round(float(s), 4)}
+                for i, s in zip(idx, sim)]
 
+    @staticmethod
+    def _check_prompts(prompts: list[str]) -> None:
         for p in prompts:
             if not isinstance(p, str) or not p.strip():
                 raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
+
+    def encode_text(self, prompts: list[str], match: bool = False):
+        """The condition of ``prompts`` as written (``match``: of their nearest training captions)."""
+        from presto_cli.diffusion.edm import Cond
+
+        self._check_prompts(prompts)
+        if match:
+            prompts = [c["condition"] for c in self.conditions(prompts, True)]
         with torch.no_grad():
             tokens, mask, pooled = self.text(prompts)
         return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
@@ -170,14 +209,17 @@ class Pipeline:
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
-                       duration=None, rho=None, progress: bool = False, callback=None) -> torch.Tensor:
+                       duration=None, rho=None, progress: bool = False, callback=None,
+                       match: bool | None = None) -> torch.Tensor:
+        """Latents [B, C, F]; ``match``: condition on the nearest training captions (default: when the
+        model carries a caption bank; see :meth:`conditions`)."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         s = self.settings(steps, sampler, cfg, rho)
         frames = self.frames_for(duration)
-        cond = self.encode_text(list(prompts))
+        cond = self.encode_text(list(prompts), match=self.bank is not None if match is None else match)
         noise = PerSampleNoise(list(seeds), self.device)
         sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
                             device=self.device)
@@ -192,10 +234,11 @@ class Pipeline:
         return self.codec.decode(latents).float().clamp(-1, 1)
 
     def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
-                 duration=None, rho=None, progress: bool = False, callback=None) -> torch.Tensor:
+                 duration=None, rho=None, progress: bool = False, callback=None,
+                 match: bool | None = None) -> torch.Tensor:
         """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``)."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback))
+                                               callback, match))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

@@ -28,6 +28,15 @@ def _gen(model, out, steps=None):
     return meta
 
 
+def _same_caption_bank(student, teacher):
+    """A student artefact carries its teacher's caption bank (text/caption_bank.py), tensors included."""
+    from presto_cli.io import load_artefact
+    from presto_cli.text.caption_bank import CaptionBank
+
+    a, b = (CaptionBank.from_artefact(*load_artefact(p)) for p in (student, teacher))
+    return a is not None and b is not None and a.captions == b.captions and bool((a.pooled == b.pooled).all())
+
+
 def test_distill_steps_layers_and_combine(tiny_chain, tmp_path):
     common = _common(tiny_chain)
     r = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=6", "--out", tmp_path / "s", "--json")
@@ -49,6 +58,9 @@ def test_distill_steps_layers_and_combine(tiny_chain, tmp_path):
            "train.steps=6", "--out", tmp_path / "ls")
     meta = _gen(tmp_path / "ls" / "model.safetensors", tmp_path / "ls.wav", 2)
     assert meta["kind"] == "presto-ls" and meta["nfe"] == 2
+    for student in (s, tmp_path / "ase" / "model.safetensors", tmp_path / "l" / "model.safetensors",
+                    tmp_path / "ls" / "model.safetensors"):
+        assert _same_caption_bank(student, tiny_chain["teacher"]), student
 
 
 def test_resume_refuses_a_changed_teacher(tiny_chain, tmp_path):

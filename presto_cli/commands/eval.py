@@ -82,6 +82,8 @@ def eval_cmd(
                                            "audio/ (default when generating: runs/eval/<date-time>/, unless "
                                            "--out, --report or --audio-dir is given)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips generated together (default 8)."),
+    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="Condition on each prompt's nearest "
+                                         "training caption (default: when the model carries its caption bank)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):
@@ -109,7 +111,8 @@ def eval_cmd(
              "save_ref_stats": str(save_ref_stats) if save_ref_stats else None,
              "cache": str(cache) if cache else None, "no_cache": no_cache or None,
              "out": str(out) if out else None, "report": str(report) if report else None,
-             "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device}
+             "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device,
+             "match": None if match is None else ("on" if match else "off")}
     merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
     if merged.get("models") and not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):
         merged["run_dir"] = str(_new_run_dir())  # generated clips are kept, with the results and report

@@ -134,6 +134,9 @@ def generate_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="wav | flac | mp3 | ogg."),
     normalize: bool = typer.Option(False, "--normalize", help="Peak-normalise each clip to -1 dBFS."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips generated together."),
+    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="Condition on the training caption nearest "
+                                         "to each prompt (default: when the model carries its caption bank; "
+                                         "the sidecar records it)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per file on stdout."),
@@ -176,7 +179,11 @@ def generate_cmd(
     if seed is None:
         console.print(f"seed: {base}")
     common = provenance(pipe, s, str(model.strip() if model else model_path.stem), dur, normalize)
-    done = 0
+    try:
+        pipe.conditions(["x"], match)  # --match on a model without a caption bank: refused before any work
+    except PrestoError as e:
+        raise PrestoUsageError(e.message, e.hint) from None
+    done, said = 0, set()
     try:
         with progress("generating", total=total, quiet=as_json) as tick:
             for chunk in batches:
@@ -186,13 +193,20 @@ def generate_cmd(
                 def on_step(info, n=len(chunk), at=at):
                     tick.update(at + n * min(1.0, (info["i"] + 1) / s.steps))
 
-                audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
-                                      s.sampler, s.cfg, dur, s.rho, callback=on_step)
-                for j, a in zip(chunk, audio):
+                conds = pipe.conditions([j["prompt"] for j in chunk], match)
+                for c, j in zip(conds, chunk):
+                    if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
+                        said.add(c["condition"])
+                        console.print(f"{j['prompt']!r} -> nearest training caption {c['condition']!r} "
+                                      f"(cosine {c['match_similarity']:.2f}; --no-match to use it as written)",
+                                      markup=False, highlight=False, soft_wrap=True)
+                audio = pipe.generate([c["condition"] for c in conds], [j["seed"] for j in chunk], s.steps,
+                                      s.sampler, s.cfg, dur, s.rho, callback=on_step, match=False)
+                for j, a, c in zip(chunk, audio, conds):
                     a = a.float()
                     if normalize:
                         a = peak_normalize(a, 10 ** (-1 / 20))
-                    rec = clip_record(j["path"], j["prompt"], j["seed"], common)
+                    rec = clip_record(j["path"], j["prompt"], j["seed"], common, **c)
                     write_clip(j["path"], a, pipe.sample_rate, rec)
                     done += 1
                     tick.update(done)

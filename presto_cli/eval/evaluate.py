@@ -60,6 +60,7 @@ class EvalConfig:
     k: int = 5  # PRDC neighbours
     bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
+    match: str = "auto"  # condition on the nearest training caption: auto (when the model has a caption bank) | on | off
     device: str = "auto"
     cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
     no_cache: bool = False
@@ -445,18 +446,22 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
     duration = pipe.frames_for(cfg.duration or None) / pipe.frame_rate
     common = provenance(pipe, s, model, duration)
+    if cfg.match not in ("auto", "on", "off"):
+        raise PrestoError(f"eval match must be auto, on or off, got {cfg.match!r}")
+    match = None if cfg.match == "auto" else cfg.match == "on"
     name = system_name(model)
     out_dir = audio_root / name
     files: list[Path] = []
     t0 = time.time()
     for i in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[i:i + cfg.batch_size]
-        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
-                              s.sampler, s.cfg, duration, s.rho)
-        for r, a in zip(chunk, audio):
+        conds = pipe.conditions([r["prompt"] for r in chunk], match)
+        audio = pipe.generate([c["condition"] for c in conds], [r["seed"] for r in chunk], s.steps,
+                              s.sampler, s.cfg, duration, s.rho, match=False)
+        for r, a, c in zip(chunk, audio, conds):
             f = out_dir / f"{r['name']}.wav"
             write_clip(f, a.float().cpu(), pipe.sample_rate,
-                       clip_record(f, r["prompt"], r["seed"], common, style=r.get("style")))
+                       clip_record(f, r["prompt"], r["seed"], common, style=r.get("style"), **c))
             files.append(f)
         if progress is not None:
             progress(name, len(files), len(rows))
@@ -464,6 +469,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
             log(f"{name}: generated {len(files)}/{len(rows)} clips")
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
+            "prompt_match": pipe.bank is not None if match is None else match,
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir)}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
                   [r["seed"] for r in rows], info)

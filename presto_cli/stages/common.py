@@ -59,7 +59,8 @@ class DistillTask(Task):
         self.teacher_meta = meta
         self.teacher_path = str(teacher_path)
         self.teacher_sha256 = file_sha256(teacher_path)
-        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith("codec.")}
+        # carried into the student's artefact: the codec and the caption bank (meta["caption_bank"] comes along)
+        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith(("codec.", "caption_bank."))}
         self.text = TextCache(build_text_encoder(meta.get("text", "minilm"), device=self.device))
         self._dataset = None
 

@@ -39,6 +39,7 @@ class TeacherRecipe(BaseRecipe):
     text: str = "minilm"  # minilm | clap | hash (hash: no weights, for toys and tiny recipes)
     toy_size: int = 4096  # number of points drawn when data.path is toy:gmm2d / toy:gmm1d
     init: str = ""  # exported teacher to continue training from (weights and EMA; optimiser fresh)
+    caption_bank: int = 4096  # training captions kept in the artefact for nearest-caption prompt matching (0: none)
 
     def validate(self) -> None:
         self.fill_from_inputs()
@@ -246,7 +247,22 @@ class TeacherTask(Task):
             meta["codec_source"] = str(self.codec_path)
             d = r.data  # what distillation stages train on when their data.path is left empty
             meta["data"] = {"path": d.path, "manifest": d.manifest, "clip_seconds": d.clip_seconds}
+            bank = self.caption_bank()
+            if bank is not None:
+                bt, meta["caption_bank"] = bank.to_artefact()
+                tensors.update(bt)
         save_artefact(path, tensors, meta)
+
+    def caption_bank(self):
+        """The training split's captions for nearest-caption matching (text/caption_bank.py), built
+        once per run on the teacher's text encoder; None with ``caption_bank: 0``."""
+        if not hasattr(self, "_bank"):
+            from presto_cli.text.caption_bank import CaptionBank
+
+            ds = self.make_dataset()
+            self._bank = CaptionBank.build([it.get("caption", "") for it in ds.items], self.text.encoder,
+                                           self.recipe.caption_bank, seed=self.recipe.seed)
+        return self._bank
 
     def describe(self) -> dict:
         return {**self.recipe.describe(), "dit_params": self.net.num_params()}

@@ -1,0 +1,101 @@
+"""Nearest-training-caption prompt matching (METHOD.md section 2, "Prompts in a person's words").
+
+A model only knows the wordings it was trained on. A prompt in a person's words ("music for lying
+in a hammock on a Caribbean beach") lands where the model has never been conditioned, while the
+frozen sentence encoder already places it near the training captions of the right style (for 85%
+of the bundled paraphrase set, 99% of the held-out prompts). So a generator artefact keeps its
+*caption bank*: the unique captions of its training split (at most ``MAX_CAPTIONS``, a seeded
+subsample beyond that) with their pooled text-encoder vectors, and sampling conditions on the
+caption nearest to the prompt by cosine similarity: a retrieval form of prompt rewriting. The
+choice is recorded in every output's sidecar (``condition``, ``match_similarity``), and ``--no-match``
+conditions on the prompt's own words.
+
+Stored in an artefact as the tensor ``caption_bank.pooled`` [N, dim] and ``meta["caption_bank"]``
+(``captions``, ``text``: the encoder). The bundled models share one file,
+``assets/demo-captions.safetensors`` (kind ``caption-bank``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from presto_cli.errors import PrestoError
+
+__all__ = ["CaptionBank", "MAX_CAPTIONS", "PREFIX"]
+
+MAX_CAPTIONS = 4096
+PREFIX = "caption_bank."
+
+
+@dataclass
+class CaptionBank:
+    captions: list[str]
+    pooled: Tensor  # [N, dim], L2-normalised rows, float32
+    text: str  # the text encoder that made ``pooled`` (must be the model's)
+
+    def __post_init__(self):
+        if self.pooled.dim() != 2 or self.pooled.shape[0] != len(self.captions) or not self.captions:
+            raise PrestoError(f"a caption bank needs one vector per caption: {len(self.captions)} captions, "
+                              f"vectors of shape {tuple(self.pooled.shape)}",
+                              "re-export the model (its caption bank is damaged)")
+        self.pooled = torch.nn.functional.normalize(self.pooled.float(), dim=-1)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @classmethod
+    def build(cls, captions, encoder, max_captions: int = MAX_CAPTIONS, seed: int = 0,
+              batch: int = 128) -> "CaptionBank | None":
+        """The bank of ``captions`` (duplicates and blanks dropped; sorted, then a seeded subsample
+        of ``max_captions`` when there are more) encoded with ``encoder``; None when empty."""
+        uniq = sorted({str(c).strip() for c in captions if str(c).strip()})
+        if max_captions <= 0 or not uniq:
+            return None
+        if len(uniq) > max_captions:
+            g = torch.Generator().manual_seed(seed)
+            keep = sorted(torch.randperm(len(uniq), generator=g)[:max_captions].tolist())
+            uniq = [uniq[i] for i in keep]
+        pooled = torch.cat([encoder(uniq[i:i + batch])[2].cpu() for i in range(0, len(uniq), batch)])
+        return cls(uniq, pooled, getattr(encoder, "name", ""))
+
+    # -- storage ---------------------------------------------------------------------------
+    def to_artefact(self) -> tuple[dict[str, Tensor], dict]:
+        return {PREFIX + "pooled": self.pooled.clone()}, {"captions": list(self.captions), "text": self.text}
+
+    @classmethod
+    def from_artefact(cls, tensors: dict[str, Tensor], meta: dict) -> "CaptionBank | None":
+        info = meta.get("caption_bank")
+        vec = tensors.get(PREFIX + "pooled")
+        if not info or vec is None:
+            return None
+        return cls(list(info.get("captions", [])), vec, str(info.get("text", "")))
+
+    def save(self, path: str | Path, **extra) -> None:
+        from presto_cli.io import save_artefact
+
+        tensors, info = self.to_artefact()
+        save_artefact(path, tensors, {"kind": "caption-bank", "caption_bank": info, **extra},
+                      dtype=torch.float16)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CaptionBank":
+        from presto_cli.io import load_artefact
+
+        tensors, meta = load_artefact(path)
+        bank = cls.from_artefact(tensors, meta)
+        if meta.get("kind") != "caption-bank" or bank is None:
+            raise PrestoError(f"{path} is not a caption bank", "make one with benchmarks/bundle.py")
+        return bank
+
+    # -- matching --------------------------------------------------------------------------
+    def match(self, pooled: Tensor) -> tuple[list[int], list[float]]:
+        """For each query vector [B, dim]: the index of the nearest caption and its cosine similarity."""
+        q = torch.nn.functional.normalize(pooled.float().cpu(), dim=-1)
+        if q.shape[-1] != self.pooled.shape[-1]:
+            raise PrestoError(f"the caption bank holds {self.pooled.shape[-1]}-d vectors but the text "
+                              f"encoder gives {q.shape[-1]}-d ones", "use --no-match, or re-export the model")
+        sim, idx = (q @ self.pooled.T).max(dim=1)
+        return idx.tolist(), sim.tolist()

@@ -1,0 +1,89 @@
+"""Nearest-training-caption prompt matching (presto_cli/text/caption_bank.py): a known-answer test
+on the weightless hash encoder, storage, and the generate/eval path on the tiny audio chain."""
+import json
+
+import pytest
+import torch
+
+from presto_cli.errors import PrestoError
+from presto_cli.text.caption_bank import CaptionBank
+from presto_cli.text.encoders import HashTextEncoder
+
+from conftest import presto
+
+CAPTIONS = ["fast techno for a dark club", "chilled reggae for a beach party", "slow string quartet in a concert hall",
+            "jazz trio with brushed drums", "chilled reggae for a beach party"]  # one duplicate
+
+
+def test_nearest_caption_is_the_one_sharing_the_most_words():
+    enc = HashTextEncoder()
+    bank = CaptionBank.build(CAPTIONS, enc)
+    assert len(bank) == 4 and bank.text == "hash"  # duplicates dropped
+    queries = ["a beach party with reggae", "dark techno club", "jazz trio with brushed drums",
+               "string quartet playing slow"]
+    idx, sim = bank.match(enc(queries)[2])
+    got = [bank.captions[i] for i in idx]
+    assert got == ["chilled reggae for a beach party", "fast techno for a dark club",
+                   "jazz trio with brushed drums", "slow string quartet in a concert hall"]
+    assert sim[2] == pytest.approx(1.0, abs=1e-5)  # a training caption matches itself
+    assert all(s < 0.99 for k, s in enumerate(sim) if k != 2)
+    # the similarity is the cosine of the pooled vectors: against a brute-force recomputation
+    q = torch.nn.functional.normalize(enc(queries)[2], dim=-1)
+    b = torch.nn.functional.normalize(enc(bank.captions)[2], dim=-1)
+    assert torch.allclose(torch.tensor(sim), (q @ b.T).max(1).values, atol=1e-5)
+
+
+def test_subsample_is_seeded_and_storage_roundtrips(tmp_path):
+    enc = HashTextEncoder()
+    caps = [f"caption number {i}" for i in range(10)]
+    a = CaptionBank.build(caps, enc, max_captions=3, seed=1)
+    assert len(a) == 3 and a.captions == CaptionBank.build(caps, enc, max_captions=3, seed=1).captions
+    assert a.captions != CaptionBank.build(caps, enc, max_captions=3, seed=2).captions
+    assert CaptionBank.build(caps, enc, max_captions=0) is None and CaptionBank.build(["  "], enc) is None
+    a.save(tmp_path / "bank.safetensors")
+    b = CaptionBank.load(tmp_path / "bank.safetensors")
+    assert b.captions == a.captions and b.text == "hash"
+    assert torch.allclose(b.pooled, a.pooled, atol=1e-3)  # stored as fp16
+    with pytest.raises(PrestoError, match="caption bank"):
+        CaptionBank(["a", "b"], torch.zeros(3, 4), "hash")
+    with pytest.raises(PrestoError, match="384-d"):
+        a.match(torch.ones(1, 8))
+
+
+@pytest.mark.slow
+def test_generate_conditions_on_the_nearest_training_caption(tiny_chain, tmp_path):
+    from presto_cli.data.folder import read_manifest
+    from presto_cli.io import read_artefact_meta
+
+    m = tiny_chain["teacher"]
+    bank = read_artefact_meta(m)["caption_bank"]
+    train = {r["caption"] for r in read_manifest(tiny_chain["data"] / "manifest.jsonl")
+             if r.get("split", "train") == "train"}
+    assert set(bank["captions"]) == train and bank["text"] == "hash"
+
+    args = ["--model", m, "--seed", 5, "--duration", 0.3, "--steps", 2]
+    presto("generate", "some music please", "-o", tmp_path / "a.wav", *args)
+    side = json.loads((tmp_path / "a.wav.json").read_text())
+    assert side["prompt"] == "some music please" and side["condition"] in train
+    assert 0 < side["match_similarity"] < 1
+    # matching = conditioning on that caption as written: the same audio, bit for bit
+    presto("generate", side["condition"], "-o", tmp_path / "b.wav", *args, "--no-match")
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    nm = json.loads((tmp_path / "b.wav.json").read_text())
+    assert nm["condition"] == side["condition"] and nm["match_similarity"] is None
+    presto("generate", "some music please", "-o", tmp_path / "c.wav", *args, "--no-match")
+    assert (tmp_path / "c.wav").read_bytes() != (tmp_path / "a.wav").read_bytes()
+
+    # a model without a caption bank: prompts are used as written, and --match is refused
+    from presto_cli.io import load_artefact, save_artefact
+
+    tensors, meta = load_artefact(m)
+    meta.pop("caption_bank")
+    save_artefact(tmp_path / "nobank.safetensors", {k: v for k, v in tensors.items()
+                                                    if not k.startswith("caption_bank.")}, meta)
+    presto("generate", "some music please", "-o", tmp_path / "d.wav", "--model", tmp_path / "nobank.safetensors",
+           *args[2:])
+    assert (tmp_path / "d.wav").read_bytes() == (tmp_path / "c.wav").read_bytes()
+    r = presto("generate", "x", "-o", tmp_path / "e.wav", "--model", tmp_path / "nobank.safetensors", *args[2:],
+               "--match", check=False)
+    assert r.returncode == 2 and "no caption bank" in r.stderr and not (tmp_path / "e.wav").exists()
