@@ -165,21 +165,20 @@ class Pipeline:
         return max(1, int(round(duration * self.frame_rate)))
 
     def conditions(self, prompts: list[str], match: bool | None = None) -> list[dict]:
-        """What each prompt is conditioned on: ``{"condition": text, "match_similarity": cosine or
-        None}``. With ``match`` (default: when the model carries a caption bank) the nearest training
-        caption in the text encoder's pooled space, else the prompt itself."""
+        """What each prompt is conditioned on: ``{"condition": text, "match_similarity": cosine to the
+        nearest training caption, or None}``. ``match`` None (default): the nearest training caption
+        when the prompt is unlike every training wording (below the bank's threshold; see
+        text/caption_bank.py), else the prompt; True: always the nearest caption; False: the prompt."""
         self._check_prompts(prompts)
-        if match is None:
-            match = self.bank is not None
-        if not match:
+        if match is False or (match is None and self.bank is None):
             return [{"condition": p, "match_similarity": None} for p in prompts]
         if self.bank is None:
             raise PrestoError("this model carries no caption bank to match prompts against",
                               "leave out --match (its prompts are used as written)")
         with torch.no_grad():
             idx, sim = self.bank.match(self.text(list(prompts))[2])
-        return [{"condition": self.bank.captions[i], "match_similarity": round(float(s), 4)}
-                for i, s in zip(idx, sim)]
+        return [{"condition": self.bank.captions[i] if (match or s < self.bank.threshold) else p,
+                 "match_similarity": round(float(s), 4)} for p, i, s in zip(prompts, idx, sim)]
 
     @staticmethod
     def _check_prompts(prompts: list[str]) -> None:
@@ -187,13 +186,11 @@ class Pipeline:
             if not isinstance(p, str) or not p.strip():
                 raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
 
-    def encode_text(self, prompts: list[str], match: bool = False):
-        """The condition of ``prompts`` as written (``match``: of their nearest training captions)."""
+    def encode_text(self, prompts: list[str]):
+        """The condition of ``prompts`` as written (:meth:`conditions` says what to write)."""
         from presto_cli.diffusion.edm import Cond
 
         self._check_prompts(prompts)
-        if match:
-            prompts = [c["condition"] for c in self.conditions(prompts, True)]
         with torch.no_grad():
             tokens, mask, pooled = self.text(prompts)
         return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
@@ -211,15 +208,17 @@ class Pipeline:
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                        duration=None, rho=None, progress: bool = False, callback=None,
                        match: bool | None = None) -> torch.Tensor:
-        """Latents [B, C, F]; ``match``: condition on the nearest training captions (default: when the
-        model carries a caption bank; see :meth:`conditions`)."""
+        """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
+        wording are replaced by their nearest training caption, when the model carries a caption bank)."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         s = self.settings(steps, sampler, cfg, rho)
         frames = self.frames_for(duration)
-        cond = self.encode_text(list(prompts), match=self.bank is not None if match is None else match)
+        if match is not False and self.bank is not None:
+            prompts = [c["condition"] for c in self.conditions(list(prompts), match)]
+        cond = self.encode_text(list(prompts))
         noise = PerSampleNoise(list(seeds), self.device)
         sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
                             device=self.device)

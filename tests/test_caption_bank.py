@@ -33,6 +33,16 @@ def test_nearest_caption_is_the_one_sharing_the_most_words():
     assert torch.allclose(torch.tensor(sim), (q @ b.T).max(1).values, atol=1e-5)
 
 
+def test_threshold_is_a_quantile_of_the_captions_nearest_neighbour_similarity():
+    # three unit vectors: e1 and (e1 + e2)/sqrt(2) are each other's nearest (cosine 1/sqrt(2)); e3's is 0
+    v = torch.tensor([[1.0, 0, 0], [2 ** -0.5, 2 ** -0.5, 0], [0, 0, 1.0]])
+    # sorted nearest-neighbour similarities [0, 0.707, 0.707]: the 5% quantile interpolates 0.1 of the way
+    assert CaptionBank.ood_threshold(v) == pytest.approx(0.1 * 2 ** -0.5, abs=1e-4)
+    assert CaptionBank.ood_threshold(v, quantile=0.5) == pytest.approx(2 ** -0.5, abs=1e-4)
+    assert CaptionBank.ood_threshold(v, chunk=1) == CaptionBank.ood_threshold(v)  # chunking changes nothing
+    assert CaptionBank(["a", "b", "c"], v, "x").threshold == pytest.approx(0.0707, abs=1e-4)
+
+
 def test_subsample_is_seeded_and_storage_roundtrips(tmp_path):
     enc = HashTextEncoder()
     caps = [f"caption number {i}" for i in range(10)]
@@ -61,11 +71,27 @@ def test_generate_conditions_on_the_nearest_training_caption(tiny_chain, tmp_pat
              if r.get("split", "train") == "train"}
     assert set(bank["captions"]) == train and bank["text"] == "hash"
 
-    args = ["--model", m, "--seed", 5, "--duration", 0.3, "--steps", 2]
+    # the tiny bank's own threshold (hash-encoder captions share few words) is near 0.08: a copy of the
+    # teacher with threshold 0.5 makes "unlike every training wording" clear-cut for this test
+    from presto_cli.io import load_artefact, save_artefact
+
+    tensors, meta = load_artefact(m)
+    assert 0 < meta["caption_bank"]["threshold"] < 1
+    meta["caption_bank"]["threshold"] = 0.5
+    save_artefact(tmp_path / "t05.safetensors", tensors, meta)
+    args = ["--model", tmp_path / "t05.safetensors", "--seed", 5, "--duration", 0.3, "--steps", 2]
     presto("generate", "some music please", "-o", tmp_path / "a.wav", *args)
     side = json.loads((tmp_path / "a.wav.json").read_text())
     assert side["prompt"] == "some music please" and side["condition"] in train
-    assert 0 < side["match_similarity"] < 1
+    assert 0 < side["match_similarity"] < 0.5  # unlike every training wording: matched
+    # a training caption with its last word changed stays close to it: kept as written
+    cap = max(train, key=len)
+    near = cap.rsplit(" ", 1)[0] + " please"
+    presto("generate", near, "-o", tmp_path / "n.wav", *args)
+    kept = json.loads((tmp_path / "n.wav.json").read_text())
+    assert kept["condition"] == near and kept["match_similarity"] >= 0.5
+    presto("generate", near, "-o", tmp_path / "n2.wav", *args, "--match")  # --match: rewritten all the same
+    assert json.loads((tmp_path / "n2.wav.json").read_text())["condition"] == cap
     # matching = conditioning on that caption as written: the same audio, bit for bit
     presto("generate", side["condition"], "-o", tmp_path / "b.wav", *args, "--no-match")
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
@@ -75,9 +101,6 @@ def test_generate_conditions_on_the_nearest_training_caption(tiny_chain, tmp_pat
     assert (tmp_path / "c.wav").read_bytes() != (tmp_path / "a.wav").read_bytes()
 
     # a model without a caption bank: prompts are used as written, and --match is refused
-    from presto_cli.io import load_artefact, save_artefact
-
-    tensors, meta = load_artefact(m)
     meta.pop("caption_bank")
     save_artefact(tmp_path / "nobank.safetensors", {k: v for k, v in tensors.items()
                                                     if not k.startswith("caption_bank.")}, meta)

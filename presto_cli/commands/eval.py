@@ -82,8 +82,9 @@ def eval_cmd(
                                            "audio/ (default when generating: runs/eval/<date-time>/, unless "
                                            "--out, --report or --audio-dir is given)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Clips generated together (default 8)."),
-    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="Condition on each prompt's nearest "
-                                         "training caption (default: when the model carries its caption bank)."),
+    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="--match: condition on each prompt's "
+                                         "nearest training caption; --no-match: on the prompt as written. Default: "
+                                         "the nearest caption for prompts unlike every training wording."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):

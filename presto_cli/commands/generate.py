@@ -134,9 +134,10 @@ def generate_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="wav | flac | mp3 | ogg."),
     normalize: bool = typer.Option(False, "--normalize", help="Peak-normalise each clip to -1 dBFS."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips generated together."),
-    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="Condition on the training caption nearest "
-                                         "to each prompt (default: when the model carries its caption bank; "
-                                         "the sidecar records it)."),
+    match: Optional[bool] = typer.Option(None, "--match/--no-match", help="--match: condition on the training caption "
+                                         "nearest to each prompt; --no-match: on the prompt as written. Default: the "
+                                         "nearest caption when the prompt is unlike every training wording (models "
+                                         "with a caption bank). The sidecar records the choice."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per file on stdout."),
@@ -198,7 +199,7 @@ def generate_cmd(
                     if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
                         said.add(c["condition"])
                         console.print(f"{j['prompt']!r} -> nearest training caption {c['condition']!r} "
-                                      f"(cosine {c['match_similarity']:.2f}; --no-match to use it as written)",
+                                      f"(cosine {c['match_similarity']:.2f}; --no-match keeps your words)",
                                       markup=False, highlight=False, soft_wrap=True)
                 audio = pipe.generate([c["condition"] for c in conds], [j["seed"] for j in chunk], s.steps,
                                       s.sampler, s.cfg, dur, s.rho, callback=on_step, match=False)

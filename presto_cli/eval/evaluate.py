@@ -60,7 +60,7 @@ class EvalConfig:
     k: int = 5  # PRDC neighbours
     bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
-    match: str = "auto"  # condition on the nearest training caption: auto (when the model has a caption bank) | on | off
+    match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
     device: str = "auto"
     cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
     no_cache: bool = False
@@ -469,7 +469,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
             log(f"{name}: generated {len(files)}/{len(rows)} clips")
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
-            "prompt_match": pipe.bank is not None if match is None else match,
+            "prompt_match": "off" if pipe.bank is None else cfg.match,
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir)}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
                   [r["seed"] for r in rows], info)

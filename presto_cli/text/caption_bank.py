@@ -6,9 +6,14 @@ frozen sentence encoder already places it near the training captions of the righ
 of the bundled paraphrase set, 99% of the held-out prompts). So a generator artefact keeps its
 *caption bank*: the unique captions of its training split (at most ``MAX_CAPTIONS``, a seeded
 subsample beyond that) with their pooled text-encoder vectors, and sampling conditions on the
-caption nearest to the prompt by cosine similarity: a retrieval form of prompt rewriting. The
-choice is recorded in every output's sidecar (``condition``, ``match_similarity``), and ``--no-match``
-conditions on the prompt's own words.
+caption nearest to the prompt by cosine similarity (a retrieval form of prompt rewriting) when the
+prompt is unlike the training wordings: its nearest caption is less similar than ``threshold``, the
+``OOD_QUANTILE`` quantile of the training captions' own nearest-neighbour similarities (each
+caption against the others). A prompt as close to a training caption as 95% of them are to each
+other is in the model's vocabulary and kept as written, details (tempo, key, instruments)
+included; rewriting every prompt collapses many onto a few captions (96 held-out prompts onto 46)
+and costs FAD. The choice is recorded in every output's sidecar (``condition``,
+``match_similarity``); ``--match`` rewrites every prompt, ``--no-match`` none.
 
 Stored in an artefact as the tensor ``caption_bank.pooled`` [N, dim] and ``meta["caption_bank"]``
 (``captions``, ``text``: the encoder). The bundled models share one file,
@@ -28,6 +33,7 @@ __all__ = ["CaptionBank", "MAX_CAPTIONS", "PREFIX"]
 
 MAX_CAPTIONS = 4096
 PREFIX = "caption_bank."
+OOD_QUANTILE = 0.05
 
 
 @dataclass
@@ -35,6 +41,7 @@ class CaptionBank:
     captions: list[str]
     pooled: Tensor  # [N, dim], L2-normalised rows, float32
     text: str  # the text encoder that made ``pooled`` (must be the model's)
+    threshold: float | None = None  # below it a prompt is matched; None: computed from the bank
 
     def __post_init__(self):
         if self.pooled.dim() != 2 or self.pooled.shape[0] != len(self.captions) or not self.captions:
@@ -42,6 +49,20 @@ class CaptionBank:
                               f"vectors of shape {tuple(self.pooled.shape)}",
                               "re-export the model (its caption bank is damaged)")
         self.pooled = torch.nn.functional.normalize(self.pooled.float(), dim=-1)
+        if self.threshold is None:
+            self.threshold = self.ood_threshold(self.pooled)
+
+    @staticmethod
+    def ood_threshold(pooled: Tensor, quantile: float = OOD_QUANTILE, chunk: int = 1024) -> float:
+        """The ``quantile`` of each caption's cosine similarity to its nearest other caption (1.0,
+        i.e. match every prompt, for a bank of one caption)."""
+        n = pooled.shape[0]
+        if n < 2:
+            return 1.0
+        nn = torch.cat([(pooled[a:a + chunk] @ pooled.T).index_put_(
+            (torch.arange(min(chunk, n - a)), torch.arange(a, min(a + chunk, n))), torch.tensor(-2.0)).max(1).values
+            for a in range(0, n, chunk)])
+        return round(float(nn.quantile(quantile)), 4)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -63,7 +84,8 @@ class CaptionBank:
 
     # -- storage ---------------------------------------------------------------------------
     def to_artefact(self) -> tuple[dict[str, Tensor], dict]:
-        return {PREFIX + "pooled": self.pooled.clone()}, {"captions": list(self.captions), "text": self.text}
+        return {PREFIX + "pooled": self.pooled.clone()}, {"captions": list(self.captions), "text": self.text,
+                                                          "threshold": self.threshold}
 
     @classmethod
     def from_artefact(cls, tensors: dict[str, Tensor], meta: dict) -> "CaptionBank | None":
@@ -71,7 +93,7 @@ class CaptionBank:
         vec = tensors.get(PREFIX + "pooled")
         if not info or vec is None:
             return None
-        return cls(list(info.get("captions", [])), vec, str(info.get("text", "")))
+        return cls(list(info.get("captions", [])), vec, str(info.get("text", "")), info.get("threshold"))
 
     def save(self, path: str | Path, **extra) -> None:
         from presto_cli.io import save_artefact
