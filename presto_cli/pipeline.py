@@ -169,16 +169,22 @@ class Pipeline:
         nearest training caption, or None}``. ``match`` None (default): the nearest training caption
         when the prompt is unlike every training wording (below the bank's threshold; see
         text/caption_bank.py), else the prompt; True: always the nearest caption; False: the prompt."""
+        return self._conditions(prompts, match)[0]
+
+    def _conditions(self, prompts: list[str], match: bool | None):
+        """:meth:`conditions` and the text encoder's output for the prompts as written (None when
+        it was not needed), so a prompt kept as written is encoded once."""
         self._check_prompts(prompts)
         if match is False or (match is None and self.bank is None):
-            return [{"condition": p, "match_similarity": None} for p in prompts]
+            return [{"condition": p, "match_similarity": None} for p in prompts], None
         if self.bank is None:
             raise PrestoError("this model carries no caption bank to match prompts against",
                               "leave out --match (its prompts are used as written)")
         with torch.no_grad():
-            idx, sim = self.bank.match(self.text(list(prompts))[2])
+            enc = self.text(list(prompts))
+        idx, sim = self.bank.match(enc[2])
         return [{"condition": self.bank.captions[i] if (match or s < self.bank.threshold) else p,
-                 "match_similarity": round(float(s), 4)} for p, i, s in zip(prompts, idx, sim)]
+                 "match_similarity": round(float(s), 4)} for p, i, s in zip(prompts, idx, sim)], enc
 
     @staticmethod
     def _check_prompts(prompts: list[str]) -> None:
@@ -186,13 +192,17 @@ class Pipeline:
             if not isinstance(p, str) or not p.strip():
                 raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
 
-    def encode_text(self, prompts: list[str]):
-        """The condition of ``prompts`` as written (:meth:`conditions` says what to write)."""
+    def encode_text(self, prompts: list[str], match: bool | None = False, conditions: list | None = None):
+        """The condition of ``prompts``: as written by default; ``match`` as in :meth:`conditions`,
+        whose records are appended to ``conditions`` when a list is given."""
         from presto_cli.diffusion.edm import Cond
 
-        self._check_prompts(prompts)
+        conds, enc = self._conditions(list(prompts), match)
+        if conditions is not None:
+            conditions.extend(conds)
+        texts = [c["condition"] for c in conds]
         with torch.no_grad():
-            tokens, mask, pooled = self.text(prompts)
+            tokens, mask, pooled = enc if enc is not None and texts == list(prompts) else self.text(texts)
         return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
 
     def model_fn(self, cond, s: SampleSettings) -> Callable:
@@ -207,18 +217,17 @@ class Pipeline:
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                        duration=None, rho=None, progress: bool = False, callback=None,
-                       match: bool | None = None) -> torch.Tensor:
+                       match: bool | None = None, conditions: list | None = None) -> torch.Tensor:
         """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
-        wording are replaced by their nearest training caption, when the model carries a caption bank)."""
+        wording are replaced by their nearest training caption, when the model carries a caption bank);
+        what each prompt was conditioned on is appended to ``conditions`` when a list is given."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         s = self.settings(steps, sampler, cfg, rho)
         frames = self.frames_for(duration)
-        if match is not False and self.bank is not None:
-            prompts = [c["condition"] for c in self.conditions(list(prompts), match)]
-        cond = self.encode_text(list(prompts))
+        cond = self.encode_text(list(prompts), match, conditions)
         noise = PerSampleNoise(list(seeds), self.device)
         sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
                             device=self.device)
@@ -234,10 +243,11 @@ class Pipeline:
 
     def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                  duration=None, rho=None, progress: bool = False, callback=None,
-                 match: bool | None = None) -> torch.Tensor:
-        """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``)."""
+                 match: bool | None = None, conditions: list | None = None) -> torch.Tensor:
+        """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
+        ``match`` and ``conditions`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback, match))
+                                               callback, match, conditions))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

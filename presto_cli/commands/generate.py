@@ -180,10 +180,9 @@ def generate_cmd(
     if seed is None:
         console.print(f"seed: {base}")
     common = provenance(pipe, s, str(model.strip() if model else model_path.stem), dur, normalize)
-    try:
-        pipe.conditions(["x"], match)  # --match on a model without a caption bank: refused before any work
-    except PrestoError as e:
-        raise PrestoUsageError(e.message, e.hint) from None
+    if match and pipe.bank is None:  # refused before any work
+        raise PrestoUsageError(f"{model_path} carries no caption bank to match prompts against",
+                               "leave out --match (its prompts are used as written)")
     done, said = 0, set()
     try:
         with progress("generating", total=total, quiet=as_json) as tick:
@@ -194,15 +193,15 @@ def generate_cmd(
                 def on_step(info, n=len(chunk), at=at):
                     tick.update(at + n * min(1.0, (info["i"] + 1) / s.steps))
 
-                conds = pipe.conditions([j["prompt"] for j in chunk], match)
+                conds: list[dict] = []
+                audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
+                                      s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds)
                 for c, j in zip(conds, chunk):
                     if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
                         said.add(c["condition"])
                         console.print(f"{j['prompt']!r} -> nearest training caption {c['condition']!r} "
                                       f"(cosine {c['match_similarity']:.2f}; --no-match keeps your words)",
                                       markup=False, highlight=False, soft_wrap=True)
-                audio = pipe.generate([c["condition"] for c in conds], [j["seed"] for j in chunk], s.steps,
-                                      s.sampler, s.cfg, dur, s.rho, callback=on_step, match=False)
                 for j, a, c in zip(chunk, audio, conds):
                     a = a.float()
                     if normalize:

@@ -455,9 +455,9 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     t0 = time.time()
     for i in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[i:i + cfg.batch_size]
-        conds = pipe.conditions([r["prompt"] for r in chunk], match)
-        audio = pipe.generate([c["condition"] for c in conds], [r["seed"] for r in chunk], s.steps,
-                              s.sampler, s.cfg, duration, s.rho, match=False)
+        conds: list[dict] = []
+        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
+                              s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds)
         for r, a, c in zip(chunk, audio, conds):
             f = out_dir / f"{r['name']}.wav"
             write_clip(f, a.float().cpu(), pipe.sample_rate,
