@@ -87,3 +87,18 @@ def test_generators_store_the_codec_once_and_load_it_back(tmp_path):
     save_artefact(tmp_path / "demo-codec.safetensors", changed, {"kind": "codec"})
     with pytest.raises(PrestoError, match="SHA-256 differs"):
         load_artefact(tmp_path / "demo-s.safetensors")
+
+
+def test_bundled_models_match_plain_language_to_their_training_captions():
+    """The bundled models share assets/demo-captions.safetensors (the demo corpus's training captions):
+    a description in words no caption template uses is conditioned on a training caption of its style,
+    a caption-like prompt is kept as written."""
+    if "demo-s" not in bundled_models():
+        pytest.skip("demo-s is not bundled in this build")
+    pipe = load_pipeline("demo-s", "cpu")
+    assert pipe.bank is not None and len(pipe.bank) > 1000 and 0.5 < pipe.bank.threshold < 0.95
+    far, near = pipe.conditions(["music for lying in a hammock on a Caribbean beach", "jazz trio"])
+    assert far["condition"] in pipe.bank.captions and "reggae" in far["condition"].lower()
+    assert far["match_similarity"] < pipe.bank.threshold <= near["match_similarity"]
+    assert near["condition"] == "jazz trio"
+    assert pipe.conditions(["jazz trio"], match=False)[0] == {"condition": "jazz trio", "match_similarity": None}
