@@ -84,29 +84,32 @@ def test_generate_conditions_on_the_nearest_training_caption(tiny_chain, tmp_pat
     side = json.loads((tmp_path / "a.wav.json").read_text())
     assert side["prompt"] == "some music please" and side["condition"] in train
     assert 0 < side["match_similarity"] < 0.5  # unlike every training wording: matched
-    # a training caption with its last word changed stays close to it: kept as written
-    cap = max(train, key=len)
-    near = cap.rsplit(" ", 1)[0] + " please"
-    presto("generate", near, "-o", tmp_path / "n.wav", *args)
-    kept = json.loads((tmp_path / "n.wav.json").read_text())
-    assert kept["condition"] == near and kept["match_similarity"] >= 0.5
-    presto("generate", near, "-o", tmp_path / "n2.wav", *args, "--match")  # --match: rewritten all the same
-    assert json.loads((tmp_path / "n2.wav.json").read_text())["condition"] == cap
     # matching = conditioning on that caption as written: the same audio, bit for bit
     presto("generate", side["condition"], "-o", tmp_path / "b.wav", *args, "--no-match")
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
     nm = json.loads((tmp_path / "b.wav.json").read_text())
     assert nm["condition"] == side["condition"] and nm["match_similarity"] is None
-    presto("generate", "some music please", "-o", tmp_path / "c.wav", *args, "--no-match")
-    assert (tmp_path / "c.wav").read_bytes() != (tmp_path / "a.wav").read_bytes()
+
+    # the same decisions in process (no subprocess start-up per case)
+    from presto_cli.pipeline import load_pipeline
+
+    pipe = load_pipeline(str(tmp_path / "t05.safetensors"), "cpu")
+    cap = max(train, key=len)
+    near = cap.rsplit(" ", 1)[0] + " please"  # a training caption with its last word changed
+    kept, = pipe.conditions([near])
+    assert kept["condition"] == near and kept["match_similarity"] >= 0.5  # close to it: kept as written
+    assert pipe.conditions([near], match=True)[0]["condition"] == cap  # --match: rewritten all the same
+    kw = dict(steps=2, duration=0.3)
+    as_written = pipe.generate(["some music please"], [5], match=False, **kw)
+    matched = pipe.generate(["some music please"], [5], **kw)
+    assert not torch.equal(as_written, matched)
 
     # a model without a caption bank: prompts are used as written, and --match is refused
     meta.pop("caption_bank")
     save_artefact(tmp_path / "nobank.safetensors", {k: v for k, v in tensors.items()
                                                     if not k.startswith("caption_bank.")}, meta)
-    presto("generate", "some music please", "-o", tmp_path / "d.wav", "--model", tmp_path / "nobank.safetensors",
-           *args[2:])
-    assert (tmp_path / "d.wav").read_bytes() == (tmp_path / "c.wav").read_bytes()
+    bare = load_pipeline(str(tmp_path / "nobank.safetensors"), "cpu")
+    assert bare.bank is None and torch.equal(bare.generate(["some music please"], [5], **kw), as_written)
     r = presto("generate", "x", "-o", tmp_path / "e.wav", "--model", tmp_path / "nobank.safetensors", *args[2:],
                "--match", check=False)
     assert r.returncode == 2 and "no caption bank" in r.stderr and not (tmp_path / "e.wav").exists()
