@@ -208,15 +208,15 @@ def test_discriminator_separates_a_shifted_generator_and_not_the_data_itself(tea
     for shift in (0.0, 1.0):
         ps, ctx, src = make(teacher)
         d = []
-        for it in range(200):
+        for it in range(100):
             ctx.step = it
             b = src.batch(it)
             x = b["latents"].float()
             l, m = ps.fake_loss(x + shift, x, teacher.task.text(b["caption"], "cpu"), ctx, x.shape[0])
             optimizer_step(ps.opt_fake, l, [ps.fake, ps.head], ctx, 10.0, lr=2e-3)
             d.append((m["d_real"], m["d_fake"]))
-        out[shift] = [sum(v) / 40 for v in zip(*d[-40:])]
-    assert out[1.0][0] - out[1.0][1] > 0.4, out  # measured: 0.78 vs 0.22 at shift 0.5, 0.94 vs 0.06 at 2.0
+        out[shift] = [sum(v) / 20 for v in zip(*d[-20:])]
+    assert out[1.0][0] - out[1.0][1] > 0.4, out  # measured: 0.87 vs 0.14 (0.50 vs 0.50 at shift 0)
     assert abs(out[0.0][0] - out[0.0][1]) < 0.05 and abs(out[0.0][0] - 0.5) < 0.1, out
 
 
