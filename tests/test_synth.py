@@ -14,6 +14,8 @@ from presto_cli.prompts import read_prompts
 
 ASSETS = Path(synth.__file__).resolve().parents[2] / "assets"
 PARAPHRASES = ASSETS / "paraphrase_prompts.jsonl"
+# the development set (choosing conditioning rules, never reported; benchmarks/retrieval.py)
+PARAPHRASES_DEV = Path(__file__).resolve().parents[1] / "benchmarks" / "paraphrase_dev.jsonl"
 # words that carry no description of the music (the rest of a prompt are its key content words)
 STOP = set("""a an the of and or with for in on at to from by like as that this it its is are be you your i me my
 some something someone kind sort very all only no lots really those would up down under out through before while
@@ -111,8 +113,9 @@ def test_heldout_captions_use_moods_and_wordings_training_never_sees():
         assert any(phrase in p["caption"] for p in test)
 
 
-def test_paraphrase_set_schema_works_with_the_prompt_loader_and_adherence_styles():
-    rows = read_prompts(PARAPHRASES)
+@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV], ids=["reported", "dev"])
+def test_paraphrase_set_schema_works_with_the_prompt_loader_and_adherence_styles(path):
+    rows = read_prompts(path)
     per_style = Counter(r["style"] for r in rows)
     assert set(per_style) == {s.name for s in synth.STYLES} and min(per_style.values()) >= 5
     assert len({r["name"] for r in rows}) == len(rows) and all(isinstance(r["seed"], int) for r in rows)
@@ -122,8 +125,14 @@ def test_paraphrase_set_schema_works_with_the_prompt_loader_and_adherence_styles
     assert set(per_style) <= set(table)
 
 
-def test_paraphrase_set_is_not_in_the_caption_generators_words():
-    rows = read_prompts(PARAPHRASES)
+def test_the_dev_paraphrases_are_not_the_reported_ones():
+    dev = {r["prompt"].lower() for r in read_prompts(PARAPHRASES_DEV)}
+    assert dev.isdisjoint(r["prompt"].lower() for r in read_prompts(PARAPHRASES))
+
+
+@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV], ids=["reported", "dev"])
+def test_paraphrase_set_is_not_in_the_caption_generators_words(path):
+    rows = read_prompts(path)
     caps = [synth.plan_clip(s, s)["caption"] for s in range(5000)]
     assert {c.lower() for c in caps}.isdisjoint(r["prompt"].lower() for r in rows)
     cap_words = [_words(c) for c in caps]
