@@ -26,18 +26,21 @@ from presto_cli.pipeline import ASSETS  # noqa: E402
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
 # later phases of the same model replace the run above them (the last one present wins):
-# recipes/demo/teacher-shift{1,2,3}.yaml, presto-s-regress.yaml, presto-s-dmd.yaml, presto-ls-regress.yaml,
-# presto-ls-dmd.yaml
-LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3"], "presto-s": ["presto-s-regress", "presto-s-dmd"],
+# recipes/demo/teacher-shift{1,2,3}.yaml, presto-s-regress.yaml, presto-s-dmd.yaml, presto-s-bsim.yaml (run
+# twice: presto-s-bsim, then presto-s-bsim2 from its export), presto-ls-regress.yaml, presto-ls-dmd.yaml
+LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3"],
+         "presto-s": ["presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2"],
          "presto-ls": ["presto-ls-regress", "presto-ls-dmd"]}
 
 
-def bundle_models(runs: Path) -> list[str]:
+def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:
     import torch
 
     ASSETS.mkdir(parents=True, exist_ok=True)
     done = []
     for run, name in RUNS.items():
+        if only and run not in only:
+            continue
         src = runs / run / "model.safetensors"
         for later in LATER.get(run, []):
             if (runs / later / "model.safetensors").is_file():
@@ -155,9 +158,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/synth"))
     ap.add_argument("--default", default="", help="default model name (written to assets/default.txt)")
     ap.add_argument("--skip-models", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=sorted(RUNS), help="bundle only these models (e.g. --only presto-s)")
     a = ap.parse_args()
     if not a.skip_models:
-        bundle_models(a.runs)
+        bundle_models(a.runs, a.only)
     share_captions(ASSETS, a.data)
     held = heldout_set(a.data)
     reference_stats(held)

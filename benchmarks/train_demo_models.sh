@@ -41,8 +41,17 @@ C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
 # second phase of Presto-S (regression onto teacher ODE trajectories)
 stage distill-steps  recipes/demo/presto-s-regress.yaml presto-s-regress "$T" "$C" "distill.init=$OUT/presto-s/model.safetensors"
-# third phase: DMD + GAN back on, the regression kept as an anchor; bundled as demo-s
+# third phase: DMD + GAN back on, the regression kept as an anchor
 stage distill-steps  recipes/demo/presto-s-dmd.yaml presto-s-dmd "$T" "$C" "distill.init=$OUT/presto-s-regress/model.safetensors"
+# fourth phase, run twice (600 + 600 iterations): the same settings with DMD2's backward simulation as
+# the generator's input (METHOD.md section 3); the second run starts from the first's export and is
+# bundled as demo-s. Both reuse presto-s-dmd's 256 trajectories (same teacher, seed and settings).
+for ph in presto-s-bsim presto-s-bsim2; do
+  mkdir -p "$OUT/$ph"
+  [ -f "$OUT/$ph/reg_pairs.safetensors" ] || cp "$OUT/presto-s-dmd/reg_pairs.safetensors" "$OUT/$ph/" 2>/dev/null || true
+done
+stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim "$T" "$C" "distill.init=$OUT/presto-s-dmd/model.safetensors"
+stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim2 "$T" "$C" "distill.init=$OUT/presto-s-bsim/model.safetensors"
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"

@@ -1,0 +1,60 @@
+"""benchmarks/bundle.py's model bundling: the last trained phase of a model is the one bundled (so the
+demo's demo-s is presto-s-bsim2, the fourth phase run twice), floating weights go to fp16, and
+``--only`` leaves every other bundled file alone."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from presto_cli.io import load_artefact, save_artefact
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bundle(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("presto_bundle", ROOT / "benchmarks" / "bundle.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ASSETS", tmp_path / "assets")  # never the package's own assets
+    return mod
+
+
+def _run(runs: Path, name: str, value: float, kind: str) -> None:
+    (runs / name).mkdir(parents=True, exist_ok=True)
+    save_artefact(runs / name / "model.safetensors",
+                  {"w": torch.full((3,), value, dtype=torch.float32), "step": torch.tensor([7])},
+                  {"kind": kind, "name": name})
+
+
+def test_last_phase_wins_and_only_limits_what_is_written(bundle, tmp_path):
+    runs = tmp_path / "runs"
+    # every Presto-S phase the demo trains, in order, each with its own weight value; presto-s-bsim2 last
+    phases = ["presto-s", "presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2"]
+    assert bundle.LATER["presto-s"] == phases[1:]
+    for i, ph in enumerate(phases):
+        _run(runs, ph, 1.0 + i, "presto-s")
+    _run(runs, "teacher", 9.0, "teacher")
+
+    done = bundle.bundle_models(runs, only=["presto-s"])
+    assert done == ["demo-s"]
+    assets = tmp_path / "assets"
+    assert not (assets / "demo-teacher.safetensors").exists()  # --only: the teacher is not touched
+    tensors, meta = load_artefact(assets / "demo-s.safetensors")
+    assert meta["bundled_as"] == "demo-s"
+    assert meta["source_run"] == str(runs / "presto-s-bsim2")
+    assert tensors["w"].dtype == torch.float16 and torch.all(tensors["w"] == 5.0)
+    assert tensors["step"].dtype == torch.int64  # integer buffers keep their type
+
+    # a missing later phase falls back to the one before it
+    (runs / "presto-s-bsim2" / "model.safetensors").unlink()
+    bundle.bundle_models(runs, only=["presto-s"])
+    tensors, meta = load_artefact(assets / "demo-s.safetensors")
+    assert meta["source_run"] == str(runs / "presto-s-bsim") and torch.all(tensors["w"] == 4.0)
+
+    # without --only every model present is bundled
+    assert bundle.bundle_models(runs) == ["demo-teacher", "demo-s"]
+    assert torch.all(load_artefact(assets / "demo-teacher.safetensors")[0]["w"] == 9.0)
