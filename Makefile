@@ -5,6 +5,10 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 
+# the tests run one torch thread each (tests/conftest.py), so pytest-xdist spreads them over the
+# cores: one worker per core, at most 4 (PYTEST_WORKERS= runs them in one process)
+PYTEST_WORKERS ?= -n auto --maxprocesses 4
+
 .PHONY: install install-test install-clap demo test test-quick demo-models results
 
 install:
@@ -19,10 +23,10 @@ demo: install
 	presto generate "jazz trio" -o out.wav --steps 4 --seed 0 --force
 
 test: install-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-quick: install-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 install-clap: install
 	PY=$(PY) bash .ci/install-clap.sh
