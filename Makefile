@@ -34,7 +34,7 @@ install-clap: install
 demo-models:
 	bash benchmarks/train_demo_models.sh
 
-# The published tables' settings on 2 CPU cores (about 45 min, 2026-12-03); on a GPU raise --n and --grid-n.
+# The published tables' settings on 2 CPU cores (42 min, 2026-12-03); on a GPU raise --n and --grid-n.
 # --n 96: more clips per seed set than the music embedder has dimensions (59), so its covariance is not
 # singular (48 clips gave rank 47).
 RESULTS_ARGS ?= --n 96 --seeds 2 --jobs 2 --grid-n 16 --repeats 10

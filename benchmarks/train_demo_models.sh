@@ -36,6 +36,10 @@ stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/au
 stage pretrain       recipes/demo/teacher-shift1.yaml teacher-shift1 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher/model.safetensors"
 stage pretrain       recipes/demo/teacher-shift2.yaml teacher-shift2 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift1/model.safetensors"
 stage pretrain       recipes/demo/teacher-shift3.yaml teacher-shift3 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift2/model.safetensors"
+reuse_pairs() {  # reuse_pairs FROM TO: a later phase reuses an earlier run's teacher trajectories
+  mkdir -p "$OUT/$2"
+  [ -f "$OUT/$2/reg_pairs.safetensors" ] || cp "$OUT/$1/reg_pairs.safetensors" "$OUT/$2/" 2>/dev/null || true
+}
 T="data.teacher=$OUT/teacher-shift3/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
@@ -46,10 +50,8 @@ stage distill-steps  recipes/demo/presto-s-dmd.yaml presto-s-dmd "$T" "$C" "dist
 # fourth phase, run twice (600 + 600 iterations): the same settings with DMD2's backward simulation as
 # the generator's input (METHOD.md section 3); the second run starts from the first's export and is
 # bundled as demo-s. Both reuse presto-s-dmd's 256 trajectories (same teacher, seed and settings).
-for ph in presto-s-bsim presto-s-bsim2; do
-  mkdir -p "$OUT/$ph"
-  [ -f "$OUT/$ph/reg_pairs.safetensors" ] || cp "$OUT/presto-s-dmd/reg_pairs.safetensors" "$OUT/$ph/" 2>/dev/null || true
-done
+reuse_pairs presto-s-dmd presto-s-bsim
+reuse_pairs presto-s-dmd presto-s-bsim2
 stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim "$T" "$C" "distill.init=$OUT/presto-s-dmd/model.safetensors"
 stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim2 "$T" "$C" "distill.init=$OUT/presto-s-bsim/model.safetensors"
 stage distill-layers recipes/demo/ase.yaml         ase       "$T" "$C"
@@ -57,13 +59,11 @@ stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$T" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors"
 # second phase of the bundled Presto-LS (the same regression onto teacher ODE trajectories); its pairs
 # are presto-s-regress's (same teacher, seed and settings), copied so they are not made twice
-mkdir -p "$OUT/presto-ls-regress"
-[ -f "$OUT/presto-ls-regress/reg_pairs.safetensors" ] || cp "$OUT/presto-s-regress/reg_pairs.safetensors" "$OUT/presto-ls-regress/" 2>/dev/null || true
+reuse_pairs presto-s-regress presto-ls-regress
 stage combine        recipes/demo/presto-ls-regress.yaml presto-ls-regress "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls/model.safetensors"
 # third phase of Presto-LS (DMD + GAN back on, the regression kept as an anchor); its 256 trajectories
 # are presto-s-dmd's (same teacher, seed and settings); bundled as demo-ls
-mkdir -p "$OUT/presto-ls-dmd"
-[ -f "$OUT/presto-ls-dmd/reg_pairs.safetensors" ] || cp "$OUT/presto-s-dmd/reg_pairs.safetensors" "$OUT/presto-ls-dmd/" 2>/dev/null || true
+reuse_pairs presto-s-dmd presto-ls-dmd
 stage combine        recipes/demo/presto-ls-dmd.yaml presto-ls-dmd "$T" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-regress/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
