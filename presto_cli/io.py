@@ -166,10 +166,14 @@ def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {f"{prefix}.{k}": v for k, v in state.items()}
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict that turns a recipe/weights mismatch into one clear PrestoError."""
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                      allow_missing: tuple[str, ...] = ()) -> None:
+    """load_state_dict that turns a recipe/weights mismatch into one clear PrestoError.
+
+    ``allow_missing``: key prefixes of modules the file may lack (new zero-initialised modules
+    added to a trained network, which keep their initial values)."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not (allow_missing and k.startswith(allow_missing))]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or bad:
@@ -184,7 +188,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
                           f"{tuple(own[k].shape)})")
         raise PrestoError(f"the {what} weights do not match its recipe: {'; '.join(detail)}",
                           "the file was edited or exported by an incompatible presto")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=not allow_missing)
 
 
 def read_artefact_meta(path: str | Path) -> dict:

@@ -47,7 +47,7 @@ def _new_run_dir() -> Path:
 def eval_cmd(
     config: Optional[Path] = typer.Argument(None, help="Optional eval YAML whose keys are the options below "
                                             "(metrics, models, gen, ref, prompts, embedder, ...); flags override it."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence (or all). Default: all five; fad,mmd,prdc with --embedder mel."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence,texture (or all). Default: the first five; fad,mmd,prdc with --embedder mel. texture: latent texture against real latents (METHOD.md section 6)."),
     model: Optional[List[str]] = typer.Option(
         None, "--model", "-m", help=f"Model to generate with (repeatable): bundled name or .safetensors. Default, "
         f"when neither -m nor --gen is given: {_default_model()} (assets/default.txt) and demo-teacher."),
@@ -74,6 +74,8 @@ def eval_cmd(
                                             help="MMD RBF σ: cmmd (σ = 10, ×1000; default) | median | a number."),
     audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Where generated clips are written."),
     save_ref_stats: Optional[Path] = typer.Option(None, "--save-ref-stats", help="Write reference statistics (.npz)."),
+    texture_ref: Optional[str] = typer.Option(None, "--texture-ref", help="Real clips for --metrics texture: a folder of "
+                                              f"audio or a texture .json. Default: --ref DIR, else {_ASSETS / 'ref_heldout_texture.json'}."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache folder (default ~/.cache/presto/embeddings)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached embeddings."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
@@ -110,6 +112,7 @@ def eval_cmd(
              "n": n, "steps": steps, "sampler": sampler, "cfg": cfg, "duration": duration, "seed": seed,
              "k": k, "bandwidth": bandwidth, "audio_dir": str(audio_dir) if audio_dir else None,
              "save_ref_stats": str(save_ref_stats) if save_ref_stats else None,
+             "texture_ref": texture_ref,
              "cache": str(cache) if cache else None, "no_cache": no_cache or None,
              "out": str(out) if out else None, "report": str(report) if report else None,
              "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device,

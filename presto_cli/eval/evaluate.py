@@ -26,9 +26,11 @@ from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
 from presto_cli import validate as V
 from presto_cli.validate import drop_short, set_warnings
 
-METRICS = ("fad", "mmd", "prdc", "clap", "adherence")
+METRICS = ("fad", "mmd", "prdc", "clap", "adherence", "texture")
 TEXT_METRICS = ("clap", "adherence")
 REF_METRICS = ("fad", "mmd", "prdc")
+LATENT_METRICS = ("texture",)  # measured on the model's latents, not on audio embeddings
+TEXTURE_REF = "ref_heldout_texture.json"  # bundled: real held-out latents of the demo codec
 
 
 def check_eval_options(cfg) -> None:
@@ -70,6 +72,7 @@ class EvalConfig:
     report: str = ""
     report_rows: int = 12
     run_dir: str = ""  # results.json, report.html and audio/ go here unless out/report/audio_dir say
+    texture_ref: str = ""  # real clips for the texture reference: a folder of audio, or a texture .json (default: --ref DIR, else the bundled one)
 
 
 DEFAULT_N = 48  # clips per model when generating from the bundled prompts
@@ -383,6 +386,7 @@ class System:
     styles: list[str | None]
     seeds: list[int | None]
     info: dict = field(default_factory=dict)
+    latent_db: list | None = None  # [C, F] dB latents of the clips (texture), when kept
 
 
 def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
@@ -452,12 +456,19 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     name = system_name(model)
     out_dir = audio_root / name
     files: list[Path] = []
+    keep_latents = any(m in LATENT_METRICS for m in (cfg.metrics or []))
+    dbs: list = []
     t0 = time.time()
     for i in range(0, len(rows), max(1, cfg.batch_size)):
         chunk = rows[i:i + cfg.batch_size]
         conds: list[dict] = []
-        audio = pipe.generate([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
-                              s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds)
+        lat = pipe.sample_latents([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
+                                  s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds)
+        if keep_latents:
+            from presto_cli.eval.texture import latents_to_db
+
+            dbs.extend(latents_to_db(lat, pipe.codec))
+        audio = pipe.decode(lat)
         for r, a, c in zip(chunk, audio, conds):
             f = out_dir / f"{r['name']}.wav"
             write_clip(f, a.float().cpu(), pipe.sample_rate,
@@ -470,9 +481,95 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
             "prompt_match": "off" if pipe.bank is None else cfg.match,
-            "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir)}
+            "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir),
+            "patch": int((pipe.meta.get("model") or {}).get("patch", 1)),
+            "codec_sha256": _codec_sha(pipe)}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
-                  [r["seed"] for r in rows], info)
+                  [r["seed"] for r in rows], info, dbs if keep_latents else None)
+
+
+def _codec_sha(pipe) -> str | None:
+    """The sha256 of the model's codec file when the artefact names one (bundled models), else None."""
+    return pipe.meta.get("codec_sha256")
+
+
+# --------------------------------------------------------------------------------------------
+# Texture (METHOD.md section 6): on latents, against real latents of the same codec
+
+
+def _texture_codec(systems: list[System]):
+    """The codec that turns real (and folder) audio into latents: the first evaluated model's,
+    else the bundled demo codec."""
+    from presto_cli.codec import load_codec
+
+    for sy in systems:
+        if sy.source == "model":
+            from presto_cli.pipeline import load_pipeline
+
+            pipe = load_pipeline(sy.info["model_path"], "cpu")
+            return pipe.codec, sy.info.get("codec_sha256"), int(sy.info.get("patch", 4))
+    path = assets_dir() / "demo-codec.safetensors"
+    if not path.is_file():
+        raise PrestoError("texture of audio folders needs a codec, and the bundled demo codec is missing",
+                          "evaluate a model (-m) so its codec is used")
+    from presto_cli.data.latents import file_sha256
+
+    return load_codec(path, "cpu"), file_sha256(path), 4
+
+
+def _audio_latents_db(files: list[Path], codec, max_files: int = 0) -> list:
+    from presto_cli.audio import load_audio
+    from presto_cli.eval.texture import latents_to_db
+
+    import torch
+
+    out = []
+    for f in files[: max_files or None]:
+        a = load_audio(f, codec.sample_rate)[None]
+        with torch.no_grad():
+            out.append(latents_to_db(codec.encode(a), codec)[0])
+    return out
+
+
+def texture_reference(cfg: EvalConfig, codec, codec_sha: str | None, patch: int,
+                      log: Callable[[str], None]) -> dict:
+    """The texture figures of real latents: ``cfg.texture_ref`` (a folder of audio, encoded by
+    ``codec``, or a .json written by benchmarks/texture_ref.py), else ``--ref`` when it is a
+    folder, else the bundled held-out statistics (demo codec only)."""
+    import json
+
+    from presto_cli.eval.texture import set_texture
+
+    src = cfg.texture_ref or (cfg.ref if cfg.ref and Path(cfg.ref).is_dir() else "")
+    if not src:
+        src = str(assets_dir() / TEXTURE_REF)
+    p = Path(src)
+    if p.is_dir():
+        files = audio_files(p)
+        if not files:
+            raise PrestoError(f"texture reference {p} has no audio files")
+        log(f"texture reference: encoding {len(files)} real clips of {p}")
+        ref = set_texture(_audio_latents_db(files, codec), patch=patch)
+        ref.update(source=str(p), kind="folder")
+        return ref
+    if not p.is_file():
+        raise PrestoError(f"texture reference not found: {p}",
+                          "pass --texture-ref DIR (real clips) or a .json written by benchmarks/texture_ref.py")
+    try:
+        ref = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise PrestoError(f"cannot read texture reference {p}: {type(e).__name__}") from None
+    want = ref.get("codec_sha256")
+    if want and codec_sha and want != codec_sha:
+        raise PrestoError(f"texture reference {p} was measured with another codec ({want[:12]}), the "
+                          f"model's is {codec_sha[:12]}", "pass --texture-ref DIR with real clips")
+    if int(ref.get("patch", patch)) != patch:
+        from presto_cli.eval.texture import TEXTURE_KEYS  # noqa: F401  (the figures are patch-free but one)
+
+        log(f"texture reference {p} counts token boundaries every {ref.get('patch')} frames; this model's "
+            f"patch is {patch}: the boundary ratio is compared against real latents at that spacing anyway")
+    ref.update(source=str(p), kind="stats")
+    return ref
 
 
 def in_run_dir(cfg: EvalConfig) -> EvalConfig:
@@ -558,7 +655,8 @@ def folder_system(folder: str, cfg: EvalConfig) -> System:
 
 def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | None,
                  embedder: Embedder, metrics: list[str], cfg: EvalConfig,
-                 style_table: dict[str, str] | None) -> dict:
+                 style_table: dict[str, str] | None, texture_ref: dict | None = None,
+                 texture_codec=None) -> dict:
     scores: dict[str, float | None] = {}
     notes: list[str] = []
     if "fad" in metrics:
@@ -582,6 +680,18 @@ def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | 
                               "use --ref DIR, or stats written by --save-ref-stats")
         r = M.prdc(ref.embeddings, emb, k=cfg.k)
         scores.update({k: v for k, v in r.items() if k != "k"})
+    if "texture" in metrics and texture_ref is not None:
+        from presto_cli.eval.texture import set_texture, texture_ratios
+
+        dbs = sys_.latent_db
+        how = "the model's latents"
+        if dbs is None:  # a folder of audio: re-encoded (the vocoder smoothed part of the speckle)
+            dbs = _audio_latents_db(sys_.files, texture_codec)
+            how = "latents re-encoded from its audio (a vocoder smooths speckle: prefer -m MODEL)"
+        patch = int(sys_.info.get("patch") or texture_ref.get("patch") or 4)
+        t = set_texture(dbs, patch=patch)
+        scores["texture"] = {**t, **texture_ratios(t, texture_ref)}
+        notes.append(f"texture on {how}, against {texture_ref.get('source')} (N={texture_ref.get('n')})")
     if any(m in metrics for m in TEXT_METRICS):
         prompts = [sys_.prompts[i] for i in ok]
         have = [j for j, p in enumerate(prompts) if p]
@@ -670,13 +780,22 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         needed = sorted({s for sy in systems for s in sy.styles if s})
         style_table = style_texts(cfg.styles, cfg.ref, needed)
 
+    tex_ref = tex_codec = None
+    if "texture" in metrics:
+        tex_codec, sha, patch = _texture_codec(systems)
+        tex_ref = texture_reference(cfg, tex_codec, sha, patch, log)
+
+    embed = [m for m in metrics if m not in LATENT_METRICS]
     results = []
     for sy in systems:
-        log(f"embedding {sy.name} ({len(sy.files)} clips)")
-        emb, ok, errors = drop_short(sy.files, *embedder.embed_files(sy.files, cache))
+        if embed:
+            log(f"embedding {sy.name} ({len(sy.files)} clips)")
+            emb, ok, errors = drop_short(sy.files, *embedder.embed_files(sy.files, cache))
+        else:  # texture only: no embeddings
+            emb, ok, errors = np.zeros((len(sy.files), 0)), list(range(len(sy.files))), []
         for f, e in errors:
             log(f"skipped {f}: {e}")
-        sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table)
+        sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table, tex_ref, tex_codec)
         ok_files = [sy.files[i] for i in ok]
         if ref is not None:
             sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])
@@ -700,6 +819,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         "metrics": metrics,
         "embedder": embedder.describe(),
         "reference": ref.description if ref is not None else None,
+        "texture_reference": ({k: v for k, v in tex_ref.items()} if tex_ref is not None else None),
         "prompts": cfg.prompts or None,
         "conditions": {"k": cfg.k, "mmd": M.mmd_convention(cfg.bandwidth),
                        "steps": cfg.steps or "model default", "sampler": cfg.sampler or "model default",
@@ -721,6 +841,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
     return doc
 
 
+# texture as ratios to real latents (1 = real); levels as dB differences from real
+TEXTURE_COLUMNS = (("frame_change_ratio", "frame×"), ("speckle_ratio", "speckle×"),
+                   ("boundary_ratio", "grid"), ("peaks_per_frame_ratio", "peaks×"),
+                   ("peak_persistence_ratio", "persist×"), ("level_p50_diff_db", "p50 dB±"))
 SCORE_COLUMNS = (("fad", "FAD"), ("mmd2", "MMD² ×1000"), ("precision", "P"), ("recall", "R"),
                  ("density", "D"), ("coverage", "C"), ("clap_score", "CLAP"), ("adherence", "Adh."))
 
@@ -730,6 +854,8 @@ def results_table(doc: dict):
     from rich.table import Table
 
     cols = [(k, t) for k, t in SCORE_COLUMNS if any(k in s["scores"] for s in doc["systems"])]
+    tex = [(k, t) for k, t in TEXTURE_COLUMNS if any(k in (s["scores"].get("texture") or {})
+                                                     for s in doc["systems"])]
     e = doc["embedder"]
     ref = doc.get("reference") or {}
     cap = (f"embedder {e['name']} ({e['version']})"
@@ -740,7 +866,7 @@ def results_table(doc: dict):
     t = Table(title="presto eval", caption=cap)
     for h in ("system", "N", "clip s", "steps", "sampler"):
         t.add_column(h)
-    for _, h in cols:
+    for _, h in cols + tex:
         t.add_column(h, justify="right")
     for s in doc["systems"]:
         cs = (s.get("clip_seconds") or {}).get("mean")
@@ -749,5 +875,8 @@ def results_table(doc: dict):
         for k, _ in cols:
             v = s["scores"].get(k)
             row.append("-" if v is None else f"{v:.4g}")
+        for k, _ in tex:
+            v = (s["scores"].get("texture") or {}).get(k)
+            row.append("-" if v is None else f"{v:.3g}")
         t.add_row(*row)
     return t

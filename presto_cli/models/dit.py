@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from presto_cli.errors import PrestoError
 
-__all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops"]
+__all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops", "init_compatible"]
 
 
 def _rms_fp32(norm: nn.Module, t: Tensor) -> Tensor:
@@ -68,6 +68,16 @@ class DiTConfig:
     # gives each token's C*patch outputs from only `width` features: when C*patch > width the
     # network cannot remove per-element noise outside that subspace (METHOD.md section 2).
     out_refine: int = 0
+    # The 2-D output head (METHOD.md section 2, "Output capacity"): hidden channels of a small
+    # convolutional refiner over (mel bin, frame) fed by an overlapping un-patching of the last
+    # hidden states, the DiT's output and its input; zero-initialised, so adding it to a trained
+    # teacher starts exactly at that teacher (0 = none).
+    head2d: int = 0
+    head2d_maps: int = 8  # feature maps the un-patching gives per frame
+    head2d_bands: int = 16  # mel positions per map (stretched over the latent channels)
+    head2d_layers: int = 2  # 3x3 convolutions before the zero-initialised 1x1 projection
+    head2d_mel_stride: int = 1  # 2: the convolutions run at half the mel resolution
+    head2d_separable: bool = False  # depthwise 3x3 + pointwise 1x1 after the first layer
 
     def validate(self) -> None:
         checks = [
@@ -81,6 +91,10 @@ class DiTConfig:
             (self.mlp_ratio > 0, "model.mlp_ratio must be > 0"),
             (self.text_dim >= 1, "model.text_dim must be >= 1"),
             (self.out_refine >= 0, "model.out_refine must be >= 0 (0 = no refiner)"),
+            (self.head2d >= 0, "model.head2d must be >= 0 (0 = no 2-D head)"),
+            (self.head2d_maps >= 1 and self.head2d_bands >= 1 and self.head2d_layers >= 1,
+             "model.head2d_maps, head2d_bands and head2d_layers must be >= 1"),
+            (self.head2d_mel_stride in (1, 2, 4), "model.head2d_mel_stride must be 1, 2 or 4"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -227,6 +241,61 @@ class OutputRefiner(nn.Module):
         return self.proj(h)
 
 
+class Head2D(nn.Module):
+    """The 2-D output head: every latent element gets its own degrees of freedom.
+
+    1. Overlapping un-patching: a transposed convolution over tokens (kernel ``2 * patch``,
+       stride ``patch``) turns each token's last hidden state into ``maps x bands`` values per
+       frame, spread over the token's frames and its neighbours' (no hard seam at token edges);
+       the ``bands`` axis is stretched (linear interpolation) over the ``C`` mel bins.
+    2. A convolutional refiner over (mel bin, frame): ``[maps, y, x] -> hidden`` (3x3, FiLM from
+       the condition, GELU) -> ``layers - 1`` more 3x3 convolutions (GELU; depthwise-separable if
+       asked) -> a zero-initialised 1x1 projection to one channel, added to the DiT's output ``y``.
+    With ``mel_stride`` > 1 the convolutions run on mel bins averaged in groups of ``mel_stride``
+    and their output is stretched back (cheaper, coarser along frequency; full time resolution).
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        p, w, hid = cfg.patch, cfg.width, cfg.head2d
+        self.patch, self.maps, self.bands, self.stride = p, cfg.head2d_maps, cfg.head2d_bands, cfg.head2d_mel_stride
+        self.unpatch = nn.ConvTranspose1d(w, self.maps * self.bands, 2 * p, stride=p, padding=p // 2)
+        self.conv_in = nn.Conv2d(self.maps + 2, hid, 3, padding=1)
+        self.film = nn.Linear(w, 2 * hid)
+        layers: list[nn.Module] = []
+        for _ in range(cfg.head2d_layers - 1):
+            if cfg.head2d_separable:
+                layers += [nn.Conv2d(hid, hid, 3, padding=1, groups=hid), nn.Conv2d(hid, hid, 1), nn.GELU()]
+            else:
+                layers += [nn.Conv2d(hid, hid, 3, padding=1), nn.GELU()]
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(hid, 1, 1)
+        for mod in (self.film, self.proj):
+            nn.init.zeros_(mod.weight)
+            nn.init.zeros_(mod.bias)
+
+    def forward(self, hidden: Tensor, y: Tensor, x: Tensor, cond: Tensor) -> Tensor:
+        """``hidden[B, n, W]`` (the modulated last hidden states), ``y, x [B, C, F]`` -> ``[B, C, F]``."""
+        b, c, frames = y.shape
+        u = self.unpatch(hidden.transpose(1, 2).to(self.unpatch.weight.dtype))  # [B, maps*bands, >= n*p]
+        if u.shape[-1] < frames:
+            u = F.pad(u, (0, frames - u.shape[-1]))
+        u = u[:, :, :frames].reshape(b, self.maps, self.bands, frames)
+        rows = c // self.stride if c % self.stride == 0 else c
+        stride = c // rows
+        u = F.interpolate(u, size=(rows, frames), mode="bilinear", align_corners=False)
+        yx = torch.stack([y, x.to(y.dtype)], dim=1)  # [B, 2, C, F]
+        if stride > 1:
+            yx = F.avg_pool2d(yx, (stride, 1))
+        h = self.conv_in(torch.cat([u.to(yx.dtype), yx], dim=1))
+        shift, scale = self.film(F.silu(cond)).to(h.dtype).chunk(2, dim=-1)
+        h = F.gelu(h * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+        r = self.proj(self.body(h))  # [B, 1, rows, F]
+        if stride > 1:
+            r = F.interpolate(r, size=(c, frames), mode="bilinear", align_corners=False)
+        return r[:, 0]
+
+
 class DiT(nn.Module):
     """Diffusion transformer over latent frames; predicts the EDM network output F.
 
@@ -267,6 +336,8 @@ class DiT(nn.Module):
             nn.init.zeros_(lin.bias)
         if cfg.out_refine:
             self.refine = OutputRefiner(cfg.in_channels, cfg.out_refine, w)
+        if cfg.head2d:
+            self.head2d = Head2D(cfg)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -377,13 +448,47 @@ class DiT(nn.Module):
             if i in want:
                 hidden[i] = h
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
-        y = self.out(_modulate(self.final_norm(h), shift, scale))  # (B, n, C*p)
+        hf = _modulate(self.final_norm(h), shift, scale)
+        y = self.out(hf)  # (B, n, C*p)
         y = y.reshape(b, n, c, p).permute(0, 2, 1, 3).reshape(b, c, n * p)[:, :, :frames]
         if cfg.out_refine:
             y = y + self.refine(y, x[:, :, :frames].to(y.dtype), cond)
+        if cfg.head2d:
+            y = y + self.head2d(hf, y, x[:, :, :frames], cond)
         if return_hidden:
             return y, hidden
         return y
+
+
+# ------------------------------------------------------------------------------------------
+# Continuing a trained network with new zero-initialised parts
+
+# model keys that only ADD zero-initialised modules when switched on (a trained network plus them
+# computes exactly what it computed before), with the state-dict prefix of what they add
+_ADDITIVE = {"head2d": "head2d."}
+_ADDITIVE_DETAIL = {"head2d": ("head2d_maps", "head2d_bands", "head2d_layers", "head2d_mel_stride",
+                               "head2d_separable")}
+_FEEDING = ("pooled_only",)  # how the text is fed, not the network's shape
+
+
+def init_compatible(source: dict, target: "DiTConfig") -> tuple[list[str], tuple[str, ...]]:
+    """Can a network saved with model section ``source`` initialise one of config ``target``?
+
+    Returns ``(differences that forbid it, state-dict prefixes the source may lack)``: the target
+    may switch on additive parts (``_ADDITIVE``, off in the source) and choose their shape keys;
+    every other key must agree (keys absent from an older file take their defaults)."""
+    from dataclasses import asdict
+
+    src = {**asdict(DiTConfig()), **(source or {})}
+    dst = asdict(target)
+    allowed: list[str] = []
+    ok_keys = set(_FEEDING)
+    for key, prefix in _ADDITIVE.items():
+        if not src.get(key) and dst.get(key):
+            allowed.append(prefix)
+            ok_keys |= {key, *_ADDITIVE_DETAIL.get(key, ())}
+    bad = [f"{k}: {src.get(k)!r} -> {dst[k]!r}" for k in dst if k not in ok_keys and src.get(k) != dst[k]]
+    return bad, tuple(allowed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -415,6 +520,12 @@ def estimate_params(cfg: DiTConfig) -> int:
     if cfg.out_refine:
         c, r = cfg.in_channels, cfg.out_refine
         n += (2 * c * r * 3 + r) + (r * r * 3 + r) + lin(w, 2 * r) + lin(r, c)
+    if cfg.head2d:
+        hid, maps = cfg.head2d, cfg.head2d_maps
+        n += w * maps * cfg.head2d_bands * 2 * cfg.patch + maps * cfg.head2d_bands  # un-patching
+        n += (maps + 2) * hid * 9 + hid + lin(w, 2 * hid)
+        per = (hid * 9 + hid + hid * hid + hid) if cfg.head2d_separable else (hid * hid * 9 + hid)
+        n += (cfg.head2d_layers - 1) * per + lin(hid, 1)
     return n
 
 
@@ -432,4 +543,18 @@ def estimate_flops(cfg: DiTConfig, frames: int, text_tokens: int = 64,
     if cfg.out_refine:
         c, r = cfg.in_channels, cfg.out_refine
         io += 2 * frames * (2 * c * r * 3 + r * r * 3 + r * c)
+    io += head2d_flops(cfg, frames)
     return int(k * per_block + io)
+
+
+def head2d_flops(cfg: DiTConfig, frames: int) -> int:
+    """Forward FLOPs of the 2-D head for one sample (0 without one): un-patching + convolutions."""
+    if not cfg.head2d:
+        return 0
+    n = math.ceil(frames / cfg.patch)
+    hid, maps = cfg.head2d, cfg.head2d_maps
+    unpatch = 2 * n * cfg.width * maps * cfg.head2d_bands * 2 * cfg.patch
+    pix = (cfg.in_channels // cfg.head2d_mel_stride) * frames
+    per = (hid * 9 + hid * hid) if cfg.head2d_separable else hid * hid * 9
+    conv = 2 * pix * ((maps + 2) * hid * 9 + (cfg.head2d_layers - 1) * per + hid)
+    return int(unpatch + conv)

@@ -20,7 +20,7 @@ from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, dr
                                       sigma_train_from_normal)
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact
-from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params
+from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params, init_compatible
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.seeds import seeded
 from presto_cli.text.cache import TextCache
@@ -40,11 +40,19 @@ class TeacherRecipe(BaseRecipe):
     toy_size: int = 4096  # number of points drawn when data.path is toy:gmm2d / toy:gmm1d
     init: str = ""  # exported teacher to continue training from (weights and EMA; optimiser fresh)
     caption_bank: int = 4096  # training captions kept in the artefact for nearest-caption prompt matching (0: none)
+    head_lr_mult: float = 1.0  # learning-rate multiplier of the 2-D output head (model.head2d)
+    # share of training samples whose ln(sigma) ~ N(-1.2, 1.2^2) (EDM's own p_train) instead of
+    # N(edm.p_mean, edm.p_std^2): a shifted teacher phase keeps training the low noise levels
+    sigma_mix_edm: float = 0.0
 
     def validate(self) -> None:
         self.fill_from_inputs()
         self.model.validate()
         self.edm.validate()
+        if not 0.0 <= self.sigma_mix_edm <= 1.0:
+            raise PrestoError(f"sigma_mix_edm must lie in [0, 1], got {self.sigma_mix_edm}")
+        if self.head_lr_mult <= 0:
+            raise PrestoError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
         dim = text_encoder_dim(self.text)
         if dim != self.model.text_dim:
             raise PrestoError(f"model.text_dim={self.model.text_dim} but the '{self.text}' text "
@@ -146,7 +154,9 @@ class TeacherTask(Task):
             self.load_init(recipe.init)
         self.denoiser = EDMDenoiser(self.net, recipe.edm)
         self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
-        self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train)
+        self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train,
+                               lr_mult={"head2d.": recipe.head_lr_mult},
+                               named=dict(self.net.named_parameters()))
         self.text = TextCache(build_text_encoder(recipe.text, device=self.device))
         self.frames_seen = 0
 
@@ -161,16 +171,17 @@ class TeacherTask(Task):
         if meta.get("kind") != "teacher":
             raise PrestoError(f"init: {path} is a '{meta.get('kind')}' artefact",
                               "give a teacher (a `presto pretrain` teacher run's model.safetensors)")
-        # pooled_only is how the text is fed, not the network's shape: a phase may switch it
-        shape = lambda d: {k: v for k, v in d.items() if k != "pooled_only"}  # noqa: E731
-        if shape(meta.get("model") or {}) != shape(recipe_to_dict(self.recipe.model)):
-            raise PrestoError(f"init: {path} is not the network of this recipe's model section",
-                              "copy its model section into the recipe")
+        # pooled_only is how the text is fed, not the network's shape: a phase may switch it; a
+        # phase may also add zero-initialised parts (the 2-D output head), which start at zero
+        bad, new_parts = init_compatible(meta.get("model") or {}, self.recipe.model)
+        if bad:
+            raise PrestoError(f"init: {path} is not the network of this recipe's model section "
+                              f"({'; '.join(bad[:3])})", "copy its model section into the recipe")
         if meta.get("text") != self.recipe.text:
             raise PrestoError(f"init: {path} was trained with text '{meta.get('text')}', "
                               f"this recipe uses '{self.recipe.text}'", f"set text: {meta.get('text')}")
         sd = {k[len("dit."):]: v.float() for k, v in tensors.items() if k.startswith("dit.")}
-        load_state_strict(self.net, sd, f"init {path}")
+        load_state_strict(self.net, sd, f"init {path}", allow_missing=new_parts)
 
     # -- data ------------------------------------------------------------------------------
 
@@ -193,7 +204,11 @@ class TeacherTask(Task):
                               f"model.in_channels={r.model.in_channels}")
         self.frames_seen = max(self.frames_seen, x0.shape[-1])
         G = ctx.global_batch
-        sigma = sigma_train_from_normal(r.edm, ctx.randn("teacher.sigma", (G,)))
+        z = ctx.randn("teacher.sigma", (G,))
+        sigma = sigma_train_from_normal(r.edm, z)
+        if r.sigma_mix_edm > 0:
+            edm_default = torch.exp(-1.2 + 1.2 * z)
+            sigma = torch.where(ctx.rand("teacher.sigma_mix", (G,)) < r.sigma_mix_edm, edm_default, sigma)
         noise = ctx.randn("teacher.noise", (G, *x0.shape[1:]))
         cond = self.text(list(batch["caption"]), self.device)
         if r.edm.p_pooled_only > 0:

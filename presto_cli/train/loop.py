@@ -209,9 +209,27 @@ def ema_state(ema: EMA | None) -> dict:
     return {} if ema is None else {"ema": ema.state_dict()}
 
 
-def build_adamw(params, lr: float, train_cfg) -> torch.optim.AdamW:
+def build_adamw(params, lr: float, train_cfg, lr_mult: dict | None = None,
+                named: dict | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable ``params``; ``lr_mult`` maps parameter-name prefixes (names from
+    ``named``, a ``named_parameters()`` dict) to a learning-rate multiplier (its own param group,
+    kept by :func:`set_lr`)."""
     params = [p for p in params if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(train_cfg.betas),
+    groups = [{"params": params, "lr_mult": 1.0}]
+    if lr_mult and named:
+        ids = {}
+        for prefix, mult in lr_mult.items():
+            chosen = [p for n, p in named.items() if n.startswith(prefix) and p.requires_grad]
+            for p in chosen:
+                ids[id(p)] = float(mult)
+        rest = [p for p in params if id(p) not in ids]
+        groups = [{"params": rest, "lr_mult": 1.0}]
+        for mult in sorted(set(ids.values())):
+            groups.append({"params": [p for p in params if ids.get(id(p)) == mult], "lr_mult": mult})
+        groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = lr * g["lr_mult"]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(train_cfg.betas),
                              weight_decay=train_cfg.weight_decay)
 
 
@@ -224,7 +242,7 @@ def warmup_lr(base_lr: float, step: int, warmup: int) -> float:
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_mult", 1.0)
 
 
 def clip_and_norm(params, max_norm: float) -> float:

@@ -1,0 +1,105 @@
+"""The 2-D output head (models/dit.py Head2D, METHOD.md section 2 "Output capacity"): it lifts the
+per-token bottleneck, starts exactly at the network it is added to, and `init` accepts a trained
+teacher without it (only the head's weights may be missing)."""
+import copy
+
+import pytest
+import torch
+
+from presto_cli.diffusion.edm import EDMConfig, EDMDenoiser, edm_loss
+from presto_cli.errors import PrestoError
+from presto_cli.io import load_state_strict
+from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params, init_compatible
+
+BASE = dict(in_channels=8, width=16, depth=2, heads=2, patch=4, max_frames=32, noise_embed_dim=16)
+
+
+def _net(seed=0, **kw) -> DiT:
+    torch.manual_seed(seed)
+    return DiT(DiTConfig(**{**BASE, **kw}))
+
+
+def _inputs(b=3, f=30, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 8, f, generator=g), torch.randn(b, generator=g),
+            torch.randn(b, 5, 384, generator=g), torch.ones(b, 5, dtype=torch.bool),
+            torch.randn(b, 384, generator=g))
+
+
+@pytest.mark.parametrize("kw", [dict(head2d=8), dict(head2d=8, head2d_mel_stride=2, head2d_separable=True,
+                                                       head2d_layers=3, head2d_bands=4, head2d_maps=3),
+                                dict(head2d=4, patch=1), dict(head2d=4, patch=2, out_refine=6)])
+def test_head_is_counted_exactly_and_runs_any_length(kw):
+    net = _net(**kw)
+    assert estimate_params(net.cfg) == net.num_params()
+    assert estimate_flops(net.cfg, 30) > estimate_flops(DiTConfig(**{**BASE, "patch": net.cfg.patch}), 30)
+    for f in (1, 7, 30):  # lengths that are not a multiple of the patch
+        x, c, tok, mask, pooled = _inputs(f=f)
+        assert net(x, c, tok, mask, pooled).shape == (3, 8, f)
+
+
+@torch.no_grad()
+def test_a_trained_network_plus_a_new_head_computes_what_it_computed():
+    old = _net(seed=3)
+    with torch.no_grad():  # a "trained" network: off its zero-initialised output map
+        for p in old.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    new = _net(seed=4, head2d=8)
+    bad, allowed = init_compatible({k: v for k, v in vars(old.cfg).items() if not k.startswith("head2d")},
+                                   new.cfg)
+    assert bad == [] and allowed == ("head2d.",)
+    load_state_strict(new, old.state_dict(), "test", allow_missing=allowed)
+    args = _inputs()
+    torch.testing.assert_close(new(*args), old(*args))
+    # once the head's projection moves, the output moves
+    new.head2d.proj.bias.fill_(0.5)
+    assert (new(*args) - old(*args)).abs().min() > 0.4
+
+
+def test_init_refuses_every_other_difference_and_missing_non_head_weights():
+    old = _net()
+    src = dict(vars(old.cfg))
+    bad, _ = init_compatible(src, DiTConfig(**{**BASE, "width": 32, "head2d": 8}))
+    assert bad and "width" in bad[0]
+    # a source that already has a head: its shape keys must agree
+    bad, allowed = init_compatible({**src, "head2d": 8}, DiTConfig(**{**BASE, "head2d": 16}))
+    assert bad and allowed == ()
+    new = _net(head2d=8)
+    sd = {k: v for k, v in old.state_dict().items() if not k.startswith("out.")}
+    with pytest.raises(PrestoError, match="missing"):
+        load_state_strict(new, sd, "test", allow_missing=("head2d.",))
+    # files written before the head existed lack its keys: they take the defaults (no head)
+    assert init_compatible({k: v for k, v in src.items() if not k.startswith("head2d")},
+                           DiTConfig(**BASE)) == ([], ())
+
+
+def _excess_loss(**kw) -> float:
+    """Latents with i.i.d. N(0, 1) elements (no structure at all), denoised at sigma = 0.5: the
+    optimal denoiser is D = x / (1 + sigma^2) = 0.8 x element by element (closed form, METHOD.md
+    section 7), loss lambda * 0.2 = 1.6; the untrained network gives D = c_skip x = 0.5 x, loss
+    lambda * 0.3125 = 2.5. Returns the share of that gap left after training. A token of patch 4 x 8
+    channels = 32 values leaves the transformer through width 8: a linear head can correct at most
+    8 of the 32 dimensions, so at least 3/4 of the gap stays; a head that sees every element can
+    close it."""
+    torch.manual_seed(0)
+    net = DiT(DiTConfig(in_channels=8, width=8, depth=1, heads=2, patch=4, max_frames=32,
+                        noise_embed_dim=16, cross_attn=False, **kw))
+    den = EDMDenoiser(net, EDMConfig(sigma_data=0.5))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(250):
+        x0 = torch.randn(32, 8, 32, generator=g)
+        loss = edm_loss(den, x0, torch.full((32,), 0.5), torch.randn(32, 8, 32, generator=g), None).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        x0 = torch.randn(256, 8, 32, generator=g)
+        loss = float(edm_loss(den, x0, torch.full((256,), 0.5), torch.randn(256, 8, 32, generator=g), None).mean())
+    return (loss - 1.6) / (2.5 - 1.6)
+
+
+def test_the_2d_head_lifts_the_per_token_bottleneck():
+    plain, head = _excess_loss(), _excess_loss(head2d=8)
+    assert plain > 0.7, plain  # the bound: >= 0.75 of the gap, however long it trains
+    assert head < 0.15, head
