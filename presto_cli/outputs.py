@@ -18,6 +18,7 @@ def provenance(pipe, settings, model: str, duration: float, normalize: bool = Fa
 
     return {"model": model, "model_path": str(pipe.path), "kind": pipe.kind, "steps": settings.steps,
             "sampler": settings.sampler, "cfg": settings.cfg, "rho": settings.rho,
+            "token_shift": bool(getattr(settings, "token_shift", False)),
             "duration": round(duration, 4), "sample_rate": pipe.sample_rate,
             "nfe": pipe.nfe(settings.steps, settings.sampler, settings.cfg), "normalize": normalize,
             "device": str(pipe.device), "presto_version": __version__}

@@ -68,6 +68,7 @@ class SampleSettings:
     steps: int
     cfg: float
     rho: float
+    token_shift: bool = False  # cycle the DiT's token grid per network call (METHOD.md section 2)
 
 
 class Pipeline:
@@ -106,6 +107,7 @@ class Pipeline:
         self.default_steps = int(s.get("steps", self.edm_cfg.steps))
         self.default_cfg = float(s.get("cfg", self.edm_cfg.cfg))
         self.default_rho = float(s.get("rho", self.edm_cfg.rho))
+        self.default_token_shift = bool(s.get("token_shift", self.edm_cfg.token_shift))
         self.latent_channels = net.cfg.in_channels
         self.max_frames = int(meta.get("max_frames", net.cfg.max_frames))
         if self.codec is not None:
@@ -132,7 +134,7 @@ class Pipeline:
         return bank
 
     # ------------------------------------------------------------------------------------
-    def settings(self, steps=None, sampler=None, cfg=None, rho=None) -> SampleSettings:
+    def settings(self, steps=None, sampler=None, cfg=None, rho=None, token_shift=None) -> SampleSettings:
         from presto_cli.diffusion.samplers import SAMPLERS
 
         sampler = sampler or self.default_sampler
@@ -146,7 +148,9 @@ class Pipeline:
         if self.kind in ("presto-s", "presto-ls") and sampler == "fewstep" and cfg != 1.0:
             raise PrestoError(f"a {self.kind} model has its guidance distilled in",
                               "leave --cfg unset (it runs one evaluation per step)")
-        return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho))
+        shift = self.default_token_shift if token_shift is None else bool(token_shift)
+        return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho),
+                              shift)
 
     def nfe(self, steps=None, sampler=None, cfg=None) -> int:
         from presto_cli.diffusion.samplers import nfe
@@ -212,12 +216,18 @@ class Pipeline:
         from presto_cli.diffusion.layered import LayeredDenoiser
 
         den = self.denoiser if self.schedule is None else LayeredDenoiser(self.denoiser, self.schedule)
-        return denoise_fn(den, cond, s.cfg)
+        fn = denoise_fn(den, cond, s.cfg)
+        if s.token_shift:
+            from presto_cli.diffusion.edm import token_shifted
+
+            fn = token_shifted(fn, int(self.denoiser.net.cfg.patch))
+        return fn
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                        duration=None, rho=None, progress: bool = False, callback=None,
-                       match: bool | None = None, conditions: list | None = None) -> torch.Tensor:
+                       match: bool | None = None, conditions: list | None = None,
+                       token_shift: bool | None = None) -> torch.Tensor:
         """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
         wording are replaced by their nearest training caption, when the model carries a caption bank);
         what each prompt was conditioned on is appended to ``conditions`` when a list is given."""
@@ -225,7 +235,7 @@ class Pipeline:
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
-        s = self.settings(steps, sampler, cfg, rho)
+        s = self.settings(steps, sampler, cfg, rho, token_shift)
         frames = self.frames_for(duration)
         cond = self.encode_text(list(prompts), match, conditions)
         noise = PerSampleNoise(list(seeds), self.device)
@@ -243,11 +253,12 @@ class Pipeline:
 
     def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                  duration=None, rho=None, progress: bool = False, callback=None,
-                 match: bool | None = None, conditions: list | None = None) -> torch.Tensor:
+                 match: bool | None = None, conditions: list | None = None,
+                 token_shift: bool | None = None) -> torch.Tensor:
         """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
         ``match`` and ``conditions`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback, match, conditions))
+                                               callback, match, conditions, token_shift))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

@@ -103,3 +103,64 @@ def test_the_2d_head_lifts_the_per_token_bottleneck():
     plain, head = _excess_loss(), _excess_loss(head2d=8)
     assert plain > 0.7, plain  # the bound: >= 0.75 of the gap, however long it trains
     assert head < 0.15, head
+
+
+def test_teacher_stage_continues_an_exported_teacher_with_a_new_head(tmp_path):
+    """`init` + `model.head2d`: the new network computes exactly the exported teacher's output
+    before training; the head trains at head_lr_mult times the rate; sigma_mix_edm is validated."""
+    from pathlib import Path
+
+    from presto_cli.diffusion.artefact import load_teacher
+    from presto_cli.recipes import load_recipe
+    from presto_cli.train.loop import build_task, run_stage
+
+    tiny = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "teacher.yaml"
+    common = ["train.steps=4", "train.log_every=2", "train.batch_size=16", "train.ckpt_every=4"]
+    run_stage(load_recipe(tiny, common), tmp_path / "t", progress=False)
+    exported = tmp_path / "t" / "model.safetensors"
+    over = [*common, f"init={exported}", "model.head2d=4", "model.head2d_bands=2",
+            "head_lr_mult=3.0", "sigma_mix_edm=0.5"]
+    task = build_task(load_recipe(tiny, over), tmp_path / "h", torch.device("cpu"))
+    old = load_teacher(exported)[0].net.eval()
+    new = task.net.eval()
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(5, 2, 1, generator=g), torch.randn(5, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, c), old(x, c))
+    mults = sorted(grp["lr_mult"] for grp in task.opt.param_groups)
+    assert mults == [1.0, 3.0]
+    head = next(grp for grp in task.opt.param_groups if grp["lr_mult"] == 3.0)
+    assert {id(p) for p in head["params"]} == {id(p) for p in new.head2d.parameters()}
+    with pytest.raises(PrestoError, match="sigma_mix_edm"):
+        load_recipe(tiny, [*over, "sigma_mix_edm=1.5"]).validate()
+
+
+def test_token_shift_cycles_the_grid_and_removes_a_drawn_one():
+    """edm.token_shifted: call k runs the function on x padded with k mod patch frames in front
+    and drops them; a model that draws a step at its token edges leaves a grid at fixed frames
+    without the shift and none with it."""
+    from presto_cli.diffusion.edm import token_shifted
+    from presto_cli.diffusion.samplers import get_sigmas, sample_euler
+    from presto_cli.eval.texture import set_texture
+
+    seen = []
+
+    def grid_model(x, sigma):  # "denoises" to a level that jumps at every 4th frame of its input
+        seen.append(x.shape[-1])
+        t = torch.arange(x.shape[-1])
+        return 0.3 * x + 4.0 * ((t // 4) % 2).float()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 37, generator=g)
+    fn = token_shifted(grid_model, 4)
+    for k in range(6):
+        out = fn(x, torch.ones(2))
+        torch.testing.assert_close(out, grid_model(torch.nn.functional.pad(x, (k % 4, 0)), None)[..., k % 4:])
+    assert seen[-12::2] == [37, 38, 39, 40, 37, 38]
+    assert token_shifted(grid_model, 1) is grid_model
+    sigmas = get_sigmas("euler", 12, 0.002, 80.0, 7.0)
+    plain = sample_euler(grid_model, 80.0 * torch.randn(4, 6, 40, generator=g), sigmas, disable=True)
+    shifted = sample_euler(token_shifted(grid_model, 4), 80.0 * torch.randn(4, 6, 40, generator=g), sigmas,
+                           disable=True)
+    assert set_texture(plain.numpy(), patch=4)["boundary_ratio"] > 2.0
+    assert set_texture(shifted.numpy(), patch=4)["boundary_ratio"] < 1.3

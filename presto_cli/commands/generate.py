@@ -127,6 +127,8 @@ def generate_cmd(
     sampler: Optional[str] = typer.Option(None, "--sampler", help="euler | heun | dpmpp_2m | fewstep."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance weight (multi-step kinds)."),
     rho: Optional[float] = typer.Option(None, "--rho", help="Karras schedule rho (default: the model's)."),
+    token_shift: Optional[bool] = typer.Option(None, "--token-shift/--no-token-shift", help="Shift the DiT's token "
+                                               "grid by one frame per network call (default: the model's)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (picked and printed when absent)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds (default: the model's clip length)."),
     num_per_prompt: int = typer.Option(1, "--num-per-prompt", "-k", help="Clips per prompt."),
@@ -171,7 +173,7 @@ def generate_cmd(
     set_cpu_threads_for(model_path, dev)
     pipe = load_pipeline(str(model_path), dev)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
-        s = pipe.settings(steps, sampler, cfg, rho)
+        s = pipe.settings(steps, sampler, cfg, rho, token_shift)
         dur = pipe.frames_for(duration) / pipe.frame_rate
     except PrestoError as e:
         raise PrestoUsageError(e.message, e.hint) from None
@@ -195,7 +197,8 @@ def generate_cmd(
 
                 conds: list[dict] = []
                 audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
-                                      s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds)
+                                      s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds,
+                                      token_shift=s.token_shift)
                 for c, j in zip(conds, chunk):
                     if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
                         said.add(c["condition"])

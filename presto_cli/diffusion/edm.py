@@ -40,6 +40,7 @@ class EDMConfig:
     cfg: float = 2.0  # inference guidance weight w (1 = no guidance)
     sampler: Literal["euler", "heun", "dpmpp_2m", "fewstep"] = "heun"
     steps: int = 32  # inference steps (sigmas before the final 0)
+    token_shift: bool = False  # inference default: shift the token grid by one frame per network call
 
     def validate(self) -> None:
         if not (self.sigma_data > 0 and self.p_std > 0):
@@ -139,6 +140,26 @@ def denoise_fn(denoiser, cond: Cond | None, w: float = 1.0):
         return denoiser(x, sigma, cond)
 
     return model_fn
+
+
+def token_shifted(model_fn, patch: int):
+    """``model_fn`` with a token shift that cycles per call (METHOD.md section 2, "Output
+    capacity"): call ``k`` pads ``k mod patch`` zero frames in front of ``x`` and drops them from
+    the output, so the DiT's token boundaries fall on other frames at every network evaluation and
+    whatever the network draws at its token edges does not add up on a fixed grid. Exact for a
+    network with no patching (``patch`` 1: the function itself)."""
+    if patch <= 1:
+        return model_fn
+    calls = [0]
+
+    def shifted(x: Tensor, sigma: Tensor) -> Tensor:
+        k = calls[0] % patch
+        calls[0] += 1
+        if k == 0:
+            return model_fn(x, sigma)
+        return model_fn(torch.nn.functional.pad(x, (k, 0)), sigma)[..., k:]
+
+    return shifted
 
 
 class EDMDenoiser(nn.Module):

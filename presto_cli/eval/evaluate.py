@@ -463,7 +463,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
         chunk = rows[i:i + cfg.batch_size]
         conds: list[dict] = []
         lat = pipe.sample_latents([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
-                                  s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds)
+                                  s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds,
+                                  token_shift=s.token_shift)
         if keep_latents:
             from presto_cli.eval.texture import latents_to_db
 

@@ -93,7 +93,11 @@ def set_texture(dbs: Iterable[np.ndarray], patch: int = 4, prominence: float = 6
     rows = [clip_texture(d, patch, prominence) for d in dbs]
     if not rows:
         raise ValueError("texture needs at least one clip")
-    out = {k: float(np.nanmean([r[k] for r in rows])) for k in TEXTURE_KEYS}
+    def mean(vals):  # NaN (no peaks at all) only where every clip has none
+        ok = [v for v in vals if not math.isnan(v)]
+        return float(np.mean(ok)) if ok else float("nan")
+
+    out = {k: mean([r[k] for r in rows]) for k in TEXTURE_KEYS}
     out.update(n=len(rows), patch=int(patch), prominence_db=float(prominence))
     return out
 
