@@ -156,6 +156,10 @@ def load_artefact(path: str | Path, device: str | torch.device = "cpu"):
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise PrestoError(f"{path} has corrupt presto metadata") from None
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # caught here, not as "NaN audio" after a whole sampling run
+        raise PrestoError(f"{path} is broken: its weights hold NaN or Inf values (first in '{bad}')",
+                          "re-export it from a good checkpoint with `presto export RUN --step N`, or retrain")
     if meta.get("codec_file") and not any(k.startswith("codec.") for k in tensors):
         tensors.update(_shared_codec(path, meta, device))
     return tensors, meta
