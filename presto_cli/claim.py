@@ -151,6 +151,8 @@ class claim_outputs:
             if _owner(lock) == os.getpid():
                 lock.unlink(missing_ok=True)
         self.locks = []
+        if self in _HELD:  # a long run claims batch by batch: keep the list short
+            _HELD.remove(self)
 
     def __exit__(self, *exc) -> bool:
         self.release()
