@@ -160,7 +160,7 @@ def write_audio(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate:
         raise
     except Exception as e:
         raise PrestoError(f"cannot write {name} audio to {path}: {e}",
-                          "try wav or flac") from None
+                          "try wav or flac" if name not in ("wav", "flac") else None) from None
     return path
 
 

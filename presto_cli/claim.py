@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from presto_cli.errors import PrestoError
+from presto_cli.errors import PrestoError, known_os_error
 
 
 def lock_path(path: Path) -> Path:
@@ -63,13 +63,27 @@ def _create(lock: Path) -> bool:
     return True
 
 
+def _unwritable(path: Path, e: OSError) -> PrestoError:
+    """A folder the output cannot be written to, named (not its hidden lock file)."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return known_os_error(e) or PrestoError(f"the disk holding {path.parent} is full")
+    return PrestoError(f"cannot write to {path.parent}: {e.strerror or type(e).__name__.lower()}",
+                       "choose an output folder you can write")
+
+
 def claim_one(path: Path, force: bool = False) -> Path:
     """Claim ``path`` for this process; returns the lock file to release."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = lock_path(path)
     for _ in range(3):
-        if _create(lock):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made = _create(lock)
+        except OSError as e:  # no permission, read-only, full, or not a real folder (/proc)
+            raise _unwritable(path, e) from None
+        if made:
             break
         pid = _owner(lock)
         if pid == os.getpid():
@@ -84,6 +98,19 @@ def claim_one(path: Path, force: bool = False) -> Path:
         lock.unlink(missing_ok=True)
         raise PrestoError(f"{path} already exists", "pass --force to overwrite it")
     return lock
+
+
+def check_free(paths: Iterable[Path], force: bool = False) -> None:
+    """Refuse, before any work, outputs that exist (unless ``force``) or that a live run holds;
+    cheap (no lock is made), so a long job can claim each path only when its clip starts."""
+    for p in paths:
+        p = Path(p)
+        pid = _owner(lock_path(p)) if lock_path(p).exists() else 0
+        if pid and pid != os.getpid() and _alive(pid):
+            raise PrestoError(f"{p} is taken: another presto run (pid {pid}) is writing it",
+                              "wait for it to finish, or choose another output path")
+        if p.exists() and not force:
+            raise PrestoError(f"{p} already exists", "pass --force to overwrite it")
 
 
 _HELD: list["claim_outputs"] = []
@@ -124,6 +151,8 @@ class claim_outputs:
             if _owner(lock) == os.getpid():
                 lock.unlink(missing_ok=True)
         self.locks = []
+        if self in _HELD:  # a long run claims batch by batch: keep the list short
+            _HELD.remove(self)
 
     def __exit__(self, *exc) -> bool:
         self.release()

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from presto_cli import __version__
-from presto_cli.errors import PrestoError
+from presto_cli.errors import Interrupted, PrestoError, interrupt_code, known_os_error, silence_stdout
 
 def _click_flow_exceptions() -> tuple:
     """Exceptions that are click's own control flow (usage errors, --help's exit, aborts): typer
@@ -60,12 +60,17 @@ class PrestoGroup(TyperGroup):
             ctx.exit(e.exit_code)
         except _PASS_THROUGH:
             raise
-        except KeyboardInterrupt:
-            _err("interrupted")
-            ctx.exit(130)
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP (see _on_signal)
+            _err(f"interrupted ({e.name})" if isinstance(e, Interrupted) else "interrupted")
+            ctx.exit(interrupt_code(e))
         except Exception as e:  # an unexpected failure: still one line unless --debug
             if _DEBUG["on"]:
                 raise
+            known = known_os_error(e)
+            if known is not None:
+                _err(f"error: {known}")
+                silence_stdout()
+                ctx.exit(known.exit_code)
             _err(f"error: unexpected {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                  "(rerun with --debug for the traceback and please report it)")
             ctx.exit(1)
@@ -94,12 +99,17 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ):
     if debug:
         _DEBUG["on"] = True
+    if ctx.invoked_subcommand != "env":  # `presto env` still runs, to report the environment
+        from presto_cli.validate import check_thread_env
+
+        check_thread_env()
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,13 +194,21 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory made by a t
            force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")):
     """Export the inference artefact (EMA weights + metadata) from any checkpoint of a run."""
     from presto_cli.claim import claim_outputs
+
+    if out.suffix != ".safetensors":
+        raise PrestoError(f"-o {out}: an artefact is a .safetensors file", f"use -o {out.with_suffix('.safetensors')}")
+    if not run_dir.is_dir():
+        raise PrestoError(f"run folder not found: {run_dir}" if not run_dir.exists() else
+                          f"{run_dir} is a file, expected a run folder",
+                          "give the --out folder of a pretrain, distill-* or combine run")
+    if not (run_dir / "recipe.yaml").is_file():
+        raise PrestoError(f"{run_dir} is not a run folder (no recipe.yaml in it)",
+                          "give the --out folder of a pretrain, distill-* or combine run")
+    claim_outputs([out], force).acquire()
     from presto_cli.recipes import load_recipe
     from presto_cli.runtime import console
     from presto_cli.train.loop import build_task, load_checkpoint
 
-    if out.suffix != ".safetensors":
-        raise PrestoError(f"-o {out}: an artefact is a .safetensors file", f"use -o {out.with_suffix('.safetensors')}")
-    claim_outputs([out], force).acquire()
     recipe = load_recipe(run_dir / "recipe.yaml")
     _, sd = load_checkpoint(run_dir, step, log=lambda s: console.print(s, markup=False, soft_wrap=True))
     task = build_task(recipe, run_dir)
@@ -224,8 +242,36 @@ def _mount() -> None:
 _mount()
 
 
+def _on_signal(signum, frame) -> None:
+    """SIGTERM/SIGHUP (kill, timeout, docker, systemd, a closed terminal) take Ctrl-C's path: raised
+    as :class:`Interrupted` (a KeyboardInterrupt), so finished outputs are kept, the one in
+    progress is discarded and every claim is released; a repeat while cleaning up is ignored."""
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            signal.signal(s, _on_signal)
+
+
 def main() -> None:
-    app()
+    install_signal_handlers()
+    try:
+        app()
+    except OSError as e:  # raised outside a command (--version's echo to a full stdout, say)
+        known = known_os_error(e)
+        if known is None or _DEBUG["on"]:
+            raise
+        _err(f"error: {known}")
+        silence_stdout()
+        sys.exit(known.exit_code)
 
 
 if __name__ == "__main__":

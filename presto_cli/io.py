@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from presto_cli import __version__
-from presto_cli.errors import PrestoError
+from presto_cli.errors import PrestoError, disk_full
 
 ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap", "caption-bank")
 
@@ -30,6 +30,27 @@ def _tmp_path(path: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
+def _free_bytes(path: Path) -> int | None:
+    try:
+        v = os.statvfs(path)
+        return v.f_bavail * v.f_frsize
+    except OSError:
+        return None
+
+
+def _is_disk_full(exc: BaseException | None, where: Path) -> bool:
+    """A failed write is a full disk when the error says so (ENOSPC) or, for writers that hide the
+    reason (libsndfile's "System error", torch's "unexpected pos"), when under 1 MiB is left."""
+    import errno
+
+    if not isinstance(exc, Exception) or isinstance(exc, PrestoError):
+        return False
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    free = _free_bytes(where)
+    return free is not None and free < 1 << 20
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
@@ -41,8 +62,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = _is_disk_full(e, tmp)
         tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full(str(path)) from None
         raise
 
 
@@ -75,7 +99,10 @@ class atomic_path:
             os.chmod(self.tmp, _umask_mode())  # writers that recreate the file (safetensors) reset it
             os.replace(self.tmp, self.path)
         else:
+            full = _is_disk_full(exc, self.tmp)
             self.tmp.unlink(missing_ok=True)
+            if full:  # named as such, not as the writer's own words
+                raise disk_full(str(self.path)) from None
         return False
 
 
@@ -129,6 +156,10 @@ def load_artefact(path: str | Path, device: str | torch.device = "cpu"):
         meta = json.loads(raw)
     except json.JSONDecodeError:
         raise PrestoError(f"{path} has corrupt presto metadata") from None
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # caught here, not as "NaN audio" after a whole sampling run
+        raise PrestoError(f"{path} is broken: its weights hold NaN or Inf values (first in '{bad}')",
+                          "re-export it from a good checkpoint with `presto export RUN --step N`, or retrain")
     if meta.get("codec_file") and not any(k.startswith("codec.") for k in tensors):
         tensors.update(_shared_codec(path, meta, device))
     return tensors, meta

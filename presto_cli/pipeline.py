@@ -14,15 +14,9 @@ import torch
 
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, sub_state
+from presto_cli.names import BUNDLED, check_model_arg
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-BUNDLED = {
-    "demo-teacher": "demo-teacher.safetensors",
-    "demo-s": "demo-s.safetensors",
-    "demo-ase": "demo-ase.safetensors",
-    "demo-l": "demo-l.safetensors",
-    "demo-ls": "demo-ls.safetensors",
-}
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
 BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
 
@@ -53,13 +47,9 @@ def resolve_model(name_or_path: str | None) -> Path:
             raise PrestoError(f"bundled model '{name_or_path}' is not installed",
                               f"installed: {', '.join(bundled_models()) or 'none'}")
         return p
+    check_model_arg(name_or_path)  # a missing file or an unknown name, with a "did you mean"
     p = Path(name_or_path)
-    if p.is_dir() and (p / "model.safetensors").is_file():
-        p = p / "model.safetensors"
-    if not p.is_file():
-        raise PrestoError(f"unknown model '{name_or_path}'",
-                          f"give a .safetensors path or one of: {', '.join(BUNDLED)}")
-    return p
+    return p / "model.safetensors" if p.is_dir() else p
 
 
 @dataclass

@@ -266,6 +266,18 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+def _no_duplicate_keys(node, name: str) -> None:
+    """YAML keeps the last of two equal keys without a word: refuse them, naming key and lines."""
+    first: dict = {}
+    for k, _ in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if k.value in first:
+            raise PrestoError(f"{name}: key '{k.value}' appears twice (lines {first[k.value]} and "
+                              f"{k.start_mark.line + 1})", "keep one of them; YAML would silently use the last")
+        first[k.value] = k.start_mark.line + 1
+
+
 def _expanded_size(node, memo: dict, open_: set, name: str) -> int:
     key = id(node)
     if key in memo:
@@ -276,6 +288,7 @@ def _expanded_size(node, memo: dict, open_: set, name: str) -> int:
     if isinstance(node, yaml.SequenceNode):
         n = 1 + sum(_expanded_size(c, memo, open_, name) for c in node.value)
     elif isinstance(node, yaml.MappingNode):
+        _no_duplicate_keys(node, name)
         n = 1 + sum(_expanded_size(k, memo, open_, name) + _expanded_size(v, memo, open_, name)
                     for k, v in node.value)
     else:
@@ -389,6 +402,8 @@ def _walk_numbers(obj, where: str = ""):
         yield where, obj
 
 
+MAX_TRAIN_STEPS = 10**9  # at 1 ms a step, 11 days: a larger count is a typo (or 1e30)
+
 _TRAIN_RANGES = {  # key: (lowest allowed, lowest excluded?) ... upper bounds below
     "train.lr": (0.0, True), "train.batch_size": (1, False), "train.steps": (0, False),
     "train.warmup": (0, False), "train.grad_clip": (0.0, False), "train.weight_decay": (0.0, False),
@@ -411,6 +426,10 @@ def check_common(recipe) -> None:
         if v < low or (strict and v == low):
             raise PrestoError(f"recipe key '{key}' must be {'greater than' if strict else 'at least'} {low:g}, "
                               f"got {v:g}", "a learning rate such as 1e-4" if leaf == "lr" else None)
+    if recipe.train.steps > MAX_TRAIN_STEPS:
+        raise PrestoError(f"recipe key 'train.steps' is {recipe.train.steps:.3g}, more than the "
+                          f"{MAX_TRAIN_STEPS:.0e} steps any run could finish",
+                          "give the number of optimiser steps you mean to run, e.g. train.steps=20000")
     for key, v in (("train.ema", recipe.train.ema), ("data.val_fraction", recipe.data.val_fraction)):
         if v >= 1:
             raise PrestoError(f"recipe key '{key}' must be below 1, got {v:g}")

@@ -112,8 +112,10 @@ def cpu_threads_for(n_params: int, device) -> Optional[int]:
     on two; the demo teacher in 1.09 s vs 1.35 s). So small models get one thread, unless the user
     chose a number (OMP_NUM_THREADS or PRESTO_THREADS).
     """
-    if os.environ.get("PRESTO_THREADS"):
-        return max(1, int(os.environ["PRESTO_THREADS"]))
+    from presto_cli.validate import thread_env
+
+    if thread_env("PRESTO_THREADS"):
+        return thread_env("PRESTO_THREADS")
     if str(getattr(device, "type", device)) != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return None
     return 1 if n_params < SMALL_MODEL_PARAMS else None

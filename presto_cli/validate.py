@@ -38,6 +38,16 @@ def number(name: str, value: float | None, *, above: float | None = None,
         raise PrestoUsageError(f"{name} must be at least {at_least:g}, got {value:g}", hint or None)
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what a torch.Generator takes without wrapping around
+
+
+def check_seed(seed: int | None, name: str = "--seed") -> None:
+    """A seed must fit the samplers' 64-bit generators (checked before any model is loaded)."""
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise PrestoUsageError(f"{name} {seed} does not fit in 64 bits",
+                               f"use a seed from 0 to {SEED_MAX}")
+
+
 def check_sampling(steps: int | None = None, cfg: float | None = None, rho: float | None = None,
                    duration: float | None = None, force: bool = False) -> None:
     """The sampler options of `generate`/`eval`/`bench`, before the model is loaded."""
@@ -77,6 +87,30 @@ def model_default_steps(path: str | Path) -> int | None:
         return int(s.get("steps") or (meta.get("edm") or {}).get("steps") or 0) or None
     except Exception:  # an unreadable file is reported by the loader itself, with its name
         return None
+
+
+def thread_env(name: str) -> int | None:
+    """A thread count from the environment (PRESTO_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS): None
+    when unset or empty, else a whole number of at least 1; anything else is one clear line (torch
+    would silently ignore 0 or 'abc' and run on every core)."""
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw.split(",")[0])  # OpenMP also takes a list per nesting level, "4,2"
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise PrestoError(f"{name}={raw} is not a thread count", f"set {name} to a whole number such as 1 or 4, "
+                          f"or unset it")
+    return n
+
+
+def check_thread_env() -> None:
+    for name in ("PRESTO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        thread_env(name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -354,3 +354,167 @@ def test_prepare_says_what_it_found_and_skipped(tmp_path):
     assert last.startswith(f"error: no usable audio files in {tmp_path}: 1 audio files found and skipped "
                            "(1 unreadable); 3 files of unsupported formats ignored (3 .xyz)"), last
     assert not (tmp_path / "manifest.jsonl").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 32: environment problems named with their fix, no silent acceptance, honest messages
+
+
+@pytest.mark.parametrize("var,value", [("PRESTO_THREADS", "abc"), ("OMP_NUM_THREADS", "0"),
+                                       ("OMP_NUM_THREADS", "-2")])
+def test_thread_counts_from_the_environment(tmp_path, monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    _refused("generate", "jazz", "-o", tmp_path / "x.wav",
+             needle=f"{var}={value} is not a thread count (set {var} to a whole number such as 1 or 4")
+    assert _listing(tmp_path) == []
+
+
+def test_unwritable_output_folders_are_named(tmp_path, monkeypatch):
+    """pretrain --out / export -o into a folder without write permission: the folder is named, not
+    the hidden lock file, and not as an "unexpected PermissionError". (Faked: tests may run as root.)"""
+    import errno
+
+    from presto_cli import claim
+
+    def denied(lock):
+        raise PermissionError(errno.EACCES, "Permission denied", str(lock))
+
+    monkeypatch.setattr(claim, "_create", denied)
+    ro = tmp_path / "ro"
+    _refused("pretrain", TINY, "train.steps=1", "--out", ro / "run",
+             needle=f"cannot write to {ro}: Permission denied (choose an output folder you can write)")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(TINY.read_text())
+    _refused("export", run, "-o", ro / "m.safetensors", needle=f"cannot write to {ro}: Permission denied")
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    """ENOSPC wherever presto writes: said as a full disk, the partial file removed, even when the
+    writer hides the reason (libsndfile's "System error", torch's "unexpected pos")."""
+    import errno
+
+    import soundfile
+
+    import presto_cli.io as pio
+
+    def full_sf(path, *a, **k):
+        Path(path).write_bytes(b"RIFF....")  # a partial file, then libsndfile's own words
+        raise RuntimeError("Error opening file: System error.")
+
+    monkeypatch.setattr(soundfile, "write", full_sf)
+    monkeypatch.setattr(pio, "_free_bytes", lambda p: 4096)
+    err = _refused("generate", "jazz", "-m", "demo-s", "--seed", 1, "--duration", 0.5, "-o", tmp_path / "x.wav",
+                   needle=f"the disk is full: no space left on the device writing {tmp_path / 'x.wav'}")
+    assert "try wav or flac" not in err and "System error" not in err
+    assert _listing(tmp_path) == []
+
+    def torch_full(obj, f):
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(pio.torch, "save", torch_full)
+    from presto_cli.errors import PrestoError
+
+    with pytest.raises(PrestoError, match="the disk is full"):
+        pio.atomic_torch_save({}, tmp_path / "ck.pt")
+    monkeypatch.setattr(pio, "_free_bytes", lambda p: 10 << 30)  # plenty left: not a full disk
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        pio.atomic_torch_save({}, tmp_path / "ck.pt")
+
+    def enospc(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pio.os, "fsync", enospc)
+    with pytest.raises(PrestoError, match=f"the disk is full: no space left on the device writing {tmp_path / 'a.json'}"):
+        pio.atomic_write_json(tmp_path / "a.json", {"a": 1})
+    assert _listing(tmp_path) == []
+
+
+def test_a_broken_laion_clap_install_is_named(tmp_path, monkeypatch):
+    """laion_clap importing a torchvision built for another torch ("operator torchvision::nms does not
+    exist"): one line blaming the install, with the fix, not "unexpected RuntimeError"."""
+    import sys as _sys
+
+    fake = tmp_path / "site" / "laion_clap"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(_sys.modules, "laion_clap", raising=False)
+    gen, ckpt = tmp_path / "gen", tmp_path / "clap.pt"
+    for i in range(2):
+        _tone(gen / f"g{i}.wav", 1.0, seed=i)
+    ckpt.write_bytes(b"\0")
+    err = _refused("eval", "--gen", gen, "--ref", gen, "--embedder", "clap", "--clap-ckpt", ckpt, "--metrics", "fad",
+                   "--no-cache", needle="the LAION-CLAP install is broken: importing laion_clap failed in torchvision")
+    assert "operator torchvision::nms does not exist" in err and "make install-clap" in err
+
+
+def test_unusable_caption_sidecars_are_named(tmp_path):
+    for n in "abcde":
+        _tone(tmp_path / f"{n}.wav", 1.0)
+    (tmp_path / "a.txt").write_bytes(b"solo \xff\xfe piano")
+    (tmp_path / "b.json").write_text('{"caption": "x",\n')
+    (tmp_path / "c.txt").write_text("  \n")
+    (tmp_path / "d.json").write_text('{"caption": "funk groove"}')
+    (tmp_path / "e.txt").write_text("slow blues\n")
+    r = _cli("data", "prepare", tmp_path, code=0)
+    warned = [l for l in r.stderr.splitlines() if l.startswith("warning: ")]
+    assert warned == [f"warning: {tmp_path / 'a.txt'}: not valid UTF-8; its caption was not used (fix or remove the file)",
+                      f"warning: {tmp_path / 'b.json'}: malformed JSON (Expecting property name enclosed in double "
+                      "quotes at line 2); its caption was not used (fix or remove the file)",
+                      f"warning: {tmp_path / 'c.txt'}: blank; its caption was not used (fix or remove the file)"], warned
+    caps = {json.loads(l)["path"]: json.loads(l)["caption"] for l in (tmp_path / "manifest.jsonl").read_text().splitlines()}
+    assert caps == {"a.wav": "a", "b.wav": "b", "c.wav": "c", "d.wav": "funk groove", "e.wav": "slow blues"}
+
+
+def test_duplicate_recipe_keys_and_absurd_step_counts(tmp_path):
+    rec = tmp_path / "dup.yaml"
+    rec.write_text(f"base: {TINY}\ntrain:\n  lr: 1.0e-4\n  steps: 3\n  lr: 2.0e-4\n")
+    _refused("pretrain", rec, "--dry-run", needle=f"{rec}: key 'lr' appears twice (lines 3 and 5)")
+    _refused("pretrain", TINY, "train.steps=" + "1" + "0" * 30, "--dry-run",
+             needle="recipe key 'train.steps' is 1e+30, more than the 1e+09 steps any run could finish")
+    assert _cli("pretrain", TINY, "train.steps=1000000000", "--dry-run", code=0)
+
+
+def test_eval_warns_about_a_clip_far_above_full_scale(tmp_path):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    for i in range(3):
+        _tone(ref / f"r{i}.wav", 1.0, seed=10 + i, subtype="FLOAT")
+        _tone(gen / f"g{i}.wav", 1.0, seed=i, subtype="FLOAT")
+    x, sr = sf.read(str(gen / "g1.wav"))
+    sf.write(str(gen / "g1.wav"), (x * 1e6).astype(np.float32), sr, subtype="FLOAT")
+    doc = _eval_json("--gen", gen, "--ref", ref)
+    notes = [n for n in doc["systems"][0]["notes"] if "far above full scale" in n]
+    assert len(notes) == 1 and notes[0].startswith(f"{gen / 'g1.wav'} peaks at 3."), notes  # 0.3 x 1e6
+
+
+def test_a_model_with_nan_weights_is_blamed_before_sampling(tmp_path):
+    import torch
+
+    from presto_cli.io import load_artefact, save_artefact
+    from presto_cli.pipeline import ASSETS
+
+    tensors, meta = load_artefact(ASSETS / "demo-s.safetensors")
+    key = sorted(k for k in tensors if k.startswith("dit."))[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    save_artefact(tmp_path / "nan.safetensors", tensors, meta)
+    _refused("generate", "jazz", "-m", tmp_path / "nan.safetensors", "-o", tmp_path / "x.wav",
+             needle=f"{tmp_path / 'nan.safetensors'} is broken: its weights hold NaN or Inf values (first in '{key}')")
+    assert not (tmp_path / "x.wav").exists() and torch.isfinite(load_artefact(ASSETS / "demo-s.safetensors")[0][key]).all()
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["eval", "--embedder", "foo"], 2, "unknown embedder 'foo' (known: mel, music, clap, clap-audio, presto-clap)"),
+    (["eval", "--embedder", "prestoclap"], 2, "unknown embedder 'prestoclap' (did you mean 'presto-clap'?"),
+    (["eval", "--k", "0", "--gen", "TMP", "--ref", "TMP"], 2, "--k must be at least 1, got 0"),
+    (["eval", "-m", "demo-sx", "--embedder", "mel"], 2, "unknown model 'demo-sx' (did you mean 'demo-s'?"),
+    (["data", "prepare", "TMP/f.wav"], 1, "TMP/f.wav is a file, expected a folder of audio files"),
+    (["export", "TMP/f.wav", "-o", "TMP/m.safetensors"], 1, "TMP/f.wav is a file, expected a run folder"),
+    (["export", "TMP", "-o", "TMP/m.safetensors"], 1, "TMP is not a run folder (no recipe.yaml in it)"),
+])
+def test_names_and_values_refused_with_their_own_message(tmp_path, args, code, needle):
+    _tone(tmp_path / "f.wav", 1.0)
+    _refused(*[a.replace("TMP", str(tmp_path)) for a in args], needle=needle.replace("TMP", str(tmp_path)), code=code)
+    assert _listing(tmp_path) == ["f.wav"]

@@ -1,5 +1,6 @@
-"""README's exit codes (0 success, 1 known error, 2 usage error, 130 Ctrl-C) and `--prompts -`
-streaming: each clip is on disk and its path on stdout before the next prompt is even read."""
+"""README's exit codes (0 success, 1 known error, 2 usage error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
+and `--prompts -` streaming: each clip is on disk and its path on stdout before the next prompt is
+even read."""
 import json
 import os
 import select
@@ -104,3 +105,95 @@ def test_clip_and_sidecar_are_written_together(tmp_path, monkeypatch):
     monkeypatch.undo()
     _write_clip(tmp_path / "a.wav", torch.zeros(1, 1600), 16000, {"file": "a.wav"})
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a.wav", "a.wav.json"]
+
+
+def _default_signals():
+    # a runner started under nohup (SIGHUP ignored) or in the background (SIGINT ignored) would pass
+    # the ignored dispositions on: give the child the defaults presto expects to replace
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_sighup_keep_finished_clips_and_release_every_claim(tmp_path, sig, code):
+    """kill / timeout / docker / systemd (SIGTERM) and a closed terminal (SIGHUP) take Ctrl-C's path:
+    finished clips kept as audio + sidecar pairs, the clip in progress discarded, no lock file left,
+    one "interrupted" line, exit 128 + the signal. Paths are claimed as their clips start: while the
+    run goes, only the current batch's lock exists, not one per prompt."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"jazz trio number {i}\n" for i in range(20)))
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-m", "presto_cli", "generate", "--prompts", str(prompts), "-o", str(out),
+                          "--seed", "1", "--steps", "32", "--force", "--duration", "0.5", "--batch-size", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV, cwd=ROOT,
+                         preexec_fn=_default_signals)
+    try:
+        printed = [_readline(p, timeout=300)]  # a clip is done (32 steps each: the 19 others take seconds)
+        locks = sorted(f.name for f in out.iterdir() if f.name.endswith(".presto-lock"))
+        p.send_signal(sig)
+        rc = p.wait(120)
+        printed += [line.strip() for line in p.stdout.read().splitlines() if line.strip()]
+        err = p.stderr.read()
+    finally:
+        p.kill()
+    assert rc == code, err
+    assert len(locks) <= 1, locks  # claimed clip by clip, never all 20 up front
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted ({signal.Signals(sig).name}): {len(printed)} finished clip(s) kept"), err
+    assert "Traceback" not in err
+    names = sorted(f.name for f in out.iterdir())  # hidden files included: no lock, no temporary file
+    wavs = [n for n in names if n.endswith(".wav")]
+    assert 1 <= len(wavs) < 20 and names == sorted(wavs + [w + ".json" for w in wavs]), names
+    assert sorted(os.path.basename(f) for f in printed) == wavs
+    for w in wavs:
+        assert json.loads((out / (w + ".json")).read_text())["file"] == str(out / w)
+
+
+PROBE = """
+import contextlib, io, json, sys
+from presto_cli.cli import app
+rows = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            app(args)
+        except SystemExit as e:
+            code = e.code
+    rows.append([code, err.getvalue().strip(), "torch" in sys.modules])
+print(json.dumps(rows))
+"""
+
+
+def test_cheap_checks_come_before_torch_is_imported(tmp_path):
+    """Unknown model names (exit 2, with a "did you mean"), missing model files (not an "unknown
+    model"), existing outputs, seeds beyond 64 bits, -o/--format that disagree and missing run folders
+    are refused without importing torch (a second or more), in one line each."""
+    (tmp_path / "old.wav").write_bytes(b"RIFF")
+    x = str(tmp_path / "x.wav")
+    cases = [(["generate", "jazz", "-m", "demo-ss", "-o", x], 2, "unknown model 'demo-ss' (did you mean 'demo-s'?"),
+             (["generate", "jazz", "-m", str(tmp_path / "gone.safetensors"), "-o", x], 1,
+              f"model file not found: {tmp_path / 'gone.safetensors'}"),
+             (["generate", "jazz", "-o", str(tmp_path / "old.wav")], 1, "old.wav already exists"),
+             (["generate", "jazz", "--seed", str(2**64), "-o", x], 2, f"--seed {2**64} does not fit in 64 bits"),
+             (["generate", "jazz", "-o", x, "--format", "flac"], 2, "x.wav is a .wav file but --format is flac"),
+             (["export", str(tmp_path / "nope"), "-o", str(tmp_path / "m.safetensors")], 1,
+              f"run folder not found: {tmp_path / 'nope'}")]
+    r = subprocess.run([sys.executable, "-c", PROBE, json.dumps([c[0] for c in cases])], capture_output=True,
+                       text=True, env=CLI_ENV, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for (args, code, needle), (got, err, torch_loaded) in zip(cases, json.loads(r.stdout.splitlines()[-1])):
+        assert got == code and err.startswith("error: ") and needle in err and "\n" not in err, (args, got, err)
+        assert not torch_loaded, args
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["old.wav"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device():
+    for args in (["--version"], ["pretrain", "recipes/tiny/teacher.yaml", "--dry-run"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "presto_cli", *args], stdout=full, stderr=subprocess.PIPE,
+                               text=True, env=CLI_ENV, cwd=ROOT, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() == "error: cannot write to stdout: no space left on the device it goes to " \
+                                   "(redirect stdout to a file on a disk with free space)", r.stderr

@@ -70,7 +70,7 @@ def test_bad_input_one_line_nothing_written(tiny_chain, tmp_path):
     m = tiny_chain["teacher"]
     out = tmp_path / "x.wav"
     _fails(["generate", "  ", "-o", out, "--model", m], "empty prompt", tmp_path, code=2)
-    _fails(["generate", "jazz", "-o", out, "--model", "demo-nope"], "unknown model", tmp_path)
+    _fails(["generate", "jazz", "-o", out, "--model", "demo-nope"], "unknown model", tmp_path, code=2)
     _fails(["generate", "jazz", "-o", out, "--model", m, "--steps", 0], "at least 1", tmp_path, code=2)
     _fails(["generate", "jazz", "-o", out, "--model", m, "--duration", 60], "longer than", tmp_path, code=2)
     _fails(["generate", "jazz", "-o", "/proc/nope/x.wav", "--model", m], "cannot write", tmp_path)

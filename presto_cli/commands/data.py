@@ -64,6 +64,8 @@ def prepare_cmd(
     with progress("checking", quiet=as_json) as cb:
         info = prepare_folder(data_dir, manifest_out=manifest, captions=captions, min_seconds=min_seconds,
                               progress=cb)
+    for w in info["warnings"]:
+        console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     for p in info["problems"]:
         console.print(f"[yellow]skipped[/yellow] {p['path']}: {p['reason']}", highlight=False)
     if as_json:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from presto_cli.errors import PrestoError, PrestoUsageError
-from presto_cli.validate import check_out_path, check_prompt, check_sampling
+from presto_cli.validate import check_out_path, check_prompt, check_sampling, check_seed
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
@@ -52,6 +52,7 @@ def _row_jobs(row: dict, i: int, k: int, base: int, single: bool, out: Optional[
             d = out or Path("outputs")
             name = row.get("name") or f"{i:04d}_{_slug(row['prompt'])}"
             path = d / f"{name}_seed{s}.{fmt}" if k > 1 or "name" not in row else d / f"{name}.{fmt}"
+        check_seed(s, "--seed" if "seed" not in row else f"the seed of prompt {i + 1}")
         jobs.append({"prompt": row["prompt"], "seed": s, "path": path})
     return jobs
 
@@ -69,6 +70,10 @@ def _check_args(prompt: Optional[str], prompts_file: Optional[Path], k: int) -> 
 
 
 def _resolve_format(fmt: Optional[str], single: bool, out: Optional[Path]) -> str:
+    ext = out.suffix.lstrip(".").lower() if (single and out is not None) else ""
+    if fmt is not None and ext in FORMATS and fmt != ext:
+        raise PrestoUsageError(f"-o {out} is a .{ext} file but --format is {fmt}",
+                               f"use -o {out.with_suffix('.' + fmt)}, or leave out --format")
     if fmt is None:
         fmt = out.suffix.lstrip(".") if (single and out is not None) else "wav"
     if fmt not in FORMATS:
@@ -103,12 +108,22 @@ def stream_jobs(lines, out: Optional[Path], k: int, base: int, fmt: Optional[str
         yield _row_jobs(row, i, k, base, False, out, fmt)
 
 
+def _precheck(jobs: list[dict], force: bool) -> None:
+    """Before torch is imported: writable folders, and no output that exists (unless force) or that
+    a live run holds. No lock is made yet: each clip's path is claimed when its batch starts."""
+    from presto_cli.claim import check_free
+
+    for d in dict.fromkeys(j["path"].parent for j in jobs):
+        _check_writable(d)
+    check_free([j["path"] for j in jobs], force)
+
+
 def _claim(jobs: list[dict], force: bool):
     """Writable folders, then a claim on every output path (refused if it exists, unless force)."""
     from presto_cli.claim import claim_outputs
 
-    for j in jobs:
-        _check_writable(j["path"].parent)
+    for d in dict.fromkeys(j["path"].parent for j in jobs):
+        _check_writable(d)
     return claim_outputs([j["path"] for j in jobs], force).acquire()
 
 
@@ -147,6 +162,7 @@ def generate_cmd(
     """Generate music from text with a presto model. Each clip is written, with a JSON sidecar, and
     its path printed as soon as it is done; `--prompts -` reads prompts from stdin as they come."""
     check_sampling(steps, cfg, rho, duration, force)
+    check_seed(seed)
     if batch_size < 1:
         raise PrestoUsageError(f"--batch-size must be at least 1, got {batch_size}")
     streaming = prompts is not None and str(prompts) == "-"
@@ -158,6 +174,11 @@ def generate_cmd(
     else:
         jobs, base = plan_jobs(prompt, prompts, out, num_per_prompt, seed, fmt)
         batches, total = _batches(jobs, batch_size), len(jobs)
+    from presto_cli.names import check_model_arg
+
+    check_model_arg(model)  # an unknown name or a missing file, before torch is imported
+    if not streaming:
+        _precheck(jobs, force)
     from presto_cli.audio import peak_normalize
     from presto_cli.outputs import clip_record, provenance, write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
@@ -167,8 +188,6 @@ def generate_cmd(
     model_path = resolve_model(model)
     check_steps_for_model(steps, model_default_steps(model_path), force,
                           lambda s: console.print(s, markup=False, soft_wrap=True))
-    if not streaming:
-        _claim(jobs, force)  # every path claimed before any work; released when the command ends
     dev = resolve_device(device)
     set_cpu_threads_for(model_path, dev)
     pipe = load_pipeline(str(model_path), dev)
@@ -189,7 +208,7 @@ def generate_cmd(
     try:
         with progress("generating", total=total, quiet=as_json) as tick:
             for chunk in batches:
-                claim = _claim(chunk, force) if streaming else None
+                claim = _claim(chunk, force)  # claimed when its clips start, released once written
                 at = done
 
                 def on_step(info, n=len(chunk), at=at):
@@ -215,9 +234,11 @@ def generate_cmd(
                     tick.update(done)
                     sys.stdout.write((json.dumps(rec) if as_json else rec["file"]) + "\n")
                     sys.stdout.flush()
-                if claim is not None:
-                    claim.release()
-    except KeyboardInterrupt:
-        console.print(f"interrupted: {done} finished clip(s) kept, the clip in progress discarded",
+                claim.release()
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        from presto_cli.errors import interrupt_code
+
+        why = f" ({e.name})" if getattr(e, "name", None) else ""
+        console.print(f"interrupted{why}: {done} finished clip(s) kept, the clip in progress discarded",
                       markup=False, highlight=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupt_code(e)) from None

@@ -133,27 +133,45 @@ def why_nothing_usable(root: str | Path, problems: list[dict[str, str]]) -> str:
     return "; ".join(parts) or "the folder holds no files"
 
 
-def sidecar_caption(audio: Path) -> tuple[str | None, dict[str, Any]]:
-    """Caption (and extra fields) from ``<stem>.txt`` or ``<stem>.json`` next to ``audio``."""
+def sidecar_caption(audio: Path, warn: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
+    """Caption (and extra fields) from ``<stem>.txt`` or ``<stem>.json`` next to ``audio``; a sidecar
+    that cannot be used (not UTF-8, malformed JSON, blank, no caption key) is named in ``warn``."""
+    def bad(f: Path, why: str) -> None:
+        if warn is not None:
+            warn.append(f"{f}: {why}; its caption was not used (fix or remove the file)")
+
     js = audio.with_suffix(".json")
     if js.is_file():
+        obj = None
         try:
-            obj = json.loads(js.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            obj = None
+            obj = json.loads(js.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            bad(js, "not valid UTF-8")
+        except json.JSONDecodeError as e:
+            bad(js, f"malformed JSON ({e.msg} at line {e.lineno})")
+        except OSError as e:
+            bad(js, f"unreadable ({e.strerror})")
         if isinstance(obj, dict):
             cap = _pick(obj, CAPTION_KEYS)
             extra = {k: obj[k] for k in ("labels", "split") if k in obj}
-            if cap is not None:
+            if cap is not None and str(cap).strip():
                 return str(cap).strip(), extra
-        elif isinstance(obj, str):
+            bad(js, "blank caption" if cap is not None else f"no caption key ({', '.join(CAPTION_KEYS)})")
+        elif isinstance(obj, str) and obj.strip():
             return obj.strip(), {}
+        elif obj is not None:
+            bad(js, "blank" if isinstance(obj, str) else f"a JSON {type(obj).__name__}, not an object")
     txt = audio.with_suffix(".txt")
     if txt.is_file():
+        cap = ""
         try:
-            cap = txt.read_text(encoding="utf-8").strip()
+            cap = txt.read_bytes().decode("utf-8").strip()
+            if not cap:
+                bad(txt, "blank")
         except UnicodeDecodeError:
-            cap = ""
+            bad(txt, "not valid UTF-8")
+        except OSError as e:
+            bad(txt, f"unreadable ({e.strerror})")
         if cap:
             return " ".join(cap.split()), {}
     return None, {}
@@ -202,6 +220,9 @@ def prepare_folder(root: str | Path, manifest_out: str | Path | None = None,
     from presto_cli.io import atomic_write_text
 
     root = Path(root)
+    if root.is_file():
+        raise PrestoError(f"{root} is a file, expected a folder of audio files",
+                          f"give the folder that holds it: presto data prepare {root.parent}")
     if not root.is_dir():
         raise PrestoError(f"dataset folder not found: {root}")
     out = Path(manifest_out) if manifest_out else root / "manifest.jsonl"
@@ -225,6 +246,7 @@ def prepare_folder(root: str | Path, manifest_out: str | Path | None = None,
                 problems.append({"path": rel, "reason": "listed in the manifest but missing"})
     kept: list[dict[str, Any]] = []
     origin = {"manifest": 0, "sidecar": 0, "filename": 0}
+    warnings: list[str] = []
     total = 0.0
     names = sorted(files)
     for k, rel in enumerate(names):
@@ -239,7 +261,7 @@ def prepare_folder(root: str | Path, manifest_out: str | Path | None = None,
         if cap:
             origin["manifest"] += 1
         else:
-            cap, extra = sidecar_caption(files[rel])
+            cap, extra = sidecar_caption(files[rel], warnings)
             if cap:
                 origin["sidecar"] += 1
                 row = {**extra, **row}
@@ -255,7 +277,7 @@ def prepare_folder(root: str | Path, manifest_out: str | Path | None = None,
         atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
     return {"root": str(root), "manifest": str(out) if kept else None, "kept": len(kept),
             "skipped": len(problems), "problems": problems, "hours": round(total / 3600.0, 4),
-            "captions": origin}
+            "captions": origin, "warnings": warnings}
 
 
 # ----------------------------------------------------------------------------------------------

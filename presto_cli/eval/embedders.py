@@ -22,7 +22,6 @@ that changes them).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import math
@@ -38,7 +37,10 @@ from presto_cli.errors import PrestoError
 
 AudioItem = Union[torch.Tensor, str, Path]
 
+LOUD_PEAK = 4.0  # a file peaking above this (+12 dB over full scale) is surely mis-scaled: warned about
+
 EMBEDDERS = ("mel", "music", "clap", "clap-audio", "presto-clap")
+EMBEDDER_ALIASES = ("music-features", "laion-clap", "laion-clap-audio")  # accepted, not listed
 CLAP_INSTALL_HINT = "pip install presto-music[clap]"
 CLAP_CKPT_HINT = ("download a LAION-CLAP checkpoint (music: music_audioset_epoch_15_esc_90.14.pt, "
                   "audio: 630k-audioset-best.pt, from https://huggingface.co/lukewys/laion_clap) "
@@ -204,6 +206,7 @@ class Embedder:
 
         out: dict[int, np.ndarray] = {}
         errors: list[tuple[str, str]] = []
+        self.loud: list[tuple[str, float]] = []  # (file, peak) of files far above full scale
         pending: list[tuple[int, torch.Tensor, AudioItem]] = []
 
         def flush() -> None:
@@ -236,6 +239,9 @@ class Embedder:
                     w = load_audio(item, self.sample_rate)
                     if not torch.isfinite(w).all():
                         raise PrestoError(f"audio file {item} contains NaN or Inf samples")
+                    peak = float(w.abs().max()) if w.numel() else 0.0
+                    if peak > LOUD_PEAK:
+                        self.loud.append((str(item), peak))
                 except PrestoError as e:
                     errors.append((str(item), str(e)))
                     continue
@@ -350,6 +356,13 @@ def _import_laion_clap():
     except ImportError as e:
         raise PrestoError(f"laion_clap failed to import: {str(e).splitlines()[0]}",
                           f"{CLAP_INSTALL_HINT} (laion_clap also needs torchvision and librosa)") from None
+    except Exception as e:  # e.g. "operator torchvision::nms does not exist": a torchvision for another torch
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        culprit = "torchvision (built for another torch)" if "torchvision" in str(e) else "laion_clap"
+        raise PrestoError(f"the LAION-CLAP install is broken: importing laion_clap failed in {culprit}: "
+                          f"{first}", "reinstall a torchvision matching your torch and laion_clap with "
+                          "`make install-clap` (or pip uninstall torchvision laion_clap), or use "
+                          "--embedder presto-clap, which needs neither") from None
     return laion_clap
 
 
@@ -563,6 +576,6 @@ def build_embedder(name: str, clap_ckpt: str | Path | None = None, device: str =
         return LaionClapEmbedder(clap_ckpt, kind="audio", device=device, **kw)
     if key == "presto-clap":
         return PrestoClapEmbedder(clap_ckpt, device=device, **kw)
-    m = difflib.get_close_matches(key, EMBEDDERS, n=1, cutoff=0.5)
-    raise PrestoError(f"unknown embedder '{name}'" + (f"; did you mean '{m[0]}'?" if m else ""),
-                      f"choose one of: {', '.join(EMBEDDERS)}")
+    from presto_cli.names import unknown_name
+
+    raise unknown_name("embedder", name, EMBEDDERS)

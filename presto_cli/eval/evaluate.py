@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from presto_cli.errors import PrestoError
+from presto_cli.errors import PrestoError, PrestoUsageError
 from presto_cli.prompts import read_prompts  # noqa: F401  (re-exported)
 from presto_cli.eval import metrics as M
 from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
@@ -39,6 +39,19 @@ def check_eval_options(cfg) -> None:
     V.number("--duration", cfg.duration, at_least=0)
     M.parse_bandwidth(cfg.bandwidth)  # cmmd | median | a positive finite number
     V.check_sampling(cfg.steps or None)
+    V.check_seed(cfg.seed)
+    from presto_cli.eval.embedders import EMBEDDER_ALIASES, EMBEDDERS
+    from presto_cli.names import unknown_name
+
+    if (cfg.embedder or "").strip().lower() not in EMBEDDERS + EMBEDDER_ALIASES:
+        raise unknown_name("embedder", cfg.embedder, EMBEDDERS)
+    if cfg.k < 1:
+        raise V.PrestoUsageError(f"--k must be at least 1, got {cfg.k}",
+                                 "PRDC counts each clip's k nearest neighbours; the usual k is 5")
+    if cfg.n < 0:
+        raise V.PrestoUsageError(f"--n must be at least 0, got {cfg.n}", "0 takes every prompt or file")
+    if cfg.batch_size < 1:
+        raise V.PrestoUsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
 
 
 @dataclass
@@ -135,6 +148,8 @@ def missing_inputs(cfg: EvalConfig, metrics: list[str]) -> list[str]:
     for m in cfg.models:
         try:
             resolve_model(m)
+        except PrestoUsageError:  # an unknown model name: a bad option value, with its "did you mean"
+            raise
         except PrestoError as e:
             miss.append(f"--model {m}: {e}")
     miss += [f"--gen {g}: no such folder" for g in cfg.gen if not Path(g).is_dir()]
@@ -289,6 +304,18 @@ class Reference:
     sigma: np.ndarray
 
 
+def loud_notes(embedder: Embedder) -> list[str]:
+    """One line for the files of the last ``embed_files`` call that peak far above full scale (they
+    are scored as they are, but their embeddings say more about the scaling than the music)."""
+    loud = getattr(embedder, "loud", [])
+    if not loud:
+        return []
+    f, peak = max(loud, key=lambda x: x[1])
+    who = f"{f} peaks at" if len(loud) == 1 else f"{f} and {len(loud) - 1} more files peak at up to"
+    return [f"{who} {peak:.3g}, far above full scale (1.0): scored as is, which measures the scaling more "
+            "than the music (normalise the audio, e.g. divide by its peak)"]
+
+
 def load_reference(ref: str, embedder: Embedder, cache: EmbeddingCache | None,
                    log: Callable[[str], None]) -> Reference:
     p = Path(ref)
@@ -297,6 +324,8 @@ def load_reference(ref: str, embedder: Embedder, cache: EmbeddingCache | None,
         emb, idx, errors = drop_short(files, *embedder.embed_files(files, cache))
         for f, e in errors:
             log(f"skipped reference file {f}: {e}")
+        for line in loud_notes(embedder):
+            log(f"warning: {line}")
         if emb.shape[0] < 2:
             raise PrestoError(f"the reference folder {p} has fewer than 2 readable clips")
         mu, sigma = M.gaussian_stats(emb)
@@ -726,6 +755,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
     from presto_cli import __version__
 
     metrics = parse_metrics(cfg.metrics)
+    check_eval_options(cfg)  # option values first (usage errors), --mmd-bandwidth included
     names = [system_name(m) for m in cfg.models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -737,9 +767,6 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
                           + "; ".join(f"({i + 1}) {m}" for i, m in enumerate(miss)))
     need_ref = [m for m in metrics if m in REF_METRICS]
     cfg = in_run_dir(cfg)
-    if cfg.n < 0 or cfg.k < 1 or cfg.batch_size < 1:
-        raise PrestoError("--n must be >= 0, k >= 1 and the batch size >= 1")
-    check_eval_options(cfg)  # --mmd-bandwidth included: a bad one fails before any generation
     embedder = build_embedder(cfg.embedder, clap_ckpt=cfg.clap_ckpt or None, device=cfg.device)
     if any(m in metrics for m in TEXT_METRICS) and not embedder.has_text:
         raise PrestoError(f"the {embedder.name} embedder has no text tower, so no CLAP score/adherence",
@@ -796,7 +823,11 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
             emb, ok, errors = np.zeros((len(sy.files), 0)), list(range(len(sy.files))), []
         for f, e in errors:
             log(f"skipped {f}: {e}")
+        loud = loud_notes(embedder)
+        for line in loud:
+            log(f"warning: {line}")
         sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table, tex_ref, tex_codec)
+        sc["notes"] += loud
         ok_files = [sy.files[i] for i in ok]
         if ref is not None:
             sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])

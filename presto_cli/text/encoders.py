@@ -138,11 +138,9 @@ class ClapTextEncoder(TextEncoder):
         if not ckpt.is_file():
             raise PrestoError(f"LAION-CLAP checkpoint not found: {ckpt}",
                               "download it once and give its local path")
-        try:
-            import laion_clap  # noqa: F401
-        except ImportError:
-            raise PrestoError("the CLAP text encoder needs laion_clap, which is not installed",
-                              f"pip install presto-music[clap] (checkpoint: {ckpt})") from None
+        from presto_cli.eval.embedders import _import_laion_clap
+
+        laion_clap = _import_laion_clap()  # missing or broken (torchvision): one line with the fix
         self.clap = laion_clap.CLAP_Module(enable_fusion=enable_fusion, amodel=amodel, device=str(device))
         self.clap.load_ckpt(str(ckpt), verbose=False)
         self._device = torch.device(device)
