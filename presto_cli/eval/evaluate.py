@@ -64,6 +64,8 @@ class EvalConfig:
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
     device: str = "auto"
+    precision: str = ""  # the DiT's dtype when generating: fp32 | bf16 | fp16 ("" = the device's default)
+    compile: bool = False  # torch.compile the DiT when generating
     cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
     no_cache: bool = False
     audio_dir: str = ""  # where generated clips are written (default: beside --out/--report)
@@ -444,7 +446,9 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
 
     path = resolve_model(model)
     set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
-    pipe = load_pipeline(str(path), cfg.device)
+    pipe = load_pipeline(str(path), cfg.device, cfg.precision or None, cfg.compile)
+    if pipe.audio_channels > 1:
+        log(f"{model}: {pipe.audio_channels}-channel clips; every embedder scores their mono downmix")
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
@@ -482,6 +486,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
             "prompt_match": "off" if pipe.bank is None else cfg.match,
+            "precision": pipe.precision, "compile": pipe.compiled, "channels": pipe.audio_channels,
+            "embedder_input": "mono downmix" if pipe.audio_channels > 1 else "mono",
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir),
             "patch": int((pipe.meta.get("model") or {}).get("patch", 1)),
             "codec_sha256": _codec_sha(pipe)}
@@ -597,7 +603,7 @@ def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
     from presto_cli.runtime import set_cpu_threads_for
 
     set_cpu_threads_for(resolve_model(model), cfg.device)  # the threads generate_system will use
-    pipe = load_pipeline(str(resolve_model(model)), cfg.device)
+    pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
     nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
     calls = nfe // 2 if s.cfg != 1.0 else nfe  # a guided call evaluates the batch twice at once
