@@ -368,6 +368,19 @@ def _durations(files: list[Path]) -> list[float]:
     return out
 
 
+def _multichannel(files: list[Path]) -> int:
+    """How many of ``files`` have more than one channel (embedders hear their mono downmix)."""
+    from presto_cli.audio import audio_info
+
+    n = 0
+    for f in files:
+        try:
+            n += int(audio_info(f)["channels"]) > 1
+        except PrestoError:
+            pass
+    return n
+
+
 def _summary(durs: list[float]) -> dict:
     if not durs:
         return {"mean": None, "min": None, "max": None}
@@ -447,8 +460,6 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     path = resolve_model(model)
     set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
     pipe = load_pipeline(str(path), cfg.device, cfg.precision or None, cfg.compile)
-    if pipe.audio_channels > 1:
-        log(f"{model}: {pipe.audio_channels}-channel clips; every embedder scores their mono downmix")
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
@@ -806,6 +817,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         ok_files = [sy.files[i] for i in ok]
         if ref is not None:
             sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])
+        multi = _multichannel(ok_files)
+        if multi:
+            sc["notes"].append(f"{multi} of {len(ok_files)} clips have 2+ channels: the embedder scores "
+                               "their mono downmix (the mean of the channels)")
         results.append({
             "name": sy.name, "source": sy.source, **sy.info,
             "n": int(emb.shape[0]), "n_files": len(sy.files),
