@@ -2,8 +2,8 @@
 # One prepared GPU check (issue 31), at most 8 minutes on one H100/H200: inference speed of the
 # paper-shape teacher, Presto-S, Presto-L and Presto-LS (random weights, 32 s of 44.1 kHz audio,
 # batch 1 and 8, fp32 and bf16, eager and compiled), decode timed apart, peak memory.
-#   bash benchmarks/gpu_check.sh            # writes $OUT/gpu_check.json (else runs/gpu_check/) and gpu_table.md
-#   bash benchmarks/gpu_check.sh --dry-run  # tiny shapes on the CPU, seconds
+#   OUT=DIR bash benchmarks/gpu_check.sh    # writes DIR/gpu_check.json (default runs/gpu_check/) and gpu_table.md
+#   OUT=DIR bash benchmarks/gpu_check.sh --dry-run  # tiny shapes on the CPU (other options: gpu_check.py --help)
 # The python script stops starting rows after --budget-s (420 s) and writes its JSON after every
 # row; `timeout` is the backstop that keeps the whole call under 8 minutes.
 set -u
