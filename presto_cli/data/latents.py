@@ -196,7 +196,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
             if max_windows_per_file:
                 n_win = min(n_win, int(max_windows_per_file))
             for k in range(n_win):
-                seg = audio[k * win:(k + 1) * win]
+                seg = audio[:, k * win:(k + 1) * win]
                 if seg.shape[-1] < win:
                     seg = torch.nn.functional.pad(seg, (0, win - seg.shape[-1]))
                 pending.append((seg, {"path": rel, "start": round(k * win / sr, 6),
