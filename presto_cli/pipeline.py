@@ -29,9 +29,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # the DiT's weights and activations (the 
 
 
 def inference_defaults(device: torch.device) -> tuple[str, bool]:
-    """``(precision, compile)`` when the user names neither. CPU: fp32 eager -- on this CPU bf16 is
-    no faster at demo size and torch.compile saved 10-15% of Presto-S's 4 steps while costing
-    4-42 s per process (PERF_NOTES.md). CUDA: bf16 eager -- the paper DiT is trained in bf16 and
+    """``(precision, compile)`` when the user names neither. CPU: fp32 eager -- bf16 moves every
+    sample (1-7% relative, tests/test_precision.py) and its speed on the 2-core development machine
+    was mixed; torch.compile saved 10-15% of Presto-S's 4 steps there while costing 4-42 s per
+    process (/work/shared/PERF_NOTES.md). CUDA: bf16 eager -- the paper DiT is trained in bf16 and
     compiling costs tens of seconds per process, so it is opt-in (--compile); not yet measured on
     a GPU by presto (benchmarks/gpu_check.sh measures both)."""
     return ("bf16", False) if torch.device(device).type == "cuda" else ("fp32", False)

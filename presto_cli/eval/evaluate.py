@@ -543,7 +543,7 @@ def _audio_latents_db(files: list[Path], codec, max_files: int = 0) -> list:
 
     out = []
     for f in files[: max_files or None]:
-        a = load_audio(f, codec.sample_rate)[None]
+        a = load_audio(f, codec.sample_rate, getattr(codec, "audio_channels", 1))[None]
         with torch.no_grad():
             out.append(latents_to_db(codec.encode(a), codec)[0])
     return out
