@@ -103,11 +103,22 @@ def resample(audio: np.ndarray | torch.Tensor, sr_in: int, sr_out: int):
     return torch.from_numpy(np.ascontiguousarray(y)) if is_t else y
 
 
-def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """Decode ``path`` to a mono float32 tensor of shape (1, T) at ``sample_rate``.
+def to_channels(data: np.ndarray, channels: int = 1) -> np.ndarray:
+    """``(frames, C)`` -> ``(channels, frames)``: 1 averages every channel (mono); 2 keeps a
+    stereo file's first two channels and copies a mono file into both."""
+    if channels == 1:
+        return (data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0])[None]
+    if channels != 2:
+        raise PrestoError(f"audio channels must be 1 (mono) or 2 (stereo), got {channels}")
+    return np.stack([data[:, 0], data[:, 1 if data.shape[1] > 1 else 0]])
 
-    Channels are averaged; the file is resampled if its rate differs. Unreadable or empty files
-    raise :class:`PrestoError` naming the file.
+
+def load_audio(path: str | Path, sample_rate: int, channels: int = 1) -> torch.Tensor:
+    """Decode ``path`` to a float32 tensor of shape (channels, T) at ``sample_rate``.
+
+    ``channels`` 1 (default): channels are averaged; 2: stereo (see :func:`to_channels`). The file
+    is resampled if its rate differs. Unreadable or empty files raise :class:`PrestoError` naming
+    the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,9 +126,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     data, sr = _read_any(path)
     if data.size == 0 or data.shape[0] == 0:
         raise PrestoError(f"audio file {path} is empty (0 samples)")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    mono = resample(mono, sr, int(sample_rate))
-    return torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)).unsqueeze(0)
+    x = resample(to_channels(data, channels), sr, int(sample_rate))
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _format_for(path: Path, fmt: str | None) -> str:

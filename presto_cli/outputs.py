@@ -3,7 +3,7 @@ and the cold-start benchmark.
 
 Each clip ``x.wav`` has a JSON sidecar ``x.wav.json`` saying how it was made (STYLE.md "outputs
 carry their provenance"): ``file``, ``prompt``, ``seed``, then :func:`provenance`'s keys (model,
-kind, sampler, steps, cfg, rho, duration, NFE, device, version), plus any extra a caller adds
+kind, sampler, steps, cfg, rho, duration, NFE, device, precision, compile, channels, version), plus any extra a caller adds
 (eval adds ``style``). A clip is both files or neither.
 """
 from __future__ import annotations
@@ -21,7 +21,9 @@ def provenance(pipe, settings, model: str, duration: float, normalize: bool = Fa
             "token_shift": bool(getattr(settings, "token_shift", False)),
             "duration": round(duration, 4), "sample_rate": pipe.sample_rate,
             "nfe": pipe.nfe(settings.steps, settings.sampler, settings.cfg), "normalize": normalize,
-            "device": str(pipe.device), "presto_version": __version__}
+            "device": str(pipe.device), "precision": getattr(pipe, "precision", "fp32"),
+            "compile": bool(getattr(pipe, "compiled", False)), "channels": getattr(pipe, "audio_channels", 1),
+            "presto_version": __version__}
 
 
 def clip_record(path: Path, prompt: str, seed: int, common: dict, **extra) -> dict:

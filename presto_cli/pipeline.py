@@ -19,6 +19,29 @@ from presto_cli.names import BUNDLED, check_model_arg
 ASSETS = Path(__file__).resolve().parent / "assets"
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
 BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
+PRECISIONS = ("fp32", "bf16", "fp16")  # the DiT's weights and activations (the codec decodes in fp32)
+
+
+def inference_defaults(device: torch.device) -> tuple[str, bool]:
+    """``(precision, compile)`` when the user names neither. CPU: fp32 eager -- bf16 moves every
+    sample (1-7% relative, tests/test_precision.py) and its speed on the 2-core development machine
+    was mixed; torch.compile saved 10-15% of Presto-S's 4 steps there while costing 4-42 s per
+    process (/work/shared/PERF_NOTES.md). CUDA: bf16 eager -- the paper DiT is trained in bf16 and
+    compiling costs tens of seconds per process, so it is opt-in (--compile); not yet measured on
+    a GPU by presto (benchmarks/gpu_check.sh measures both)."""
+    return ("bf16", False) if torch.device(device).type == "cuda" else ("fp32", False)
+
+
+def check_precision(precision: str | None, device: torch.device) -> str:
+    """The precision to run at (``None``: the device's default); refuses unknown names and fp16 on
+    the CPU (slow or unsupported there; bf16 is the CPU's half precision)."""
+    if precision is None:
+        return inference_defaults(device)[0]
+    if precision not in PRECISIONS:
+        raise PrestoError(f"unknown precision '{precision}'", f"choose one of: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        raise PrestoError("--precision fp16 is not supported on the CPU", "use --precision bf16 or fp32 there")
+    return precision
 
 
 def bundled_models() -> dict[str, Path]:
@@ -63,7 +86,10 @@ class SampleSettings:
 
 class Pipeline:
     def __init__(self, tensors: dict[str, torch.Tensor], meta: dict, device: torch.device,
-                 path: Path | None = None):
+                 path: Path | None = None, precision: str | None = "fp32", compile: bool = False):
+        """``precision`` (fp32 | bf16 | fp16; None: the device's default) casts the DiT's weights,
+        so it computes in that dtype (norms and the EDM preconditioning stay in fp32);
+        ``compile`` wraps the DiT in ``torch.compile`` (compiled on its first call)."""
         from presto_cli.diffusion.edm import EDMConfig, EDMDenoiser
         from presto_cli.models.dit import DiTConfig, DiT
         from presto_cli.recipes import dataclass_from_dict
@@ -109,6 +135,18 @@ class Pipeline:
         self.default_frames = int(meta.get("frames", self.max_frames))
         self.max_duration = self.max_frames / self.frame_rate
         self.default_duration = self.default_frames / self.frame_rate
+        self.audio_channels = int(getattr(self.codec, "audio_channels", 1))
+        self.precision = check_precision(precision, device)
+        self.compiled = bool(compile)
+        if self.precision != "fp32":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+            self.denoiser.net.to(dtype)
+        if self.compiled:
+            try:
+                self.denoiser.net = torch.compile(self.denoiser.net)
+            except Exception as e:  # torch.compile raises many kinds of errors on unsupported setups
+                raise PrestoError(f"torch.compile failed: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}", "run without --compile") from None
 
     def _caption_bank(self, tensors, meta, path):
         """The artefact's caption bank; for a bundled model, the shared assets/demo-captions file."""
@@ -237,6 +275,7 @@ class Pipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Audio ``[B, audio_channels, T]`` in fp32."""
         if self.codec is None:
             raise PrestoError("this model has no codec embedded, so it makes latents, not audio")
         return self.codec.decode(latents).float().clamp(-1, 1)
@@ -245,7 +284,7 @@ class Pipeline:
                  duration=None, rho=None, progress: bool = False, callback=None,
                  match: bool | None = None, conditions: list | None = None,
                  token_shift: bool | None = None) -> torch.Tensor:
-        """Audio [B, 1, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
+        """Audio [B, audio_channels, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
         ``match`` and ``conditions`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
                                                callback, match, conditions, token_shift))
@@ -254,14 +293,19 @@ class Pipeline:
 _CACHE: dict[tuple, Pipeline] = {}
 
 
-def load_pipeline(name_or_path: str | None = None, device: str | torch.device = "auto") -> Pipeline:
+def load_pipeline(name_or_path: str | None = None, device: str | torch.device = "auto",
+                  precision: str | None = None, compile: bool | None = None) -> Pipeline:
+    """The model's pipeline on ``device`` at ``precision`` (None: the device's default, see
+    :func:`inference_defaults`), compiled when ``compile`` (None: the device's default)."""
     from presto_cli.runtime import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    precision = check_precision(precision, dev)
+    compile = inference_defaults(dev)[1] if compile is None else bool(compile)
     path = resolve_model(name_or_path)
-    key = (str(path.resolve()), path.stat().st_mtime_ns, str(dev))
+    key = (str(path.resolve()), path.stat().st_mtime_ns, str(dev), precision, compile)
     if key not in _CACHE:
         tensors, meta = load_artefact(path)
         _CACHE.clear()
-        _CACHE[key] = Pipeline(tensors, meta, dev, path)
+        _CACHE[key] = Pipeline(tensors, meta, dev, path, precision, compile)
     return _CACHE[key]

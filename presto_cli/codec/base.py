@@ -1,6 +1,7 @@
 """The codec interface, the codec registry and the codec artefact format.
 
-A codec (METHOD.md section 1) maps mono audio ``[B, 1, T]`` to latents ``[B, C, F]`` at a low frame
+A codec (METHOD.md section 1) maps audio ``[B, A, T]`` (``A = audio_channels``: 1 mono, the
+default; 2 stereo where the kind supports it) to latents ``[B, C, F]`` at a low frame
 rate and back. ``encode`` is deterministic (the posterior mean) and multiplies the raw latents by
 ``latent_scale`` so that the latents the diffusion model sees have a standard deviation of about
 ``sigma_data``; ``decode`` divides by it again. Every kind of autoencoder registers a factory with
@@ -36,8 +37,9 @@ class Codec(nn.Module):
     sample_rate: int
     channels: int
     hop: int
+    audio_channels: int = 1
 
-    def __init__(self, cfg=None, channels: int = 0, hop: int = 0) -> None:
+    def __init__(self, cfg=None, channels: int = 0, hop: int = 0, audio_channels: int = 1) -> None:
         """``cfg`` (validated here) gives ``sample_rate`` and ``n_fft``; ``channels`` and ``hop``
         are the latents' channels and audio samples per frame."""
         super().__init__()
@@ -45,7 +47,7 @@ class Codec(nn.Module):
         if cfg is not None:
             cfg.validate()
             self.cfg, self.sample_rate, self.n_fft = cfg, cfg.sample_rate, cfg.n_fft
-            self.channels, self.hop = channels, hop
+            self.channels, self.hop, self.audio_channels = channels, hop, int(audio_channels)
 
     # -- to implement -------------------------------------------------------------------------
     def encode_dist(self, audio: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,10 +72,11 @@ class Codec(nn.Module):
         return -(-int(num_samples) // self.hop)
 
     def pad_audio(self, audio: Tensor) -> Tensor:
-        """Check shape ``[B, 1, T]`` and zero-pad T up to a multiple of ``hop``."""
-        if audio.dim() != 3 or audio.shape[1] != 1:
-            raise PrestoError(f"codec expects mono audio shaped [batch, 1, samples], got "
-                              f"{tuple(audio.shape)}")
+        """Check shape ``[B, audio_channels, T]`` and zero-pad T up to a multiple of ``hop``."""
+        a = self.audio_channels
+        if audio.dim() != 3 or audio.shape[1] != a:
+            raise PrestoError(f"codec expects {'mono' if a == 1 else f'{a}-channel'} audio shaped "
+                              f"[batch, {a}, samples], got {tuple(audio.shape)}")
         rem = (-audio.shape[-1]) % self.hop
         if rem:
             audio = torch.nn.functional.pad(audio, (0, rem))
@@ -85,7 +88,7 @@ class Codec(nn.Module):
         return mean * self.latent_scale.to(mean.dtype)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Scaled latents ``[B, C, F]`` -> audio ``[B, 1, F * hop]``."""
+        """Scaled latents ``[B, C, F]`` -> audio ``[B, audio_channels, F * hop]``."""
         if z.dim() != 3 or z.shape[1] != self.channels:
             raise PrestoError(f"codec expects latents shaped [batch, {self.channels}, frames], got "
                               f"{tuple(z.shape)}", "the model and the codec do not belong together")
@@ -170,7 +173,7 @@ def codec_meta(codec: Codec, latent: dict | None = None, recon: dict | None = No
     meta: dict[str, Any] = {"model": codec.config(),
                             "latent": {"scale": float(codec.latent_scale), **(latent or {})},
                             "sample_rate": codec.sample_rate, "channels": codec.channels,
-                            "hop": codec.hop}
+                            "hop": codec.hop, "audio_channels": codec.audio_channels}
     if recon:
         meta["recon"] = recon
     return meta

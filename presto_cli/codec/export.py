@@ -64,8 +64,9 @@ def reconstruction_report(codec: Codec, clips: Tensor, batch_size: int = 8,
         mel += log_mel_l1(y, x, codec.sample_rate) * b
         mr += mrstft_distance(y, x) * b
         n += b
-        originals += list(x[:, 0].float().cpu().numpy())
-        recons += list(y[:, 0, :x.shape[-1]].float().cpu().numpy())
+        t = x.shape[-1]  # every channel of a stereo codec counts as a clip of its own
+        originals += list(x.reshape(-1, t).float().cpu().numpy())
+        recons += list(y[..., :t].reshape(-1, t).float().cpu().numpy())
     out = {"log_mel_l1": mel / max(n, 1), "mrstft": mr / max(n, 1), "clips": n}
     if n:
         out.update(music_report(originals, recons, codec.sample_rate, codec.frame_rate))

@@ -50,6 +50,9 @@ class MelCodecConfig:
     kernel_size: int = 7  # depthwise convolution kernel (frames, odd)
     # phase head predicts a residual on a steady sinusoid per bin (no frame-rate clicks untrained)
     phase_prior: bool = True
+    # 1: mono; 2: stereo, each channel its own log-mel (left's n_mels latent channels, then
+    # right's): the latents have audio_channels * n_mels channels, one shared vocoder decodes both
+    audio_channels: int = 1
 
     @property
     def hop(self) -> int:
@@ -80,6 +83,8 @@ class MelCodecConfig:
             raise bad(f"model.log_floor must be positive, got {self.log_floor}")
         if self.kernel_size % 2 == 0:
             raise bad(f"model.kernel_size must be odd, got {self.kernel_size}")
+        if self.audio_channels not in (1, 2):
+            raise bad(f"model.audio_channels must be 1 (mono) or 2 (stereo), got {self.audio_channels}")
 
 
 class MelVocosCodec(Codec):
@@ -88,7 +93,8 @@ class MelVocosCodec(Codec):
     stochastic = False  # encode is a fixed transform: no posterior, no KL term
 
     def __init__(self, cfg: MelCodecConfig):
-        super().__init__(cfg, channels=cfg.n_mels, hop=cfg.hop_length)
+        super().__init__(cfg, channels=cfg.n_mels * cfg.audio_channels, hop=cfg.hop_length,
+                         audio_channels=cfg.audio_channels)
         nf = cfg.n_fft // 2 + 1
         self.register_buffer("window", hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("mel_fb", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels,
@@ -114,19 +120,24 @@ class MelVocosCodec(Codec):
 
     # -- the fixed analysis ------------------------------------------------------------------------
     def log_mel(self, audio: Tensor) -> Tensor:
-        """``log(max(mel(|STFT|), floor))``, ``[B, n_mels, T / hop]`` of ``audio [B, 1, T]``."""
+        """``log(max(mel(|STFT|), floor))``, ``[B, A * n_mels, T / hop]`` of ``audio [B, A, T]``
+        (``A = audio_channels``; stereo: the left channel's bins, then the right's)."""
         audio = self.pad_audio(audio)
+        b, a, t = audio.shape
         with torch.autocast(audio.device.type, enabled=False):
-            mag = stft_same(audio[:, 0].float(), self.n_fft, self.hop, self.window).abs()
+            mag = stft_same(audio.reshape(b * a, t).float(), self.n_fft, self.hop, self.window).abs()
             mel = torch.einsum("mf,bft->bmt", self.mel_fb, mag)
-            return torch.log(mel.clamp_min(self.cfg.log_floor))
+            out = torch.log(mel.clamp_min(self.cfg.log_floor))
+            return out.reshape(b, a * out.shape[1], out.shape[2])
 
     @torch.no_grad()
     def fit_normalization(self, batches: Iterable[Tensor]) -> dict[str, float]:
-        """Set ``mel_mean`` to the per-bin mean log-mel of ``batches`` (``[b, 1, T]`` audio)."""
+        """Set ``mel_mean`` to the per-bin mean log-mel of ``batches`` (``[b, A, T]`` audio; one
+        mean per bin shared by both channels of a stereo codec)."""
         total, n = None, 0
         for x in batches:
             m = self.log_mel(x.to(self.mel_fb.device)).double()
+            m = m.reshape(m.shape[0] * self.audio_channels, self.cfg.n_mels, m.shape[-1])
             s = m.sum(dim=(0, 2))
             total = s if total is None else total + s
             n += m.shape[0] * m.shape[2]
@@ -136,11 +147,22 @@ class MelVocosCodec(Codec):
         return {"mel_mean_min": float(self.mel_mean.min()), "mel_mean_max": float(self.mel_mean.max())}
 
     # -- codec --------------------------------------------------------------------------------------
+    def _bin_mean(self) -> Tensor:
+        return self.mel_mean.repeat(self.audio_channels)[:, None]  # [A * n_mels, 1]
+
     def encode_dist(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        mean = self.log_mel(audio) - self.mel_mean[:, None]
+        mean = self.log_mel(audio) - self._bin_mean()
         return mean, torch.full_like(mean, -30.0)  # a point mass
 
     def vocode(self, log_mel: Tensor) -> Tensor:
+        """Audio ``[B, A, N * hop]`` from an (uncentred) log-mel ``[B, A * n_mels, N]``: each
+        channel's ``n_mels`` rows go through the one vocoder."""
+        b, a = log_mel.shape[0], self.audio_channels
+        if a > 1:
+            return self._vocode(log_mel.reshape(b * a, self.cfg.n_mels, -1)).reshape(b, a, -1)
+        return self._vocode(log_mel)
+
+    def _vocode(self, log_mel: Tensor) -> Tensor:
         """Audio ``[B, 1, N * hop]`` from an (uncentred) log-mel ``[B, n_mels, N]``."""
         # A full-scale signal's log-mel peaks near 6; far larger values (a diverged sampler) would
         # overflow exp() below into inf - inf = NaN audio. Clip them 2 nats above full scale.
@@ -166,7 +188,7 @@ class MelVocosCodec(Codec):
         return (2 * torch.pi * cycles).float()
 
     def decode_raw(self, z: Tensor) -> Tensor:
-        return self.vocode(z.float() + self.mel_mean[:, None])
+        return self.vocode(z.float() + self._bin_mean())
 
     def forward(self, audio: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         """Training pass (``noise`` is ignored: the encoder is deterministic)."""

@@ -16,7 +16,10 @@ def bench_cmd(
     sampler: Optional[List[str]] = typer.Option(None, "--sampler", help="Sampler (repeatable; default: each model's)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of audio per clip (default: the model's)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the DiT (compile time goes into warm-up)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                            help="torch.compile the DiT (compile time goes into warm-up; default off)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: the DiT's dtype "
+                                            "(default: fp32 on CPU, bf16 on CUDA; fp16 is refused on CPU)."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed rounds; each runs every row once (the median is reported). "
                                                                   "Default 10 (3 with --cold)."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed runs first."),
@@ -39,11 +42,17 @@ def bench_cmd(
         raise PrestoUsageError(f"--repeats must be at least 1, got {repeats}")
     if cold:
         return _cold(model, steps, repeats, as_json)
+    from presto_cli.commands.generate import usage_precision
     from presto_cli.eval.bench import BenchSettings, bench_table, run_bench
+    from presto_cli.pipeline import inference_defaults
+    from presto_cli.runtime import resolve_device
 
+    dev = resolve_device(device)
+    precision = usage_precision(precision, dev)
+    compile_ = inference_defaults(dev)[1] if compile_ is None else compile_
     settings = BenchSettings(steps=steps, samplers=tuple(sampler) if sampler else (None,), duration=duration,
                              repeats=repeats or 10, warmup=warmup, compile=compile_, prompt=prompt,
-                             memory=memory)
+                             memory=memory, precision=precision)
     with progress("bench", quiet=as_json) as tick:
         doc = run_bench(list(model) if model else None, settings, device,
                         log=lambda s: _log(console, tick, s), tick=tick)

@@ -88,6 +88,10 @@ def eval_cmd(
                                          "nearest training caption; --no-match: on the prompt as written. Default: "
                                          "the nearest caption for prompts unlike every training wording."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: the DiT's dtype when "
+                                            "generating (default: fp32 on CPU, bf16 on CUDA)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the DiT when "
+                                            "generating (default off)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ):
     """Score generated audio against a reference (FAD, MMD, PRDC, CLAP score, adherence)."""
@@ -116,6 +120,7 @@ def eval_cmd(
              "cache": str(cache) if cache else None, "no_cache": no_cache or None,
              "out": str(out) if out else None, "report": str(report) if report else None,
              "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device,
+             "precision": precision, "compile": compile_,
              "match": None if match is None else ("on" if match else "off")}
     merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
     if merged.get("models") and not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):

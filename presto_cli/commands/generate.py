@@ -17,6 +17,16 @@ from presto_cli.validate import check_out_path, check_prompt, check_sampling, ch
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
 
+def usage_precision(precision: Optional[str], dev):
+    """``--precision`` checked for ``dev`` (a bad value is a usage error, exit 2)."""
+    from presto_cli.pipeline import check_precision
+
+    try:
+        return check_precision(precision, dev)
+    except PrestoError as e:
+        raise PrestoUsageError(e.message, e.hint) from None
+
+
 def _slug(text: str, n: int = 40) -> str:
     s = re.sub(r"[^a-zA-Z0-9]+", "-", text.lower()).strip("-")
     return (s[:n].rstrip("-")) or "clip"
@@ -157,6 +167,10 @@ def generate_cmd(
                                          "with a caption bank). The sidecar records the choice."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: the DiT's dtype "
+                                            "(default: fp32 on CPU, bf16 on CUDA; fp16 is refused on CPU)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the DiT (costs "
+                                            "seconds to a minute on the first batch; default off)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per file on stdout."),
 ):
     """Generate music from text with a presto model. Each clip is written, with a JSON sidecar, and
@@ -189,8 +203,9 @@ def generate_cmd(
     check_steps_for_model(steps, model_default_steps(model_path), force,
                           lambda s: console.print(s, markup=False, soft_wrap=True))
     dev = resolve_device(device)
+    precision = usage_precision(precision, dev)
     set_cpu_threads_for(model_path, dev)
-    pipe = load_pipeline(str(model_path), dev)
+    pipe = load_pipeline(str(model_path), dev, precision, compile_)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
         s = pipe.settings(steps, sampler, cfg, rho, token_shift)
         dur = pipe.frames_for(duration) / pipe.frame_rate

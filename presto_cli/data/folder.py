@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from presto_cli.audio import AUDIO_EXTS, _read_any, resample
+from presto_cli.audio import AUDIO_EXTS, _read_any, resample, to_channels
 from presto_cli.errors import PrestoError
 
 CAPTION_KEYS = ("caption", "text", "description", "prompt")
@@ -303,7 +303,7 @@ def split_rows(rows: list[dict[str, Any]], split: str, val_fraction: float) -> l
 
 
 class AudioClipDataset(torch.utils.data.Dataset):
-    """Fixed-length mono clips with captions from a prepared folder.
+    """Fixed-length clips (mono, or stereo with ``channels=2``) with captions from a prepared folder.
 
     ``getitem(i, rng)`` draws a random crop from ``rng`` (a ``torch.Generator``) and zero-pads files
     shorter than ``clip_seconds`` at the end; ``dataset[i]`` is the deterministic centre crop.
@@ -312,8 +312,9 @@ class AudioClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, manifest: str | Path | None = None, sample_rate: int = 16000,
                  clip_seconds: float = 4.0, split: str = "train", val_fraction: float = 0.0,
-                 cache_mb: float = 256.0):
+                 cache_mb: float = 256.0, channels: int = 1):
         self.root = Path(root)
+        self.channels = int(channels)
         mpath = Path(manifest) if manifest else self.root / "manifest.jsonl"
         if not mpath.is_file():
             raise PrestoError(f"no manifest at {mpath}", f"run `presto data prepare {self.root}` first")
@@ -344,7 +345,7 @@ class AudioClipDataset(torch.utils.data.Dataset):
         return self.rows[index]["caption"]
 
     def load(self, index: int) -> torch.Tensor:
-        """The whole file, decoded to (1, T) at ``sample_rate`` (cached)."""
+        """The whole file, decoded to (channels, T) at ``sample_rate`` (cached)."""
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
@@ -354,17 +355,17 @@ class AudioClipDataset(torch.utils.data.Dataset):
         data, sr = _read_any(path)
         if data.size == 0:
             raise PrestoError(f"audio file {path} is empty (0 samples)", "re-run `presto data prepare`")
-        mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-        x = torch.from_numpy(np.ascontiguousarray(resample(mono, sr, self.sample_rate), dtype=np.float32))[None]
+        x = torch.from_numpy(np.ascontiguousarray(resample(to_channels(data, self.channels), sr, self.sample_rate),
+                                                  dtype=np.float32))
         if not torch.isfinite(x).all():
             raise PrestoError(f"audio file {path} contains NaN or Inf samples", "re-run `presto data prepare`")
-        n = x.shape[-1]
+        n = x.numel()
         if n <= self._cache_budget:
             self._cache[index] = x
             self._cached += n
             while self._cached > self._cache_budget:
                 _, old = self._cache.popitem(last=False)
-                self._cached -= old.shape[-1]
+                self._cached -= old.numel()
         return x
 
     def _crop(self, x: torch.Tensor, start: int) -> torch.Tensor:

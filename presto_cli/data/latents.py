@@ -191,15 +191,15 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
         def encode_row(r: dict, split: str) -> None:
             rel = str(r["path"])
             file = Path(rel) if Path(rel).is_absolute() else root / rel
-            audio = load_audio(file, sr)[0]  # [T]
+            audio = load_audio(file, sr, getattr(codec, "audio_channels", 1))  # [A, T]
             n_win = max(1, audio.shape[-1] // win)
             if max_windows_per_file:
                 n_win = min(n_win, int(max_windows_per_file))
             for k in range(n_win):
-                seg = audio[k * win:(k + 1) * win]
+                seg = audio[:, k * win:(k + 1) * win]
                 if seg.shape[-1] < win:
                     seg = torch.nn.functional.pad(seg, (0, win - seg.shape[-1]))
-                pending.append((seg[None], {"path": rel, "start": round(k * win / sr, 6),
+                pending.append((seg, {"path": rel, "start": round(k * win / sr, 6),
                                             "caption": str(r.get("caption", "")), "split": split}))
                 if len(pending) >= batch_size:
                     encode_pending()

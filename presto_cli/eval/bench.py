@@ -86,6 +86,7 @@ class BenchSettings:
     repeats: int = 5
     warmup: int = 1
     compile: bool = False
+    precision: str = "fp32"  # the DiT's dtype (fp32 | bf16 | fp16)
     prompt: str = "an upbeat jazz trio with walking bass"
     seed: int = 0
     memory: bool = True  # on CPU: peak RSS of a fresh process per model (a few seconds each)
@@ -116,8 +117,8 @@ _MEM_SCRIPT = """
 import json, resource, sys
 from presto_cli.eval.bench import _proc_kib
 from presto_cli.pipeline import load_pipeline
-path, steps, sampler, duration, prompt = json.loads(sys.argv[1])
-pipe = load_pipeline(path, "cpu")
+path, steps, sampler, duration, prompt, precision = json.loads(sys.argv[1])
+pipe = load_pipeline(path, "cpu", precision, False)
 s = pipe.settings(steps, sampler, None)
 load = _proc_kib("VmRSS")
 lat = pipe.sample_latents([prompt], [0], s.steps, s.sampler, s.cfg, duration, s.rho)
@@ -131,7 +132,8 @@ print(json.dumps({"peak_kib": peak, "load_kib": load}))
 """
 
 
-def cpu_peak_memory(path: str, steps: int, sampler: str, duration: float, prompt: str) -> dict:
+def cpu_peak_memory(path: str, steps: int, sampler: str, duration: float, prompt: str,
+                    precision: str = "fp32") -> dict:
     """Peak resident memory of a fresh process that loads ``path`` and generates one clip.
 
     In-process measures cannot be trusted on CPU: memory freed by an earlier model stays mapped
@@ -142,7 +144,7 @@ def cpu_peak_memory(path: str, steps: int, sampler: str, duration: float, prompt
     import subprocess
     import sys
 
-    arg = json.dumps([str(path), steps, sampler, duration, prompt])
+    arg = json.dumps([str(path), steps, sampler, duration, prompt, precision])
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     r = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, arg], capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -168,14 +170,6 @@ def _summarise(e: dict, settings: BenchSettings) -> dict:
             "rtf": dur / lat if lat > 0 else None, "warmup_s": round(e.get("warm", 0.0), 4),
             "peak_mem_mb": e.get("peak_mem_mb"), "load_mem_mb": e.get("load_mem_mb"),
             "memory_method": e.get("memory_method", ""), "repeats": len(total)}
-
-
-def _compile(pipe) -> None:
-    try:
-        pipe.denoiser.net = torch.compile(pipe.denoiser.net)
-    except Exception as e:  # torch.compile raises many kinds of errors on unsupported setups
-        raise PrestoError(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                          "run without --compile") from None
 
 
 def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "auto",
@@ -209,9 +203,7 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             log(f"skipping {name}: {e}")
             continue
         tensors, meta = load_artefact(path)
-        pipe = Pipeline(tensors, meta, dev, path)
-        if settings.compile:
-            _compile(pipe)
+        pipe = Pipeline(tensors, meta, dev, path, settings.precision, settings.compile)
         for sampler in settings.samplers:
             try:
                 e = _entry(pipe, settings, sampler)
@@ -253,7 +245,8 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             e["memory_method"] = "cuda: the model's weights (DiT, codec, text encoder) + max_memory_allocated rise over one run"
         elif settings.memory:
             log(f"measuring the memory of {e['model']} in a fresh process")
-            e.update(cpu_peak_memory(e["path"], e["s"].steps, e["s"].sampler, e["dur"], settings.prompt))
+            e.update(cpu_peak_memory(e["path"], e["s"].steps, e["s"].sampler, e["dur"], settings.prompt,
+                                     settings.precision))
             e["memory_method"] = "peak RSS of a fresh process loading the model and generating one clip"
     rows = [{"model": e["model"], "path": e["path"], **_summarise(e, settings)} for e in entries]
     rows.sort(key=lambda r: r["kind"] != "teacher")  # stable: teacher rows first
@@ -266,7 +259,7 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             "device": str(dev), "device_name": dev_name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "batch": 1,
             "repeats": settings.repeats, "warmup": settings.warmup, "compile": settings.compile,
-            "interleaved": True, "prompt": settings.prompt,
+            "precision": settings.precision, "interleaved": True, "prompt": settings.prompt,
             "base": {"model": base["model"], "sampler": base["sampler"], "steps": base["steps"],
                      "is_teacher": base["kind"] == "teacher"},
             "rows": rows, "skipped": skipped}
@@ -277,7 +270,8 @@ def bench_table(doc: dict):
 
     b = doc["base"]
     what = "teacher" if b["is_teacher"] else f"{b['model']} (no teacher benchmarked)"
-    t = Table(title=f"presto bench on {doc['device']} ({doc['device_name']}), batch 1, median of "
+    t = Table(title=f"presto bench on {doc['device']} ({doc['device_name']}), {doc.get('precision', 'fp32')}"
+                    f"{', compiled' if doc.get('compile') else ''}, batch 1, median of "
                     f"{doc['repeats']} interleaved rounds", caption=f"ratios relative to {what}; RTF = audio seconds per second")
     for h in ("model", "kind", "sampler", "steps", "NFE", "audio s", "latency ms", "IQR ms", "model ms",
               "decode ms", "RTF", "peak MB", "speed-up", "NFE ratio"):

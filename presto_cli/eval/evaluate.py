@@ -77,6 +77,8 @@ class EvalConfig:
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
     device: str = "auto"
+    precision: str = ""  # the DiT's dtype when generating: fp32 | bf16 | fp16 ("" = the device's default)
+    compile: bool = False  # torch.compile the DiT when generating
     cache: str = ""  # embedding cache folder (default ~/.cache/presto/embeddings)
     no_cache: bool = False
     audio_dir: str = ""  # where generated clips are written (default: beside --out/--report)
@@ -395,6 +397,19 @@ def _durations(files: list[Path]) -> list[float]:
     return out
 
 
+def _multichannel(files: list[Path]) -> int:
+    """How many of ``files`` have more than one channel (embedders hear their mono downmix)."""
+    from presto_cli.audio import audio_info
+
+    n = 0
+    for f in files:
+        try:
+            n += int(audio_info(f)["channels"]) > 1
+        except PrestoError:
+            pass
+    return n
+
+
 def _summary(durs: list[float]) -> dict:
     if not durs:
         return {"mean": None, "min": None, "max": None}
@@ -473,7 +488,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
 
     path = resolve_model(model)
     set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
-    pipe = load_pipeline(str(path), cfg.device)
+    pipe = load_pipeline(str(path), cfg.device, cfg.precision or None, cfg.compile)
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
@@ -511,6 +526,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
             "prompt_match": "off" if pipe.bank is None else cfg.match,
+            "precision": pipe.precision, "compile": pipe.compiled, "channels": pipe.audio_channels,
+            "embedder_input": "mono downmix" if pipe.audio_channels > 1 else "mono",
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir),
             "patch": int((pipe.meta.get("model") or {}).get("patch", 1)),
             "codec_sha256": _codec_sha(pipe)}
@@ -555,7 +572,7 @@ def _audio_latents_db(files: list[Path], codec, max_files: int = 0) -> list:
 
     out = []
     for f in files[: max_files or None]:
-        a = load_audio(f, codec.sample_rate)[None]
+        a = load_audio(f, codec.sample_rate, getattr(codec, "audio_channels", 1))[None]
         with torch.no_grad():
             out.append(latents_to_db(codec.encode(a), codec)[0])
     return out
@@ -626,7 +643,7 @@ def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
     from presto_cli.runtime import set_cpu_threads_for
 
     set_cpu_threads_for(resolve_model(model), cfg.device)  # the threads generate_system will use
-    pipe = load_pipeline(str(resolve_model(model)), cfg.device)
+    pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
     nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
     calls = nfe // 2 if s.cfg != 1.0 else nfe  # a guided call evaluates the batch twice at once
@@ -831,6 +848,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         ok_files = [sy.files[i] for i in ok]
         if ref is not None:
             sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])
+        multi = _multichannel(ok_files)
+        if multi:
+            sc["notes"].append(f"{multi} of {len(ok_files)} clips have 2+ channels: the embedder scores "
+                               "their mono downmix (the mean of the channels)")
         results.append({
             "name": sy.name, "source": sy.source, **sy.info,
             "n": int(emb.shape[0]), "n_files": len(sy.files),

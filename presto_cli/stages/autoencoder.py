@@ -136,7 +136,8 @@ class AutoencoderTask(Task):
         if not d.path:
             raise PrestoError("the autoencoder recipe has no data.path", "pass data.path=FOLDER")
         return AudioClipDataset(d.path, manifest=d.manifest or None, sample_rate=self.codec.sample_rate,
-                                clip_seconds=seconds or d.clip_seconds, split=split, val_fraction=d.val_fraction)
+                                clip_seconds=seconds or d.clip_seconds, split=split, val_fraction=d.val_fraction,
+                                channels=self.codec.audio_channels)
 
     def train_step(self, batch: dict, ctx) -> dict[str, float]:
         r = self.recipe
