@@ -66,13 +66,15 @@ class _Lines:
 
         self._bar, self._every, self._clock = bar, every, time.monotonic
         self._last = self._clock()
-        self._base: dict = {}  # task id -> (time, completed) when first seen: a resumed run's rate
+        self._base: dict = {}  # task id -> (time, completed) it started from (rate, elapsed)
         self.printed = 0
+
+    def begin(self, task, done: float = 0) -> None:
+        """Rate and elapsed time of ``task`` count from now and ``done``."""
+        self._base[task] = (self._clock(), done)
 
     def poll(self) -> None:
         now = self._clock()
-        for t in self._bar.tasks:
-            self._base.setdefault(t.id, (now, t.completed))
         if now - self._last >= self._every:
             self._last = now
             self.emit(now)
@@ -107,6 +109,8 @@ class Ticker:
 
     def __init__(self, bar, task, lines: "_Lines | None" = None):
         self._bar, self._task, self._lines = bar, task, lines
+        if lines is not None and task is not None:
+            lines.begin(task)
 
     def _poll(self) -> None:
         if self._lines is not None:
@@ -123,6 +127,13 @@ class Ticker:
             self._poll()
 
     __call__ = update
+
+    def start_at(self, done: float) -> None:
+        """Set the count without counting it as work done now (a resumed run's first step)."""
+        if self._task is not None:
+            self._bar.update(self._task, completed=done)
+            if self._lines is not None:
+                self._lines.begin(self._task, done)
 
     def label(self, text: str) -> None:
         if self._task is not None:

@@ -63,16 +63,25 @@ def test_progress_lines_every_interval_with_rate_and_eta(monkeypatch, capsys):
     err = run()
     lines = [m.groupdict() for m in LINE.finditer(err)]
     assert [(m["done"], m["pct"]) for m in lines] == [("3", "30"), ("6", "60"), ("9", "90"), ("10", "100")]
-    # baseline at the first update (1 done at t=2): 1 more step per 2 s = 0.5/s; 7 left at step 3
-    # take 14 s; 4 left at step 6, 8 s; 1 left, 2 s; the final line has no ETA
+    # 0.5 steps/s from the start: 7 left at step 3 take 14 s; 4 left at step 6, 8 s; 1 left, 2 s;
+    # the final line has no ETA
     assert [m["eta"] for m in lines] == ["0:14", "0:08", "0:02", None]
     assert "2 s each" in err and "loss=0.50" in err  # the rate below 1/s; the note of step 2
+    assert "elapsed 0:06" in err and "elapsed 0:20" in err
     runtime.set_quiet(True)
     try:
         assert run() == ""
     finally:
         runtime.set_quiet(False)
     assert run(lines=False) == ""
+    # a run resumed at step 6: its rate counts only the steps it made (1 per 2 s), not the 6
+    monkeypatch.setenv(runtime.PROGRESS_EVERY_ENV, "0")
+    with runtime.progress("resumed", total=10) as tick:
+        tick.start_at(6)
+        now[0] += 2.0
+        tick.update(7)
+    first = LINE.search(capsys.readouterr().err)
+    assert (first["done"], first["eta"]) == ("7", "0:06")
 
 
 def test_bad_progress_interval_is_a_usage_error(monkeypatch):

@@ -493,7 +493,7 @@ def _run_stage(recipe: BaseRecipe, run_dir: Path, device, resume: bool, progress
     last_saved = start
     with progress_bar(recipe.stage, total=steps, quiet=not progress, transient=False,
                       lines=progress) as tick:
-        tick.update(start)
+        tick.start_at(start)
         for step in range(start, steps):
             ctx.step = step
             batch = source.batch(step)
