@@ -259,6 +259,8 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
     if est:
         log(est)
     total, done = settings.repeats * len(entries), 0
+    if hasattr(tick, "start_at"):
+        tick.start_at(0)  # the rate and ETA count from here, not from the loading and warm-up
     for r in range(settings.repeats):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
