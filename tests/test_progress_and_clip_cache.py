@@ -198,16 +198,16 @@ def test_eval_interrupted_says_what_it_kept_and_how_to_score_it(models, ref, tmp
 
     from presto_cli.pipeline import Pipeline
 
-    real = Pipeline.generate
+    real = Pipeline.sample_latents
     calls = []
 
-    def generate(self, *a, **k):
+    def sample(self, *a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(Pipeline, "generate", generate)
+    monkeypatch.setattr(Pipeline, "sample_latents", sample)
     prompts = tmp_path / "p.txt"
     prompts.write_text("".join(f"tune {i}\n" for i in range(4)))
     r = runner.invoke(_app(), ["eval", "-m", str(models["teacher"]), "--ref", str(ref), "--prompts", str(prompts),
@@ -218,7 +218,7 @@ def test_eval_interrupted_says_what_it_kept_and_how_to_score_it(models, ref, tmp
     assert "kept 2 finished clip(s) (teacher 2/4)" in msg
     cmd = shlex.split(msg.split("To score only the kept clips: ")[1])
     assert cmd[:2] == ["presto", "eval"] and cmd[cmd.index("--gen") + 1] == str(tmp_path / "run" / "audio" / "teacher")
-    monkeypatch.setattr(Pipeline, "generate", real)
+    monkeypatch.setattr(Pipeline, "sample_latents", real)
     s = runner.invoke(_app(), [*cmd[1:], "--json", "--no-cache"])
     assert s.exit_code == 0, s.output
     doc, _ = _split(s.output)
@@ -240,3 +240,25 @@ def test_table_protocol_note(tmp_path, monkeypatch):
     assert "--steps 4" in table_protocol_note(EvalConfig(**{**same, "steps": 4}))
     assert "embedder mel" in table_protocol_note(EvalConfig(**{**same, "embedder": "mel"}))
     assert table_protocol_note(EvalConfig(**{**same, "prompts": str(tmp_path / "other.jsonl")})) is None
+
+
+def test_eval_reuses_clips_for_texture_only_with_their_latents(models, tmp_path):
+    """--metrics texture scores each clip's latents: a reused clip brings them from the cache (the
+    same arrays), and a cached clip without them is generated again."""
+    import numpy as np
+
+    from presto_cli.eval.clip_cache import ClipCache
+    from presto_cli.eval.evaluate import EvalConfig, generate_system
+
+    cfg = EvalConfig(metrics=["texture"], steps=2, device="cpu", batch_size=2)
+    rows = [{"prompt": f"tune {i}", "seed": i, "name": f"p{i}"} for i in range(3)]
+    cache = ClipCache(tmp_path / "clips")
+    a = generate_system(str(models["student"]), rows, cfg, tmp_path / "a", print, clips=cache)
+    b = generate_system(str(models["student"]), rows, cfg, tmp_path / "b", print, clips=cache)
+    assert (a.info["clips_generated"], b.info["clips_reused"]) == (3, 3)
+    for x, y in zip(a.latent_db, b.latent_db):
+        assert x.shape[0] > 0 and np.array_equal(x, y)
+    for f in (tmp_path / "clips").rglob("*.db.npy"):
+        f.unlink()
+    c = generate_system(str(models["student"]), rows, cfg, tmp_path / "c", print, clips=cache)
+    assert c.info["clips_generated"] == 3 and all(x is not None for x in c.latent_db)
