@@ -11,8 +11,12 @@ PYTEST_WORKERS ?= -n auto --maxprocesses 4
 
 .PHONY: install install-test install-clap demo test test-quick demo-models results
 
+# torch route (.ci/install-torch.sh says which it took): auto keeps an installed torch 2.13.0, else
+# takes the CUDA build when nvidia-smi sees a GPU, else the CPU-only build; TORCH=cpu|cuda|keep picks one
+TORCH ?= auto
+
 install:
-	$(PIP) install torch==2.13.0 || $(PIP) install "torch>=2.3"
+	PY="$(PY)" PIP="$(PIP)" TORCH="$(TORCH)" bash .ci/install-torch.sh
 	$(PIP) install -e .
 
 install-test: install

@@ -106,6 +106,9 @@ def _root(
 ):
     if debug:
         _DEBUG["on"] = True
+    from presto_cli.runtime import set_quiet
+
+    set_quiet(False)  # --quiet is per command (one process may run several: tests, CliRunner)
     if ctx.invoked_subcommand != "env":  # `presto env` still runs, to report the environment
         from presto_cli.validate import check_thread_env
 
@@ -117,8 +120,12 @@ def _root(
 
 
 def _train(stages: tuple[str, ...], recipe_path: Path, overrides: list[str], out: Optional[Path],
-           resume: bool, dry_run: bool, as_json: bool) -> None:
+           resume: bool, dry_run: bool, as_json: bool, quiet: bool = False) -> None:
     from presto_cli.recipes import dump_recipe, load_recipe, recipe_to_dict
+    from presto_cli.runtime import progress_every, set_quiet
+
+    set_quiet(quiet)
+    progress_every()  # a bad PRESTO_PROGRESS_EVERY fails before any work
 
     recipe = load_recipe(recipe_path, overrides)
     if recipe.stage not in stages:
@@ -142,7 +149,7 @@ def _train(stages: tuple[str, ...], recipe_path: Path, overrides: list[str], out
     from presto_cli.train.loop import run_stage
 
     out_dir = out or Path("runs") / (recipe.name or recipe.stage)
-    artefact = run_stage(recipe, out_dir, resume=resume)
+    artefact = run_stage(recipe, out_dir, resume=resume, progress=not quiet)
     if as_json:
         typer.echo(json.dumps({"run_dir": str(out_dir), "artefact": str(artefact), "stage": recipe.stage}))
     else:
@@ -155,36 +162,38 @@ _OUT = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name
 _RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint.")
 _DRY = typer.Option(False, "--dry-run", help="Print the resolved recipe and exit.")
 _JSON = typer.Option(False, "--json", help="Machine-readable output on stdout.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines on stderr (lines "
+                      "every PRESTO_PROGRESS_EVERY seconds, default 30, when stderr is not a terminal).")
 
 
 @app.command()
 def pretrain(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES, out: Optional[Path] = _OUT,
-             resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON):
+             resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON, quiet: bool = _QUIET):
     """Train the autoencoder, the EDM DiT teacher, or the in-domain CLAP (stage from the recipe)."""
-    _train(("autoencoder", "teacher", "clap"), recipe, overrides or [], out, resume, dry_run, as_json)
+    _train(("autoencoder", "teacher", "clap"), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
 
 
 @app.command("distill-steps")
 def distill_steps(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES,
                   out: Optional[Path] = _OUT, resume: bool = _RESUME, dry_run: bool = _DRY,
-                  as_json: bool = _JSON):
+                  as_json: bool = _JSON, quiet: bool = _QUIET):
     """Presto-S: distribution matching distillation with a GAN, to 1-4 steps."""
-    _train(("presto-s",), recipe, overrides or [], out, resume, dry_run, as_json)
+    _train(("presto-s",), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
 
 
 @app.command("distill-layers")
 def distill_layers(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES,
                    out: Optional[Path] = _OUT, resume: bool = _RESUME, dry_run: bool = _DRY,
-                   as_json: bool = _JSON):
+                   as_json: bool = _JSON, quiet: bool = _QUIET):
     """Presto-L layer distillation with budget conditioning (or the ASE baseline)."""
-    _train(("presto-l", "ase"), recipe, overrides or [], out, resume, dry_run, as_json)
+    _train(("presto-l", "ase"), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
 
 
 @app.command()
 def combine(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES, out: Optional[Path] = _OUT,
-            resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON):
+            resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON, quiet: bool = _QUIET):
     """Presto-LS: step distillation of a Presto-L model (or apply a schedule training-free)."""
-    _train(("presto-ls",), recipe, overrides or [], out, resume, dry_run, as_json)
+    _train(("presto-ls",), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
 
 
 @app.command()

@@ -5,6 +5,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# `presto eval` reuses clips it generated before (presto_cli/eval/clip_cache.py): a clip cache per
+# test session, so that no test reuses clips an earlier session left in ~/.cache
+os.environ["PRESTO_CLIP_CACHE"] = tempfile.mkdtemp(prefix="presto-test-clips-")
+atexit.register(shutil.rmtree, os.environ["PRESTO_CLIP_CACHE"], True)
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -31,12 +31,15 @@ def bench_cmd(
                                    "(import, text encoder, model load, text encoding, sampling, decode, "
                                    "write); --repeats fresh processes (default 3), one model."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No estimate, progress bar or progress lines on stderr."),
 ):
     """Benchmark generation speed at batch 1 (teacher first, ratios to it in the same run)."""
     from presto_cli.errors import PrestoUsageError
-    from presto_cli.runtime import console, progress
+    from presto_cli.runtime import console, progress, progress_every, set_quiet
     from presto_cli.validate import check_sampling
 
+    set_quiet(quiet)
+    progress_every()  # a bad PRESTO_PROGRESS_EVERY fails before any work
     check_sampling(steps, duration=duration)
     if repeats is not None and repeats < 1:
         raise PrestoUsageError(f"--repeats must be at least 1, got {repeats}")
@@ -55,7 +58,7 @@ def bench_cmd(
                              memory=memory, precision=precision)
     with progress("bench", quiet=as_json) as tick:
         doc = run_bench(list(model) if model else None, settings, device,
-                        log=lambda s: _log(console, tick, s), tick=tick)
+                        log=(lambda s: None) if quiet else (lambda s: _log(console, tick, s)), tick=tick)
     for s in doc["skipped"]:
         console.print(f"note: skipped {s['model']}: {s['reason']}", markup=False, highlight=False, soft_wrap=True)
     if as_json:
@@ -69,7 +72,8 @@ def bench_cmd(
 
 def _log(console, tick, line: str) -> None:
     console.print(line, markup=False, highlight=False, soft_wrap=True)
-    tick.label(line if len(line) < 60 else line[:57] + "...")
+    if not line.startswith("estimate"):
+        tick.label(line if len(line) < 60 else line[:57] + "...")
 
 
 def _cold(model: Optional[List[str]], steps: Optional[int], repeats: Optional[int], as_json: bool) -> None:

@@ -28,10 +28,14 @@ def synth_cmd(
                                         help="Fraction of clips whose prompts (moods, wordings) training never sees."),
     soundfont: Optional[Path] = typer.Option(None, "--soundfont", help="General MIDI .sf2 (default FluidR3_GM)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines on stderr."),
 ):
     """Render a synthetic text-to-music corpus: 14 styles of procedural MIDI via FluidSynth."""
     from presto_cli.data.synth import synth_corpus
-    from presto_cli.runtime import console, progress
+    from presto_cli.runtime import console, progress, progress_every, set_quiet
+
+    set_quiet(quiet)
+    progress_every()  # a bad PRESTO_PROGRESS_EVERY fails before any work
 
     w = workers if workers > 0 else max(1, os.cpu_count() or 1)
     with progress("synth", quiet=as_json) as cb:

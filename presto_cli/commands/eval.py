@@ -93,12 +93,16 @@ def eval_cmd(
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the DiT when "
                                             "generating (default off)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or progress lines on stderr."),
 ):
     """Score generated audio against a reference (FAD, MMD, PRDC, CLAP score, adherence)."""
     from presto_cli.eval.evaluate import (EvalConfig, evaluate, in_run_dir, parse_metrics, results_table,
                                           with_defaults)
     from presto_cli.recipes import dataclass_from_dict
-    from presto_cli.runtime import console, progress, progress_enabled
+    from presto_cli.runtime import console, progress, progress_every, set_quiet
+
+    set_quiet(quiet)
+    progress_every()  # a bad PRESTO_PROGRESS_EVERY fails before any work
 
     base: dict = {}
     if config is not None:
@@ -127,9 +131,8 @@ def eval_cmd(
         merged["run_dir"] = str(_new_run_dir())  # generated clips are kept, with the results and report
     ecfg = dataclass_from_dict(EvalConfig, merged, "eval")
     say = lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
-    bar = progress_enabled(as_json)  # else one log line per batch
-    with progress(None, quiet=as_json, transient=False) as tick:
-        doc = evaluate(ecfg, log=say, progress=_rows(tick) if bar else None, estimate=True)
+    with progress(None, quiet=as_json, transient=False) as tick:  # a bar, lines, or nothing (--quiet)
+        doc = evaluate(ecfg, log=say, progress=_rows(tick), estimate=True)
     for s in doc["systems"]:
         for note in s.get("notes", []):
             say(f"note ({s['name']}): {note}")

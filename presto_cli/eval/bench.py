@@ -172,10 +172,29 @@ def _summarise(e: dict, settings: BenchSettings) -> dict:
             "memory_method": e.get("memory_method", ""), "repeats": len(total)}
 
 
+# a fresh process that imports torch, loads a model and generates one clip: 6.0 s (demo-s) and 8.6 s
+# (demo-teacher) measured on 2 shared CPU cores
+MEMORY_RUN_S = 8.0
+
+
+def bench_estimate(entries: list[dict], settings: BenchSettings, memory: bool) -> str | None:
+    """One line: how long the timed rounds (and the memory processes) will take, from the fastest
+    warm-up run of each row (None without warm-up runs)."""
+    if any(e.get("warm_min") is None for e in entries):
+        return None
+    timed = settings.repeats * sum(e["warm_min"] for e in entries)
+    mem = MEMORY_RUN_S * len(entries) if memory else 0.0
+    d = lambda s: f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"  # noqa: E731
+    return (f"estimate: about {d(timed + mem)} more: {settings.repeats * len(entries)} timed runs "
+            f"(~{d(timed)}, from the warm-up)" + (f" + {len(entries)} fresh processes for memory "
+                                                 f"(~{d(mem)})" if memory else ""))
+
+
 def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "auto",
               log: Callable[[str], None] = lambda s: None, tick=None) -> dict:
     """Benchmark each model x sampler; teacher rows first, ratios to the (first) teacher.
-    ``tick(done, total)`` (optional) is told of each timed round.
+    ``tick(done, total)`` (optional) is told of each timed run; ``log`` gets a time estimate
+    after the warm-up.
 
     All models are loaded and warmed up first; then the timed runs are interleaved, round by
     round (each round in a rotated order), so a slow spell of the machine (another process, a
@@ -209,9 +228,13 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
                 e = _entry(pipe, settings, sampler)
                 log(f"warming up {name} (sampler {e['s'].sampler})")
                 t0 = time.perf_counter()
+                runs = []
                 for w in range(settings.warmup):
+                    t1 = time.perf_counter()
                     _time_once(e, settings.prompt, settings.seed + 1000 + w)
+                    runs.append(time.perf_counter() - t1)
                 e["warm"] = time.perf_counter() - t0
+                e["warm_min"] = min(runs) if runs else None
             except PrestoError as err:
                 first_error = first_error or err
                 skipped.append({"model": name, "sampler": sampler, "reason": str(err)})
@@ -224,14 +247,21 @@ def run_bench(models: list[str] | None, settings: BenchSettings, device: str = "
             raise first_error
         raise PrestoError("no model to benchmark", "pass --model PATH (bundled demo models are not installed)")
     log(f"timing {len(entries)} row(s), {settings.repeats} interleaved round(s)")
+    est = bench_estimate(entries, settings, memory=settings.memory and dev.type != "cuda")
+    if est:
+        log(est)
+    total, done = settings.repeats * len(entries), 0
+    if hasattr(tick, "start_at"):
+        tick.start_at(0)  # the rate and ETA count from here, not from the loading and warm-up
     for r in range(settings.repeats):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
             a, b = _time_once(e, settings.prompt, settings.seed + r)
             e["model_t"].append(a)
             e["dec_t"].append(b)
-        if tick is not None:
-            tick(r + 1, settings.repeats)
+            done += 1
+            if tick is not None:
+                tick(done, total)
     for e in entries:  # memory: one measured run per row, after the timing
         if dev.type == "cuda":
             # every row's model is resident at once, so the absolute peak would count the others:

@@ -477,10 +477,28 @@ def system_name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
 
 
+def _clip_keys(path: Path, pipe, s, frames: int, rows: list[dict], cfg: EvalConfig) -> list[str]:
+    """The clip cache's key of each row's clip (presto_cli/eval/clip_cache.py)."""
+    from presto_cli.eval.clip_cache import ClipCache, model_digest
+
+    digest = model_digest(path)
+    settings = {"sampler": s.sampler, "steps": s.steps, "cfg": s.cfg, "rho": s.rho, "frames": int(frames),
+                "match": cfg.match, "token_shift": getattr(s, "token_shift", None)}
+    return [ClipCache.key(digest, r["prompt"], r["seed"], settings) for r in rows]
+
+
+def clip_cache_for(cfg: EvalConfig):
+    """The clip cache ``cfg`` uses (None with --no-cache)."""
+    from presto_cli.eval.clip_cache import ClipCache, default_root
+
+    return None if cfg.no_cache else ClipCache(default_root(cfg.cache or None))
+
+
 def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: Path,
-                    log: Callable[[str], None], progress: Callable[[str, int, int], None] | None = None
-                    ) -> System:
-    """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``."""
+                    log: Callable[[str], None], progress: Callable[[str, int, int], None] | None = None,
+                    clips=None) -> System:
+    """Generate one clip per row with ``model``; write them (with sidecars) under ``audio_root``.
+    Clips already in the clip cache ``clips`` (a :class:`ClipCache`) are taken from it instead."""
     from presto_cli.outputs import clip_record, provenance, write_clip
     from presto_cli.pipeline import load_pipeline, resolve_model
 
@@ -499,30 +517,57 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     match = None if cfg.match == "auto" else cfg.match == "on"
     name = system_name(model)
     out_dir = audio_root / name
-    files: list[Path] = []
+    files = [out_dir / f"{r['name']}.wav" for r in rows]
     keep_latents = any(m in LATENT_METRICS for m in (cfg.metrics or []))
-    dbs: list = []
+    dbs: list = [None] * len(rows)  # texture: each clip's latents in dB (cached beside the clip)
+    keys = _clip_keys(path, pipe, s, pipe.frames_for(cfg.duration or None), rows, cfg) if clips is not None else None
+    todo = []
+    for i, (r, f) in enumerate(zip(rows, files)):
+        if keep_latents and clips is not None:
+            dbs[i] = clips.get_latents(keys[i])
+        c = clips.get(keys[i], f) if clips is not None and (dbs[i] is not None or not keep_latents) else None
+        if c is None:
+            todo.append(i)
+            continue
+        from presto_cli.io import atomic_write_json
+
+        try:
+            atomic_write_json(f.with_suffix(f.suffix + ".json"),
+                              clip_record(f, r["prompt"], r["seed"], common, style=r.get("style"), **c))
+        except BaseException:
+            f.unlink(missing_ok=True)
+            raise
+    reused = len(rows) - len(todo)
+    if reused:
+        log(f"{name}: reusing {reused} of {len(rows)} clips made before (clip cache {clips.root}); "
+            f"generating {len(todo)}")
     t0 = time.time()
-    for i in range(0, len(rows), max(1, cfg.batch_size)):
-        chunk = rows[i:i + cfg.batch_size]
+    done = reused
+    if progress is not None and reused:
+        progress(name, done, len(rows))
+    for i in range(0, len(todo), max(1, cfg.batch_size)):
+        chunk = todo[i:i + cfg.batch_size]
         conds: list[dict] = []
-        lat = pipe.sample_latents([r["prompt"] for r in chunk], [r["seed"] for r in chunk], s.steps,
+        lat = pipe.sample_latents([rows[j]["prompt"] for j in chunk], [rows[j]["seed"] for j in chunk], s.steps,
                                   s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds,
                                   token_shift=s.token_shift)
         if keep_latents:
             from presto_cli.eval.texture import latents_to_db
 
-            dbs.extend(latents_to_db(lat, pipe.codec))
+            for j, db in zip(chunk, latents_to_db(lat, pipe.codec)):
+                dbs[j] = db
         audio = pipe.decode(lat)
-        for r, a, c in zip(chunk, audio, conds):
-            f = out_dir / f"{r['name']}.wav"
+        for j, a, c in zip(chunk, audio, conds):
+            r, f = rows[j], files[j]
             write_clip(f, a.float().cpu(), pipe.sample_rate,
                        clip_record(f, r["prompt"], r["seed"], common, style=r.get("style"), **c))
-            files.append(f)
+            if clips is not None:
+                clips.put(keys[j], f, c, dbs[j])
+        done += len(chunk)
         if progress is not None:
-            progress(name, len(files), len(rows))
+            progress(name, done, len(rows))
         else:
-            log(f"{name}: generated {len(files)}/{len(rows)} clips")
+            log(f"{name}: generated {done}/{len(rows)} clips")
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
             "prompt_match": "off" if pipe.bank is None else cfg.match,
@@ -530,7 +575,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
             "embedder_input": "mono downmix" if pipe.audio_channels > 1 else "mono",
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir),
             "patch": int((pipe.meta.get("model") or {}).get("patch", 1)),
-            "codec_sha256": _codec_sha(pipe)}
+            "codec_sha256": _codec_sha(pipe), "clips_generated": len(todo), "clips_reused": reused}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
                   [r["seed"] for r in rows], info, dbs if keep_latents else None)
 
@@ -631,9 +676,10 @@ def in_run_dir(cfg: EvalConfig) -> EvalConfig:
                                audio_dir=cfg.audio_dir or str(d / "audio"))
 
 
-def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
+def time_model(model: str, cfg: EvalConfig, n: int, rows: list[dict] | None = None, clips=None) -> dict:
     """Estimated seconds to generate ``n`` clips with ``model``: one timed network call and one
-    timed decode of a batch (after a warm-up call), times the calls the sampler makes."""
+    timed decode of a batch (after a warm-up call), times the calls the sampler makes. With
+    ``rows`` and a clip cache ``clips``, only the clips not in the cache count (``cached``: how many are)."""
     import math
 
     import torch
@@ -646,6 +692,13 @@ def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
     pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
     nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
+    cached = 0
+    if rows is not None and clips is not None:
+        keys = _clip_keys(resolve_model(model), pipe, s, pipe.frames_for(cfg.duration or None), rows, cfg)
+        cached = sum(clips.has(k) for k in keys)
+        n = len(rows) - cached
+        if n == 0:
+            return {"name": system_name(model), "nfe": nfe, "seconds": 0.0, "cached": cached}
     calls = nfe // 2 if s.cfg != 1.0 else nfe  # a guided call evaluates the batch twice at once
     b = max(1, min(cfg.batch_size, n))
     x = torch.zeros(b, pipe.latent_channels, pipe.frames_for(cfg.duration or None), device=pipe.device)
@@ -659,19 +712,88 @@ def time_model(model: str, cfg: EvalConfig, n: int) -> dict:
         if pipe.codec is not None:
             pipe.decode(x)
         t_dec = time.perf_counter() - t0
-    return {"name": system_name(model), "nfe": nfe, "seconds": math.ceil(n / b) * (calls * t_call + t_dec)}
+    return {"name": system_name(model), "nfe": nfe, "seconds": math.ceil(n / b) * (calls * t_call + t_dec),
+            "cached": cached}
 
 
-def estimate_text(cfg: EvalConfig, rows: list[dict]) -> str:
-    """One line: the estimated generation time, in total and per model."""
-    est = [time_model(m, cfg, len(rows)) for m in cfg.models]
+def estimate_text(cfg: EvalConfig, rows: list[dict], clips=None) -> str:
+    """One line: the estimated generation time, in total and per model (clips in the clip cache
+    ``clips`` are not generated again)."""
+    est = [time_model(m, cfg, len(rows), rows, clips) for m in cfg.models]
     total = sum(e["seconds"] for e in est)
-    parts = ", ".join(f"{e['name']} {_dur(e['seconds'])} ({e['nfe']} NFE/clip)" for e in est)
+    parts = ", ".join(f"{e['name']} {_dur(e['seconds'])} ({e['nfe']} NFE/clip"
+                      + (f", {e['cached']} cached" if e.get("cached") else "") + ")" for e in est)
     return f"estimate: about {_dur(total)} to generate {len(rows)} clips per model: {parts}"
 
 
 def _dur(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+# README's results table: `make results` = benchmarks/results.py --n 96 --seeds 2: each score is the
+# mean over 2 seed sets (the held-out prompts' seeds, then + 1000) of 96 clips per model, generated
+# with each model's default sampler settings and scored with presto-clap against the bundled stats.
+TABLE_N, TABLE_SEED_SETS = 96, 2
+
+
+def table_protocol_note(cfg: EvalConfig) -> str | None:
+    """For a run on the bundled held-out prompts: how it differs from the protocol of README's
+    results table and how to reproduce that protocol (None for other prompts)."""
+    a = assets_dir()
+    if not cfg.models or not cfg.prompts or Path(cfg.prompts).resolve() != (a / "heldout_prompts.jsonl").resolve():
+        return None
+    diffs = []
+    if cfg.n != TABLE_N:
+        diffs.append(f"{cfg.n or 'all'} clips per model, not {TABLE_N}")
+    for key, flag, unset in (("steps", "--steps", 0), ("sampler", "--sampler", ""), ("cfg", "--cfg", -1.0),
+                             ("duration", "--duration", 0.0)):
+        if getattr(cfg, key) not in (unset, None) and not (key == "cfg" and getattr(cfg, key) < 0):
+            diffs.append(f"{flag} {getattr(cfg, key)} instead of each model's default")
+    if cfg.match != "auto":
+        diffs.append(f"prompt matching {cfg.match} instead of auto")
+    if cfg.embedder != "presto-clap" or not cfg.ref or \
+            Path(cfg.ref).resolve() != (a / "ref_heldout_presto-clap.npz").resolve():
+        diffs.append(f"embedder {cfg.embedder} / reference {cfg.ref or 'none'} instead of presto-clap "
+                     "against the bundled held-out statistics")
+    table = (f"README's results table averages {TABLE_SEED_SETS} seed sets of {TABLE_N} clips per model "
+             f"(`make results`, i.e. python benchmarks/results.py --n {TABLE_N} --seeds {TABLE_SEED_SETS})")
+    models = " ".join(f"-m {m}" for m in cfg.models)
+    if diffs:
+        return (f"note: this run's protocol differs from README's results table ({'; '.join(diffs)}), so its "
+                f"scores are not comparable to the table's. {table}; its first seed set is "
+                f"`presto eval {models} --n {TABLE_N}`.")
+    return (f"note: this run is the first of the {TABLE_SEED_SETS} seed sets that README's results table "
+            f"averages, so its scores differ from the table's by up to the spread across seed sets. {table}.")
+
+
+def interrupted_text(cfg: EvalConfig, rows: list[dict], root: Path, keep: bool) -> str:
+    """After Ctrl-C while generating: how many clips were kept, where, and the command that scores them."""
+    import shlex
+
+    kept = []
+    for m in cfg.models:
+        d = root / system_name(m)
+        k = sum((d / f"{r['name']}.wav").is_file() for r in rows)
+        if k:
+            kept.append((system_name(m), d, k))
+    total = sum(k for _, _, k in kept)
+    again = "" if cfg.no_cache else (" The clip cache keeps them too: the same command again reuses them "
+                                     "and generates only the rest.")
+    if not keep or not kept:
+        return f"interrupted while generating: {total} finished clip(s) kept in the clip cache.{again}" \
+            if total and not cfg.no_cache else "interrupted while generating: no finished clip kept."
+    a = assets_dir()
+    args = ["presto", "eval"] + [x for _, d, _ in kept for x in ("--gen", str(d))]
+    args += ["--metrics", ",".join(parse_metrics(cfg.metrics)), "--embedder", cfg.embedder]
+    if cfg.ref and Path(cfg.ref).resolve() != (a / f"ref_heldout_{cfg.embedder}.npz").resolve():
+        args += ["--ref", cfg.ref]
+    if cfg.clap_ckpt and Path(cfg.clap_ckpt).resolve() != (a / "demo-clap.safetensors").resolve():
+        args += ["--clap-ckpt", cfg.clap_ckpt]
+    if cfg.styles and Path(cfg.styles).resolve() != (a / "styles.json").resolve():
+        args += ["--styles", cfg.styles]
+    each = ", ".join(f"{n} {k}/{len(rows)}" for n, _, k in kept)
+    return (f"interrupted while generating: kept {total} finished clip(s) ({each}) under {root}.{again} "
+            f"To score only the kept clips: {shlex.join(args)}")
 
 
 def folder_system(folder: str, cfg: EvalConfig) -> System:
@@ -813,10 +935,18 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         else:
             tmp = tempfile.TemporaryDirectory(prefix="presto-eval-")
             root = Path(tmp.name)
+        note = table_protocol_note(cfg)
+        if note:
+            log(note)
+        clips = clip_cache_for(cfg)
         if estimate:
-            log(estimate_text(cfg, rows))
-        for m in cfg.models:
-            systems.append(generate_system(m, rows, cfg, root, log, progress))
+            log(estimate_text(cfg, rows, clips))
+        try:
+            for m in cfg.models:
+                systems.append(generate_system(m, rows, cfg, root, log, progress, clips))
+        except (KeyboardInterrupt, SystemExit):
+            log(interrupted_text(cfg, rows, root, keep=tmp is None))
+            raise
     for g in cfg.gen:
         systems.append(folder_system(g, cfg))
 
@@ -883,6 +1013,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
     }
     if cache is not None:
         doc["cache"] = {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses}
+    if cfg.models:
+        doc["clip_cache"] = None if clips is None else {"dir": str(clips.root), "hits": clips.hits,
+                                                        "misses": clips.misses}
+        doc["protocol_note"] = note
     if cfg.out:
         from presto_cli.io import atomic_write_json
 

@@ -491,8 +491,9 @@ def _run_stage(recipe: BaseRecipe, run_dir: Path, device, resume: bool, progress
 
     t0 = time.time()
     last_saved = start
-    with progress_bar(recipe.stage, total=steps, quiet=not progress, transient=False) as tick:
-        tick.update(start)
+    with progress_bar(recipe.stage, total=steps, quiet=not progress, transient=False,
+                      lines=progress) as tick:
+        tick.start_at(start)
         for step in range(start, steps):
             ctx.step = step
             batch = source.batch(step)
