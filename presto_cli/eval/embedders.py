@@ -41,7 +41,7 @@ LOUD_PEAK = 4.0  # a file peaking above this (+12 dB over full scale) is surely 
 
 EMBEDDERS = ("mel", "music", "clap", "clap-audio", "presto-clap")
 EMBEDDER_ALIASES = ("music-features", "laion-clap", "laion-clap-audio")  # accepted, not listed
-CLAP_INSTALL_HINT = "pip install presto-music[clap]"
+from presto_cli.text.encoders import CLAP_INSTALL_HINT, import_laion_clap as _import_laion_clap  # noqa: E402,F401
 CLAP_CKPT_HINT = ("download a LAION-CLAP checkpoint (music: music_audioset_epoch_15_esc_90.14.pt, "
                   "audio: 630k-audioset-best.pt, from https://huggingface.co/lukewys/laion_clap) "
                   "and pass --clap-ckpt PATH or set PRESTO_CLAP_CKPT")
@@ -344,26 +344,6 @@ class MusicFeatureEmbedder(Embedder):
 
 # --------------------------------------------------------------------------------------------
 # LAION-CLAP
-
-
-def _import_laion_clap():
-    try:
-        import laion_clap  # noqa: F401
-    except ModuleNotFoundError as e:
-        missing = e.name or "laion_clap"
-        raise PrestoError(f"the clap embedder needs the laion_clap package (missing module '{missing}')",
-                          f"{CLAP_INSTALL_HINT}, or pip install laion_clap torchvision") from None
-    except ImportError as e:
-        raise PrestoError(f"laion_clap failed to import: {str(e).splitlines()[0]}",
-                          f"{CLAP_INSTALL_HINT} (laion_clap also needs torchvision and librosa)") from None
-    except Exception as e:  # e.g. "operator torchvision::nms does not exist": a torchvision for another torch
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        culprit = "torchvision (built for another torch)" if "torchvision" in str(e) else "laion_clap"
-        raise PrestoError(f"the LAION-CLAP install is broken: importing laion_clap failed in {culprit}: "
-                          f"{first}", "reinstall a torchvision matching your torch and laion_clap with "
-                          "`make install-clap` (or pip uninstall torchvision laion_clap), or use "
-                          "--embedder presto-clap, which needs neither") from None
-    return laion_clap
 
 
 def _is_hub_failure(e: BaseException) -> bool:

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from presto_cli.errors import PrestoError
 
+CLAP_INSTALL_HINT = "pip install presto-music[clap]"
+
 __all__ = ["TextEncoder", "MiniLMTextEncoder", "ClapTextEncoder", "HashTextEncoder",
            "build_text_encoder", "text_encoder_dim", "TEXT_ENCODERS"]
 
@@ -138,9 +140,7 @@ class ClapTextEncoder(TextEncoder):
         if not ckpt.is_file():
             raise PrestoError(f"LAION-CLAP checkpoint not found: {ckpt}",
                               "download it once and give its local path")
-        from presto_cli.eval.embedders import _import_laion_clap
-
-        laion_clap = _import_laion_clap()  # missing or broken (torchvision): one line with the fix
+        laion_clap = import_laion_clap()  # missing or broken (torchvision): one line with the fix
         self.clap = laion_clap.CLAP_Module(enable_fusion=enable_fusion, amodel=amodel, device=str(device))
         self.clap.load_ckpt(str(ckpt), verbose=False)
         self._device = torch.device(device)
@@ -224,3 +224,24 @@ def build_text_encoder(name: str, device: str | torch.device = "cpu", **kw) -> T
         enc = TEXT_ENCODERS[name](device=dev, **kw)
         _CACHE[key] = enc
     return enc
+
+
+def import_laion_clap():
+    """``laion_clap``, or one PrestoError naming what is missing or broken (torchvision) and the fix."""
+    try:
+        import laion_clap  # noqa: F401
+    except ModuleNotFoundError as e:
+        missing = e.name or "laion_clap"
+        raise PrestoError(f"the clap embedder needs the laion_clap package (missing module '{missing}')",
+                          f"{CLAP_INSTALL_HINT}, or pip install laion_clap torchvision") from None
+    except ImportError as e:
+        raise PrestoError(f"laion_clap failed to import: {str(e).splitlines()[0]}",
+                          f"{CLAP_INSTALL_HINT} (laion_clap also needs torchvision and librosa)") from None
+    except Exception as e:  # e.g. "operator torchvision::nms does not exist": a torchvision for another torch
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        culprit = "torchvision (built for another torch)" if "torchvision" in str(e) else "laion_clap"
+        raise PrestoError(f"the LAION-CLAP install is broken: importing laion_clap failed in {culprit}: "
+                          f"{first}", "reinstall a torchvision matching your torch and laion_clap with "
+                          "`make install-clap` (or pip uninstall torchvision laion_clap), or use "
+                          "--embedder presto-clap, which needs neither") from None
+    return laion_clap
