@@ -47,7 +47,7 @@ def _new_run_dir() -> Path:
 def eval_cmd(
     config: Optional[Path] = typer.Argument(None, help="Optional eval YAML whose keys are the options below "
                                             "(metrics, models, gen, ref, prompts, embedder, ...); flags override it."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence,texture (or all). Default: the first five; fad,mmd,prdc with --embedder mel. texture: latent texture against real latents (METHOD.md section 6)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: fad,mmd,prdc,clap,adherence,texture,tempo,key (or all). Default: the first five; fad,mmd,prdc with --embedder mel. texture: latent texture against real latents (METHOD.md section 6). tempo,key: estimated tempo/key against the asked ones (labels or the prompt), beside the --ref DIR real clips' ceiling."),
     model: Optional[List[str]] = typer.Option(
         None, "--model", "-m", help=f"Model to generate with (repeatable): bundled name or .safetensors. Default, "
         f"when neither -m nor --gen is given: {_default_model()} (assets/default.txt) and demo-teacher."),

@@ -26,11 +26,12 @@ from presto_cli.eval.embedders import Embedder, EmbeddingCache, build_embedder
 from presto_cli import validate as V
 from presto_cli.validate import drop_short, set_warnings
 
-METRICS = ("fad", "mmd", "prdc", "clap", "adherence", "texture")
+METRICS = ("fad", "mmd", "prdc", "clap", "adherence", "texture", "tempo", "key")
 TEXT_METRICS = ("clap", "adherence")
 REF_METRICS = ("fad", "mmd", "prdc")
 LATENT_METRICS = ("texture",)  # measured on the model's latents, not on audio embeddings
 TEXTURE_REF = "ref_heldout_texture.json"  # bundled: real held-out latents of the demo codec
+SIGNAL_METRICS = ("tempo", "key")  # on the audio itself (presto_cli.eval.tempo_key), no embeddings
 
 
 def check_eval_options(cfg) -> None:
@@ -241,8 +242,17 @@ def _folder_labels(folder: Path) -> dict[str, dict]:
                 labels = rec.get("labels") or {}
                 out[str((folder / rec["path"]).resolve())] = {
                     "prompt": rec.get("caption") or rec.get("prompt"),
-                    "style": rec.get("style") or (labels.get("style") if isinstance(labels, dict) else None)}
+                    "style": rec.get("style") or (labels.get("style") if isinstance(labels, dict) else None),
+                    "labels": labels if isinstance(labels, dict) else None}
     return out
+
+
+def _asked_labels(rec: dict) -> dict | None:
+    """The tempo/key a sidecar or prompt row records as asked (``bpm``/``tempo``, ``key``, ``mode``,
+    at the top level or under ``asked``), for ``--metrics tempo,key``."""
+    src = rec.get("asked") if isinstance(rec.get("asked"), dict) else rec
+    out = {k: src[k] for k in ("bpm", "tempo", "key", "mode") if src.get(k) is not None}
+    return out or None
 
 
 def file_labels(folder: Path, files: list[Path]) -> list[dict]:
@@ -259,7 +269,8 @@ def file_labels(folder: Path, files: list[Path]) -> list[dict]:
                 s = json.loads(side.read_text(encoding="utf-8"))
                 if isinstance(s, dict):
                     rec = {"prompt": s.get("prompt"), "style": s.get("style"), "seed": s.get("seed"),
-                           "model": s.get("model"), "steps": s.get("steps"), "sampler": s.get("sampler")}
+                           "model": s.get("model"), "steps": s.get("steps"), "sampler": s.get("sampler"),
+                           "labels": _asked_labels(s)}
             except (OSError, json.JSONDecodeError):
                 pass
         if not rec.get("prompt"):
@@ -431,6 +442,7 @@ class System:
     seeds: list[int | None]
     info: dict = field(default_factory=dict)
     latent_db: list | None = None  # [C, F] dB latents of the clips (texture), when kept
+    labels: list[dict | None] = field(default_factory=list)  # asked tempo/key per clip, if known
 
 
 def _plan_prompts(cfg: EvalConfig, ref_dir: Path | None) -> list[dict]:
@@ -577,7 +589,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
             "patch": int((pipe.meta.get("model") or {}).get("patch", 1)),
             "codec_sha256": _codec_sha(pipe), "clips_generated": len(todo), "clips_reused": reused}
     return System(name, "model", files, [r["prompt"] for r in rows], [r.get("style") for r in rows],
-                  [r["seed"] for r in rows], info, dbs if keep_latents else None)
+                  [r["seed"] for r in rows], info, dbs if keep_latents else None,
+                  labels=[_asked_labels(r) for r in rows])
 
 
 def _codec_sha(pipe) -> str | None:
@@ -815,7 +828,8 @@ def folder_system(folder: str, cfg: EvalConfig) -> System:
         if len(vals) == 1:
             info[key] = vals.pop()
     return System(d.name or str(d), "folder", files, [lab.get("prompt") for lab in labels],
-                  [lab.get("style") for lab in labels], [lab.get("seed") for lab in labels], info)
+                  [lab.get("style") for lab in labels], [lab.get("seed") for lab in labels], info,
+                  labels=[lab.get("labels") for lab in labels])
 
 
 # --------------------------------------------------------------------------------------------
@@ -883,6 +897,31 @@ def score_system(sys_: System, emb: np.ndarray, ok: list[int], ref: Reference | 
             scores["adherence"] = M.prompt_adherence(emb[lab], st, [names.index(styles[j]) for j in lab])
             scores["adherence_chance"] = 1.0 / len(names)
     return {"scores": scores, "notes": notes}
+
+
+def signal_scores(sys_: System, ok: list[int], metrics: list[str]) -> tuple[dict, list[dict]]:
+    """Tempo/key accuracy of ``sys_``'s clips ``ok`` against what each was asked
+    (:mod:`presto_cli.eval.tempo_key`), and one record per clip."""
+    from presto_cli.audio import load_audio
+    from presto_cli.eval import tempo_key as TK
+
+    labels = sys_.labels or [None] * len(sys_.files)
+    asked = [TK.asked_values(labels[i], sys_.prompts[i]) for i in ok]
+    return TK.score_clips(lambda j: load_audio(sys_.files[ok[j]], TK.SAMPLE_RATE)[0].numpy(), asked, metrics)
+
+
+def signal_ceiling(cfg: EvalConfig, metrics: list[str], log: Callable[[str], None]) -> dict:
+    """The tempo/key estimators' accuracy on the real clips of ``--ref DIR`` (their labels): the
+    ceiling a generated clip's score is read against."""
+    if not (cfg.ref and Path(cfg.ref).is_dir()):
+        return {"note": "no ceiling: --ref is not a folder of real clips (pass --ref DIR with a manifest.jsonl)"}
+    log(f"estimating {'/'.join(metrics)} of the reference clips {cfg.ref} (the estimators' ceiling)")
+    import dataclasses
+
+    sy = folder_system(cfg.ref, dataclasses.replace(cfg, n=0, prompts=""))  # every real clip, its own labels
+    sc, _ = signal_scores(sy, list(range(len(sy.files))), metrics)
+    return {"name": f"real ({Path(cfg.ref).name or cfg.ref})", "path": str(cfg.ref), "n": len(sy.files),
+            "scores": sc}
 
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
@@ -960,13 +999,14 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
         tex_codec, sha, patch = _texture_codec(systems)
         tex_ref = texture_reference(cfg, tex_codec, sha, patch, log)
 
-    embed = [m for m in metrics if m not in LATENT_METRICS]
+    signal = [m for m in metrics if m in SIGNAL_METRICS]
+    embed = [m for m in metrics if m not in LATENT_METRICS and m not in SIGNAL_METRICS]
     results = []
     for sy in systems:
         if embed:
             log(f"embedding {sy.name} ({len(sy.files)} clips)")
             emb, ok, errors = drop_short(sy.files, *embedder.embed_files(sy.files, cache))
-        else:  # texture only: no embeddings
+        else:  # texture / tempo / key only: no embeddings
             emb, ok, errors = np.zeros((len(sy.files), 0)), list(range(len(sy.files))), []
         for f, e in errors:
             log(f"skipped {f}: {e}")
@@ -975,6 +1015,14 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
             log(f"warning: {line}")
         sc = score_system(sy, emb, ok, ref, embedder, metrics, cfg, style_table, tex_ref, tex_codec)
         sc["notes"] += loud
+        per_clip: list[dict] = [{} for _ in ok]
+        if signal:
+            log(f"estimating {'/'.join(signal)} of {sy.name}")
+            tk, per_clip = signal_scores(sy, ok, signal)
+            sc["scores"].update(tk)
+            if not any(tk.get(f"{m}_n") for m in signal):
+                sc["notes"].append(f"no asked {'/'.join(signal)} known for any clip (manifest labels, a "
+                                   "sidecar, or a BPM/key in the prompt), so no tempo/key accuracy")
         ok_files = [sy.files[i] for i in ok]
         if ref is not None:
             sc["notes"] += reference_notes(ref, embedder.dim, _summary(_durations(ok_files))["mean"])
@@ -990,7 +1038,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
             "scores": sc["scores"], "notes": sc["notes"],
             "skipped": [{"file": f, "error": e} for f, e in errors],
             "clips": [{"file": str(sy.files[i]), "prompt": sy.prompts[i], "style": sy.styles[i],
-                       "seed": sy.seeds[i]} for i in ok],
+                       "seed": sy.seeds[i], **pc} for i, pc in zip(ok, per_clip)],
         })
     if tmp is not None:
         tmp.cleanup()
@@ -1011,6 +1059,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = lambda s: None,
                        "n": cfg.n or "all", "device": cfg.device},
         "systems": results,
     }
+    if signal:
+        doc["tempo_key_ceiling"] = signal_ceiling(cfg, signal, log)
     if cache is not None:
         doc["cache"] = {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses}
     if cfg.models:
@@ -1033,7 +1083,15 @@ TEXTURE_COLUMNS = (("frame_change_ratio", "frame×"), ("speckle_ratio", "speckle
                    ("boundary_ratio", "grid"), ("peaks_per_frame_ratio", "peaks×"),
                    ("peak_persistence_ratio", "persist×"), ("level_p50_diff_db", "p50 dB±"))
 SCORE_COLUMNS = (("fad", "FAD"), ("mmd2", "MMD² ×1000"), ("precision", "P"), ("recall", "R"),
-                 ("density", "D"), ("coverage", "C"), ("clap_score", "CLAP"), ("adherence", "Adh."))
+                 ("density", "D"), ("coverage", "C"), ("clap_score", "CLAP"), ("adherence", "Adh."),
+                 ("tempo_acc1", "tempo ±4%"), ("tempo_acc2", "tempo ±4% ×2/½"), ("key_exact", "key"),
+                 ("key_fifth", "key 5th"), ("key_relative", "key rel."), ("key_parallel", "key par."))
+
+
+def score_rows(doc: dict) -> list[dict]:
+    """The systems, then the tempo/key ceiling (the real clips) where there is one."""
+    ceil = doc.get("tempo_key_ceiling") or {}
+    return doc["systems"] + ([ceil] if ceil.get("scores") else [])
 
 
 def results_table(doc: dict):
@@ -1055,7 +1113,7 @@ def results_table(doc: dict):
         t.add_column(h)
     for _, h in cols + tex:
         t.add_column(h, justify="right")
-    for s in doc["systems"]:
+    for s in score_rows(doc):
         cs = (s.get("clip_seconds") or {}).get("mean")
         row = [s["name"], str(s["n"]), f"{cs:.2f}" if cs else "-", str(s.get("steps", "-")),
                str(s.get("sampler", "-"))]

@@ -172,7 +172,7 @@ def _copy_clip(src: Path, dest_dir: Path, stem: str) -> tuple[str, str, float]:
 
 def render_html(doc: dict, grid: list[list[dict | None]], prompts: list[str | None],
                 files_dir_name: str) -> str:
-    from presto_cli.eval.evaluate import SCORE_COLUMNS
+    from presto_cli.eval.evaluate import SCORE_COLUMNS, score_rows
 
     systems = doc["systems"]
     emb = doc.get("embedder", {})
@@ -186,7 +186,7 @@ def render_html(doc: dict, grid: list[list[dict | None]], prompts: list[str | No
     # metrics
     out.append("<h2>Scores</h2><table><tr><th>system</th><th>N</th><th>steps</th><th>sampler</th><th>NFE</th>")
     out += [f"<th>{_e(t)}</th>" for _, t in cols] + ["</tr>"]
-    for s in systems:
+    for s in score_rows(doc):
         out.append(f"<tr><td>{_e(s['name'])}</td><td class=\"num\">{s['n']}</td>"
                    f"<td class=\"num\">{_fmt(s.get('steps'))}</td><td>{_fmt(s.get('sampler'))}</td>"
                    f"<td class=\"num\">{_fmt(s.get('nfe'))}</td>")
