@@ -75,53 +75,85 @@ def bass_chroma(x: np.ndarray) -> np.ndarray:
     return (p @ TK.pitch_class_weights(TK.KEY_N_FFT, 40.0, 262.0)).mean(axis=0)
 
 
+VERSIONS = ("real", "codec", "gl-lin1024", "gl-mel1024", "gl-mel2048", "gl-mel4096", "gl-mel2048-fmin30",
+            "gl-mel4096-fmin30", "gl-mel4096-fmin30-256bins")
+
+
+def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
+    """Clip ``x [1, T]`` as version ``name`` (see the module docstring)."""
+    if name == "real":
+        return x[0].numpy()
+    if name == "codec":
+        return codec.decode(codec.encode(x[None]))[0, 0].numpy()
+    if name == "gl-lin1024":
+        return gl_from_mel(x, 1024, 0.0, linear=True)[0].numpy()
+    parts = name.split("-")  # gl, mel<N>[, fmin30][, 256bins]
+    n_fft = int(parts[1][3:])
+    return gl_from_mel(x, n_fft, 30.0 if "fmin30" in parts else 0.0,
+                       n_mels=256 if "256bins" in parts else N_MELS)[0].numpy()
+
+
+def summarise(rows: list[dict], recs: list[dict]) -> dict:
+    """Per version: the scores of :func:`TK.score_clips` and the measures of the module docstring."""
+    n = len(recs)
+    asked = [TK.asked_values(r["labels"], r.get("caption")) for r in rows[:n]]
+    beat = [i for i, r in enumerate(rows[:n]) if r["labels"]["style"] not in ("ambient", "string_quartet")]
+    out = {}
+    for name in VERSIONS:
+        keys = [TK.parse_key(rec[name]["key"]) for rec in recs]
+        tempos = [rec[name]["tempo"] for rec in recs]
+        cats = Counter(TK.key_relation(k, a["key"]) for k, a in zip(keys, asked))
+        t1 = [TK.tempo_match(t, a["tempo"]) for t, a in zip(tempos, asked)]
+        offs = Counter((k[0] - a["key"][0]) % 12 for k, a in zip(keys, asked) if k and k != a["key"])
+        out[name] = {
+            "n": n, "key_exact": cats["exact"] / n,
+            "key_mirex": sum(TK.MIREX_WEIGHTS[c] * v for c, v in cats.items()) / n,
+            **{f"key_{c}": cats[c] / n for c in TK.KEY_CATEGORIES if c != "exact"},
+            "key_same_as_real": float(np.mean([rec[name]["key"] == rec["real"]["key"] for rec in recs])),
+            "tempo_acc1": float(np.mean([m[0] for m in t1])), "tempo_acc2": float(np.mean([m[1] for m in t1])),
+            "tempo_acc1_beat_styles": float(np.mean([t1[i][0] for i in beat])) if beat else None,
+            "bass_chroma_corr_median": float(np.median([rec[name]["bass_corr"] for rec in recs])),
+            "tonic_offsets_of_misses": dict(sorted(offs.items())),
+        }
+    return out
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'version':<26} {'key exact':>9} {'MIREX':>6} {'=real key':>9} {'tempo 4%':>9} {'beat 4%':>8} "
+          f"{'bass corr':>9}  commonest tonic offsets of key misses")
+    for name, v in summary.items():
+        top = dict(Counter(v["tonic_offsets_of_misses"]).most_common(3))
+        print(f"{name:<26} {v['key_exact']:>9.2f} {v['key_mirex']:>6.3f} {v['key_same_as_real']:>9.2f} "
+              f"{v['tempo_acc1']:>9.2f} {v['tempo_acc1_beat_styles']:>8.2f} {v['bass_chroma_corr_median']:>9.2f}  {top}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="synth folder (manifest.jsonl with labels)")
     ap.add_argument("--codec", default=str(ROOT / "presto_cli" / "assets" / "demo-codec.safetensors"))
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, required=True, help="JSON: per-clip estimates (written after each "
+                    "clip; a rerun continues it) and the summary")
     a = ap.parse_args()
-    torch.manual_seed(0)
     rows = [json.loads(line) for line in (a.data / "manifest.jsonl").read_text().splitlines() if line.strip()]
     rows = rows[: a.n]
+    recs = json.loads(a.out.read_text())["clips"] if a.out.is_file() else []
     codec = load_codec(a.codec)
-    asked = [TK.asked_values(r["labels"], r.get("caption")) for r in rows]
-    versions = {"real": [], "codec": [], "gl-lin1024": [], "gl-mel1024": [], "gl-mel2048": [],
-                "gl-mel4096": [], "gl-mel2048-fmin30": [], "gl-mel4096-fmin30": [],
-                "gl-mel4096-fmin30-256bins": []}
-    for i, r in enumerate(rows):
-        x = load_audio(a.data / r["path"], SR)
+    for i in range(len(recs), len(rows)):
+        x = load_audio(a.data / rows[i]["path"], SR)
         x = x[:, : x.shape[-1] // HOP * HOP]
+        rec = {"path": rows[i]["path"]}
+        real_bass = bass_chroma(x[0].numpy())
         with torch.no_grad():
-            versions["real"].append(x[0].numpy())
-            versions["codec"].append(codec.decode(codec.encode(x[None]))[0, 0].numpy())
-            versions["gl-lin1024"].append(gl_from_mel(x, 1024, 0.0, linear=True)[0].numpy())
-            for n_fft in (1024, 2048, 4096):
-                versions[f"gl-mel{n_fft}"].append(gl_from_mel(x, n_fft, 0.0)[0].numpy())
-            for n_fft in (2048, 4096):
-                versions[f"gl-mel{n_fft}-fmin30"].append(gl_from_mel(x, n_fft, 30.0)[0].numpy())
-            versions["gl-mel4096-fmin30-256bins"].append(gl_from_mel(x, 4096, 30.0, n_mels=256)[0].numpy())
+            for name in VERSIONS:
+                y = rebuild(name, x, codec)
+                rec[name] = {"key": TK.key_name(TK.estimate_key(y)), "tempo": TK.estimate_tempo(y),
+                             "bass_corr": float(np.corrcoef(bass_chroma(y), real_bass)[0, 1])}
+        recs.append(rec)
+        a.out.write_text(json.dumps({"data": str(a.data), "codec": a.codec, "clips": recs,
+                                     "summary": summarise(rows, recs)}, indent=1))
         print(f"{i + 1}/{len(rows)}", end="\r", file=sys.stderr, flush=True)
-    real_keys = [TK.estimate_key(v) for v in versions["real"]]
-    real_bass = [bass_chroma(v) for v in versions["real"]]
-    beat = [i for i, r in enumerate(rows) if r["labels"]["style"] not in ("ambient", "string_quartet")]
-    out = {"data": str(a.data), "n": len(rows), "codec": a.codec, "versions": {}}
-    print(f"{'version':<20} {'key exact':>9} {'MIREX':>6} {'=real key':>9} {'tempo 4%':>9} {'beat 4%':>8} "
-          f"{'bass corr':>9}  tonic offsets of key misses")
-    for name, clips in versions.items():
-        sc, per = TK.score_clips(lambda j: clips[j], asked, ["tempo", "key"])
-        keys = [TK.parse_key(p["key_est"]) for p in per]
-        same = float(np.mean([k == rk for k, rk in zip(keys, real_keys)]))
-        offs = Counter((k[0] - ak["key"][0]) % 12 for k, ak in zip(keys, asked) if k and k != ak["key"])
-        beat_acc = float(np.mean([TK.tempo_match(per[i]["tempo_est"], asked[i]["tempo"])[0] for i in beat]))
-        corr = float(np.median([np.corrcoef(bass_chroma(v), rb)[0, 1] for v, rb in zip(clips, real_bass)]))
-        out["versions"][name] = {**sc, "key_same_as_real": same, "tempo_acc1_beat_styles": beat_acc,
-                                 "bass_chroma_corr_median": corr, "tonic_offsets": dict(sorted(offs.items()))}
-        print(f"{name:<20} {sc['key_exact']:>9.2f} {sc['key_mirex']:>6.3f} {same:>9.2f} {sc['tempo_acc1']:>9.2f} "
-              f"{beat_acc:>8.2f} {corr:>9.2f}  {dict(offs.most_common(4))}")
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1))
+    print_table(summarise(rows, recs))
 
 
 if __name__ == "__main__":
