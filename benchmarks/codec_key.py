@@ -6,7 +6,7 @@ estimators of ``presto eval --metrics tempo,key`` (presto_cli/eval/tempo_key.py)
 
 * ``real``: the clip itself (the estimators' ceiling);
 * ``codec``: the clip through the codec's encode/decode (default: the bundled demo codec);
-* ``gl-mel<N>``: Griffin-Lim (fast GL, momentum 0.99, 64 iterations) from a 128-bin HTK mel
+* ``gl-mel<N>``: Griffin-Lim (fast GL, momentum 0.99, 32 iterations) from a 128-bin HTK mel
   magnitude at hop 256, ``n_fft`` N, the filterbank's non-negative pseudo-inverse giving the linear
   magnitude (as the codec's vocoder prior does); ``gl-mel1024`` is the codec's own analysis;
 * ``gl-lin1024``: Griffin-Lim from the full 1024-point linear magnitude (no mel): what the STFT
@@ -42,7 +42,7 @@ from presto_cli.eval import tempo_key as TK  # noqa: E402
 SR, HOP, N_MELS = 16000, 256, 128
 
 
-def griffin_lim(mag: torch.Tensor, n_fft: int, iters: int = 64, momentum: float = 0.99,
+def griffin_lim(mag: torch.Tensor, n_fft: int, iters: int = GL_ITERS, momentum: float = 0.99,
                 seed: int = 0) -> torch.Tensor:
     """Fast Griffin-Lim (Perraudin et al. 2013) of a magnitude ``[B, F, N]`` with the same-framed
     STFT of the codec; audio ``[B, N * HOP]``."""
@@ -77,6 +77,7 @@ def bass_chroma(x: np.ndarray) -> np.ndarray:
 
 VERSIONS = ("real", "codec", "gl-lin1024", "gl-mel1024", "gl-mel2048", "gl-mel4096", "gl-mel2048-fmin30",
             "gl-mel4096-fmin30", "gl-mel4096-fmin30-256bins")
+GL_ITERS = 32
 
 
 def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
@@ -93,13 +94,13 @@ def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
                        n_mels=256 if "256bins" in parts else N_MELS)[0].numpy()
 
 
-def summarise(rows: list[dict], recs: list[dict]) -> dict:
+def summarise(rows: list[dict], recs: list[dict], versions=VERSIONS) -> dict:
     """Per version: the scores of :func:`TK.score_clips` and the measures of the module docstring."""
     n = len(recs)
     asked = [TK.asked_values(r["labels"], r.get("caption")) for r in rows[:n]]
     beat = [i for i, r in enumerate(rows[:n]) if r["labels"]["style"] not in ("ambient", "string_quartet")]
     out = {}
-    for name in VERSIONS:
+    for name in versions:
         keys = [TK.parse_key(rec[name]["key"]) for rec in recs]
         tempos = [rec[name]["tempo"] for rec in recs]
         cats = Counter(TK.key_relation(k, a["key"]) for k, a in zip(keys, asked))
@@ -132,11 +133,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="synth folder (manifest.jsonl with labels)")
     ap.add_argument("--codec", default=str(ROOT / "presto_cli" / "assets" / "demo-codec.safetensors"))
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--versions", default=",".join(VERSIONS), help="comma list (real is always measured)")
     ap.add_argument("--out", type=Path, required=True, help="JSON: per-clip estimates (written after each "
                     "clip; a rerun continues it) and the summary")
     a = ap.parse_args()
     rows = [json.loads(line) for line in (a.data / "manifest.jsonl").read_text().splitlines() if line.strip()]
     rows = rows[: a.n]
+    versions = ["real"] + [v for v in a.versions.split(",") if v in VERSIONS and v != "real"]
+    if len(versions) != len(set(a.versions.split(",")) | {"real"}):
+        raise SystemExit(f"--versions: choose from {','.join(VERSIONS)}")
     recs = json.loads(a.out.read_text())["clips"] if a.out.is_file() else []
     codec = load_codec(a.codec)
     for i in range(len(recs), len(rows)):
@@ -145,15 +150,15 @@ def main() -> None:
         rec = {"path": rows[i]["path"]}
         real_bass = bass_chroma(x[0].numpy())
         with torch.no_grad():
-            for name in VERSIONS:
+            for name in versions:
                 y = rebuild(name, x, codec)
                 rec[name] = {"key": TK.key_name(TK.estimate_key(y)), "tempo": TK.estimate_tempo(y),
                              "bass_corr": float(np.corrcoef(bass_chroma(y), real_bass)[0, 1])}
         recs.append(rec)
         a.out.write_text(json.dumps({"data": str(a.data), "codec": a.codec, "clips": recs,
-                                     "summary": summarise(rows, recs)}, indent=1))
+                                     "summary": summarise(rows, recs, versions)}, indent=1))
         print(f"{i + 1}/{len(rows)}", end="\r", file=sys.stderr, flush=True)
-    print_table(summarise(rows, recs))
+    print_table(summarise(rows, recs, versions))
 
 
 if __name__ == "__main__":
