@@ -40,6 +40,7 @@ from presto_cli.codec.vae import hann_window, istft_same, stft_same  # noqa: E40
 from presto_cli.eval import tempo_key as TK  # noqa: E402
 
 SR, HOP, N_MELS = 16000, 256, 128
+GL_ITERS = 32
 
 
 def griffin_lim(mag: torch.Tensor, n_fft: int, iters: int = GL_ITERS, momentum: float = 0.99,
@@ -77,7 +78,6 @@ def bass_chroma(x: np.ndarray) -> np.ndarray:
 
 VERSIONS = ("real", "codec", "gl-lin1024", "gl-mel1024", "gl-mel2048", "gl-mel4096", "gl-mel2048-fmin30",
             "gl-mel4096-fmin30", "gl-mel4096-fmin30-256bins")
-GL_ITERS = 32
 
 
 def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
