@@ -914,7 +914,9 @@ def signal_ceiling(cfg: EvalConfig, metrics: list[str], log: Callable[[str], Non
     """The tempo/key estimators' accuracy on the real clips of ``--ref DIR`` (their labels): the
     ceiling a generated clip's score is read against."""
     if not (cfg.ref and Path(cfg.ref).is_dir()):
-        return {"note": "no ceiling: --ref is not a folder of real clips (pass --ref DIR with a manifest.jsonl)"}
+        note = "no tempo/key ceiling: --ref is not a folder of real clips (pass --ref DIR with a manifest.jsonl)"
+        log(note)
+        return {"note": note}
     log(f"estimating {'/'.join(metrics)} of the reference clips {cfg.ref} (the estimators' ceiling)")
     import dataclasses
 
