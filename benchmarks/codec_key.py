@@ -133,12 +133,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="synth folder (manifest.jsonl with labels)")
     ap.add_argument("--codec", default=str(ROOT / "presto_cli" / "assets" / "demo-codec.safetensors"))
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--start", type=int, default=0, help="first clip (to split a run over processes)")
     ap.add_argument("--versions", default=",".join(VERSIONS), help="comma list (real is always measured)")
     ap.add_argument("--out", type=Path, required=True, help="JSON: per-clip estimates (written after each "
                     "clip; a rerun continues it) and the summary")
     a = ap.parse_args()
     rows = [json.loads(line) for line in (a.data / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    rows = rows[: a.n]
+    rows = rows[a.start: a.n]
     versions = ["real"] + [v for v in a.versions.split(",") if v in VERSIONS and v != "real"]
     if len(versions) != len(set(a.versions.split(",")) | {"real"}):
         raise SystemExit(f"--versions: choose from {','.join(VERSIONS)}")
