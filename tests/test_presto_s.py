@@ -395,3 +395,85 @@ def test_bf16_teacher_and_autocast_run_and_keep_the_generator_fp32(teacher):
     b = src.batch(0)
     m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
     assert m["gen_step"] == 1.0 and all(math.isfinite(v) for v in m.values())
+
+
+def _perturb(module, seed: int, scale: float = 0.05) -> None:
+    """Move every weight of ``module`` by seeded noise (so it differs from the teacher)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_backward_simulation_rolls_out_the_generator_with_fresh_noise(teacher):
+    """Backward simulation (issue 29): with the same seeded draws, the inputs it returns are exactly
+    those of rolling out the *generator* (not the teacher) k_i steps of its own few-step sampler from
+    sigma_max z, with fresh noise at every re-noising (not the initial noise again)."""
+    from presto_cli.diffusion.samplers import get_sigmas
+
+    n, b = 3, 32
+    ps, ctx, src = make(teacher, batch=b, gen_input="backward-sim", gen_steps=n)
+    _perturb(ps.generator, 11)  # the generator is no longer the teacher
+    batch = src.batch(0)
+    cond = teacher.task.text(batch["caption"], "cpu")
+    ctx.step = 5
+    x_in, sig = ps._backward_sim(batch["latents"], cond, ctx, b)
+
+    sched = get_sigmas("fewstep", n, 0.002, 80.0, 7.0)[:-1]
+    k = torch.clamp((ctx.rand("gen/k", (b,)) * n).floor().long(), max=n - 1)
+    assert set(k.tolist()) == {0, 1, 2}
+    z = ctx.randn("gen/eps0", (b, 2, 1))
+
+    def rollout(net, fresh: bool) -> torch.Tensor:
+        out = torch.empty(b, 2, 1)
+        with torch.no_grad():
+            for i in range(b):
+                cur = sched[0] * z[i:i + 1]
+                for j in range(int(k[i])):
+                    den = net(cur, sched[j].view(1), cond.index(slice(i, i + 1))).float()
+                    eps = ctx.randn(f"gen/eps{j + 1}", (b, 2, 1))[i:i + 1] if fresh else z[i:i + 1]
+                    cur = den + sched[j + 1] * eps
+                out[i] = cur[0]
+        return out
+
+    want = rollout(ps.generator, fresh=True)
+    torch.testing.assert_close(sig, sched[k])
+    torch.testing.assert_close(x_in, want, rtol=1e-5, atol=1e-5)
+    late = k > 0
+    # the alternatives are measurably different inputs, so the check above can tell them apart
+    assert (rollout(teacher.denoiser, fresh=True) - want)[late].abs().max() > 1e-2
+    assert (rollout(ps.generator, fresh=False) - want)[late].abs().max() > 1e-2
+
+
+def test_generator_step_uses_the_normalised_dmd_gradient_per_sample(teacher):
+    """The DMD term of the generator loss (issue 29): with the same draws, dL_DMD/dx_hat equals
+    (m_f - m_r) / mean|x_hat - m_r| per sample (times 1/numel of the mean), computed here from the
+    teacher and a fake score that differs from it; and the normalised update is scale invariant."""
+    b = 16
+    ps, ctx, src = make(teacher, batch=b, nu1=0.0)
+    _perturb(ps.fake, 12)  # m_f != m_r
+    batch = src.batch(0)
+    cond = teacher.task.text(batch["caption"], "cpu")
+    ctx.step = 4
+    g = torch.Generator().manual_seed(5)
+    x_hat = (batch["latents"].float() + 0.3 * torch.randn(batch["latents"].shape, generator=g))
+    x_hat[:4] *= 10.0  # samples far from the real score's estimate: a large normaliser
+    x_hat.requires_grad_(True)
+    ps.fake.requires_grad_(False)
+    l_dmd, _, m = ps.generator_loss(x_hat, cond, ctx, b)
+    l_dmd.backward()
+    sigma = ps.sigma(ps.p_dmd, ctx, "gen/dmd_sigma", b)
+    with torch.no_grad():
+        x_s = x_hat.detach() + sigma.view(-1, 1, 1) * ctx.randn("gen/dmd_eps", (b, 2, 1))
+        m_r = teacher.denoiser(x_s, sigma, cond).float()  # w = 1
+        m_f = ps.fake(x_s, sigma, cond).float()
+    norm = (x_hat.detach() - m_r).abs().mean(dim=(1, 2), keepdim=True)
+    assert float(norm.max() / norm.min()) > 5 and float((norm - 1).abs().max()) > 0.5  # per sample, not 1
+    want = (m_f - m_r) / norm
+    assert float(want.abs().max()) > 1e-3
+    torch.testing.assert_close(x_hat.grad * x_hat.numel(), want, rtol=1e-4, atol=1e-6)
+    # scale invariance: scaling a sample's x_hat - m_r and m_f - m_r by c leaves its g unchanged
+    c = torch.tensor([3.0] * 8 + [0.2] * 8).view(-1, 1, 1)
+    g1 = dmd_gradient(m_r, m_f, x_hat.detach())
+    g2 = dmd_gradient(m_r, m_r + c * (m_f - m_r), m_r + c * (x_hat.detach() - m_r))
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
