@@ -205,19 +205,25 @@ def test_discriminator_separates_a_shifted_generator_and_not_the_data_itself(tea
     from presto_cli.distill.presto_s import optimizer_step
 
     out = {}
-    for shift in (0.0, 1.0):
-        ps, ctx, src = make(teacher)
+    for shift, blocks in ((0.0, [2]), (1.0, [2]), ("multi", [0, 1, 3])):
+        ps, ctx, src = make(teacher, disc_blocks=blocks)
+        assert sorted(int(k) for k in ps.head.heads) == blocks  # one conv head per block read
         d = []
         for it in range(100):
             ctx.step = it
             b = src.batch(it)
             x = b["latents"].float()
-            l, m = ps.fake_loss(x + shift, x, teacher.task.text(b["caption"], "cpu"), ctx, x.shape[0])
+            l, m = ps.fake_loss(x + (1.0 if shift == "multi" else shift), x,
+                                teacher.task.text(b["caption"], "cpu"), ctx, x.shape[0])
             optimizer_step(ps.opt_fake, l, [ps.fake, ps.head], ctx, 10.0, lr=2e-3)
+            assert m["d_gap"] == m["d_real"] - m["d_fake"] and next(iter(m)) == "d_gap"
             d.append((m["d_real"], m["d_fake"]))
         out[shift] = [sum(v) / 20 for v in zip(*d[-20:])]
     assert out[1.0][0] - out[1.0][1] > 0.4, out  # measured: 0.87 vs 0.14 (0.50 vs 0.50 at shift 0)
     assert abs(out[0.0][0] - out[0.0][1]) < 0.05 and abs(out[0.0][0] - 0.5) < 0.1, out
+    # the DMD2-style head on several of the fake score's blocks (per-block conv stacks, logits
+    # averaged) separates the shifted generator too
+    assert out["multi"][0] - out["multi"][1] > 0.4, out
 
 
 def test_lsgan_losses_and_head_shapes():
@@ -355,8 +361,16 @@ def test_tiny_recipe_end_to_end_with_exact_resume(teacher, tmp_path):
     t2, _ = load_artefact(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(tensors[k], t2[k]) for k in tensors)
     m = lines("full")[-1]
-    for key in ("fake_dsm", "disc_loss", "d_real", "d_fake", "dmd_grad_norm", "dmd_gap", "gen_gan"):
+    for key in ("fake_dsm", "disc_loss", "d_real", "d_fake", "d_gap", "dmd_grad_norm", "dmd_gap", "gen_gan"):
         assert key in m  # the diagnostics users need to read DMD curves
+    # d_real - d_fake is in metrics.jsonl and the run's log.txt at every log step (log_every=1)
+    recs = lines("full")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        assert r["d_gap"] == pytest.approx(r["d_real"] - r["d_fake"], abs=2e-6)
+    logged = [json.loads(s) for s in (tmp_path / "full" / "log.txt").read_text().splitlines()
+              if s.startswith("{")]
+    assert [r["d_gap"] for r in logged] == [r["d_gap"] for r in recs]
 
     # the artefact generates through the pipeline with any step count, one evaluation per step
     pipe = load_pipeline(str(art), device="cpu")
