@@ -77,7 +77,12 @@ def test_toy_distillation_reaches_the_data_and_a_flipped_dmd_sign_does_not(teach
     three draw seeds was wide (one step 0.013-0.028, two steps 0.020-0.042: a 2026-12-02 CPU failed
     the old 200-iteration bounds); after 400 (used here): one step 0.016-0.020, two steps (p_gen on
     the 2-step schedule's points, distill.inf_steps=2, sigma [80, 2.52]) 0.022-0.035. Bounds: one
-    step below 0.025 (5x the teacher's), two steps below half the undistilled model's."""
+    step below 0.025 (5x the teacher's), two steps below half the undistilled model's, and the
+    2-step generator's two steps no worse than its own one step (0.033 vs 0.054).
+    Not asserted, because it does not hold (issue 29, measured with the settings here): the 2-step
+    generator's two steps are 2.4x worse than the 1-step generator's one (0.033 vs 0.014); a
+    generator trained on the continuous p_gen gets worse with steps (1/2/4: 0.014/0.042/0.095), and
+    one trained on the 4-step points too (inf_steps=4: 0.009/0.041/0.033)."""
     m_teacher = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=18, sampler="heun"), ref)
     m_undistilled = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep"), ref)
     assert m_teacher < NOISE_FLOOR and m_undistilled > 0.05  # the toy is what we think it is
@@ -93,8 +98,11 @@ def test_toy_distillation_reaches_the_data_and_a_flipped_dmd_sign_does_not(teach
         G = ps.export_generator()
         ms.append(mmd_rbf(sample_teacher(teacher, 1000, 1, steps=steps, sampler="fewstep",
                                          denoiser=G), ref))
+    # the generator trained for 2 steps, sampled in 1 (issue 29: N steps must be no worse than one)
+    one_of_two = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=G), ref)
     assert ms[0] < bound and ms[0] < far_below, (ms, m_teacher, m_undistilled)
     assert ms[1] < 0.5 * m_undistilled, (ms, m_teacher, m_undistilled)
+    assert ms[1] <= one_of_two, (ms, one_of_two)  # measured 0.033 vs 0.054
 
     bad, ctx, src = make(teacher, update_ratio=3, dmd_sign=-1.0)
     run(teacher, bad, ctx, src, 60)
