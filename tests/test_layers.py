@@ -410,7 +410,10 @@ def _budget_only_toy(budget_init: float, lr_mult: float, embed: bool = True, lr:
     input distribution for budgets 2, 4, 6; targets -0.5, 0, 0.5). Returns the held-out error
     relative to the best budget-blind output (1.0 = knows nothing of the budget), with the
     embedding as trained and zeroed at evaluation."""
-    from presto_cli.distill.layers import budget_param_groups, init_budget_embedding, set_group_lrs
+    from types import SimpleNamespace
+
+    from presto_cli.distill.layers import init_budget_embedding
+    from presto_cli.train.loop import build_adamw, set_lr
 
     net = _net(budget_embed=embed).train()
     if embed:
@@ -424,9 +427,10 @@ def _budget_only_toy(budget_init: float, lr_mult: float, embed: bool = True, lr:
     blind = float((target - target.mean()).pow(2).mean())
     cond = _cond(b=4, seed=2).index(torch.zeros(12, dtype=torch.long))  # one caption for all
     sig = torch.full((12,), 5.0)
-    opt = torch.optim.AdamW(budget_param_groups(net, lr, lr_mult), lr=lr, weight_decay=0.0)
+    opt = build_adamw(net.parameters(), lr, SimpleNamespace(betas=(0.9, 0.999), weight_decay=0.0),
+                      lr_mult={"budget_": lr_mult}, named=dict(net.named_parameters()))
     for s in range(steps):
-        set_group_lrs(opt, lr)
+        set_lr(opt, lr)  # as optimizer_step does: lr x each group's lr_mult
         loss = (den(_randn(12, 3, 10, seed=100 + s), sig, cond, budget=budgets) - target).pow(2).mean()
         opt.zero_grad()
         loss.backward()

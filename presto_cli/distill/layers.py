@@ -37,8 +37,7 @@ from presto_cli.models.dit import DiT
 from presto_cli.seeds import seed_for, seeded
 
 __all__ = ["ASEConfig", "PrestoLConfig", "build_schedule", "layer_losses", "student_from_teacher",
-           "describe_schedule", "expected_bin_shares", "describe_sigma", "init_budget_embedding",
-           "budget_param_groups", "set_group_lrs"]
+           "describe_schedule", "expected_bin_shares", "describe_sigma", "init_budget_embedding"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,23 +192,3 @@ def init_budget_embedding(net: DiT, std: float, seed: int) -> None:
     rows = torch.randn((w.shape[0] - 1, w.shape[1]), generator=g) * float(std)
     w[:-1].copy_(rows.to(w.device, w.dtype))
     w[-1].zero_()
-
-
-def budget_param_groups(net: DiT, lr: float, budget_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW parameter groups: the budget modules (``budget_*``) with ``lr_mult = budget_lr_mult``,
-    everything else with 1 (:func:`set_group_lrs` applies the multipliers). With a multiplier of 1
-    one group, as before, so checkpoints of older runs resume."""
-    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    if budget_lr_mult == 1.0:  # the parameters in their order: an older run's optimiser state fits
-        return [{"params": [p for _, p in named], "lr": lr, "lr_mult": 1.0}]
-    budget = [p for n, p in named if n.startswith("budget_")]
-    groups = [{"params": [p for n, p in named if not n.startswith("budget_")], "lr": lr, "lr_mult": 1.0}]
-    if budget:
-        groups.append({"params": budget, "lr": lr * budget_lr_mult, "lr_mult": float(budget_lr_mult)})
-    return groups
-
-
-def set_group_lrs(opt: torch.optim.Optimizer, lr: float) -> None:
-    """Set each group's LR to ``lr`` times its ``lr_mult`` (1 where absent)."""
-    for grp in opt.param_groups:
-        grp["lr"] = lr * float(grp.get("lr_mult", 1.0))

@@ -12,14 +12,13 @@ from torch import Tensor
 from presto_cli.diffusion.edm import (EDMDenoiser, drop_condition, sigma_inf_from_uniform,
                                       sigma_train_from_normal)
 from presto_cli.diffusion.layer_schedule import LayerSchedule
-from presto_cli.distill.layers import (ASEConfig, PrestoLConfig, budget_param_groups, build_schedule,
-                                       describe_schedule, describe_sigma, layer_losses, set_group_lrs,
-                                       student_from_teacher)
+from presto_cli.distill.layers import (ASEConfig, PrestoLConfig, build_schedule, describe_schedule,
+                                       describe_sigma, layer_losses, student_from_teacher)
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_state_strict, prefixed, read_artefact_meta, save_artefact
 from presto_cli.recipes import BaseRecipe, recipe_to_dict, register_stage
 from presto_cli.stages.common import DistillTask
-from presto_cli.train.loop import EMA, ema_state, optimizer_step, register_task, warmup_lr
+from presto_cli.train.loop import EMA, ema_state, build_adamw, optimizer_step, register_task, warmup_lr
 
 __all__ = ["ASERecipe", "PrestoLRecipe", "ASETask", "PrestoLTask", "layer_meta"]
 
@@ -106,9 +105,10 @@ class LayerTask(DistillTask):
         self.edm = self.student.cfg
         self.schedule = recipe.schedule_for(self.student.net.cfg.depth, self.edm)
         self.ema = EMA(self.student, recipe.train.ema) if recipe.train.ema > 0 else None
-        t = recipe.train
-        self.opt = torch.optim.AdamW(budget_param_groups(self.student.net, t.lr, b_mult), lr=t.lr,
-                                     betas=tuple(t.betas), weight_decay=t.weight_decay)
+        # the budget modules' own group at lr * layers.budget_lr_mult (one group when it is 1)
+        self.opt = build_adamw(self.student.parameters(), recipe.train.lr, recipe.train,
+                               lr_mult={"budget_": b_mult} if b_mult != 1.0 else None,
+                               named=dict(self.student.net.named_parameters()))
 
     # -- training ----------------------------------------------------------------------------
     def train_depths(self, sigma: Tensor, ctx) -> Tensor:
@@ -146,8 +146,7 @@ class LayerTask(DistillTask):
                                         self.schedule, denoise=self.w_denoise,
                                         self_teacher=self.alpha)
         loss = total.mean()
-        set_group_lrs(self.opt, lr)  # the budget modules' group: lr * layers.budget_lr_mult
-        gnorm = optimizer_step(self.opt, loss, [self.student], ctx, r.train.grad_clip, ema=self.ema)
+        gnorm = optimizer_step(self.opt, loss, [self.student], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
                "depth": float(depths.float().mean()) / self.schedule.depth_total,
                **self.schedule.bin_shares(sigma)}
