@@ -416,6 +416,47 @@ def _agg(docs: list[dict], name: str | None = None) -> dict:
     return out
 
 
+def _rewrites(sy: dict) -> int | None:
+    """Prompts the eval conditioned on another text (the nearest training caption) than the prompt,
+    counted from the clips' sidecars (``<clip>.json``: ``prompt``, ``condition``); None when any
+    sidecar is missing or older than the ``condition`` field."""
+    n = 0
+    for c in sy.get("clips") or []:
+        try:
+            rec = json.loads(Path(str(c["file"]) + ".json").read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+        if "condition" not in rec:
+            return None
+        n += rec["condition"] != rec.get("prompt", c.get("prompt"))
+    return n if sy.get("clips") else None
+
+
+def match_note(docs) -> str:
+    """One sentence for a table's header: whether nearest-caption matching was on (the systems'
+    ``prompt_match``) and how many prompts it rewrote per model, from the eval documents ``docs``
+    (one or a list) [issue 29]."""
+    docs = [docs] if isinstance(docs, dict) else [d for d in docs if d]
+    systems = [sy for d in docs for sy in d.get("systems", []) if sy.get("source", "model") == "model"]
+    if not systems:
+        return "Nearest-caption matching: not recorded."
+    modes = sorted({str(sy.get("prompt_match", "?")) for sy in systems})
+    if modes == ["off"]:
+        return "Nearest-caption matching: off (every model conditions on the prompts as written)."
+    how = {"auto": "auto (a prompt unlike every training wording is replaced by the nearest training caption)",
+           "on": "on (every prompt is replaced by the nearest training caption)"}
+    mode = "; ".join(how.get(m, m) for m in modes)
+    counts = {(sy["name"], _rewrites(sy), len(sy.get("clips") or [])) for sy in systems}
+    if any(r is None for _, r, _ in counts):
+        return f"Nearest-caption matching: {mode}; how many prompts it rewrote is not recorded (no clip sidecars)."
+    per = {(r, n) for _, r, n in counts}
+    if len(per) == 1:
+        r, n = next(iter(per))
+        return f"Nearest-caption matching: {mode}; it rewrote {r} of {n} prompts for every model."
+    lst = ", ".join(f"{name} {r}/{n}" for name, r, n in sorted(counts))
+    return f"Nearest-caption matching: {mode}; prompts it rewrote per model: {lst}."
+
+
 def _pm(v, nd=3) -> str:
     if not v:
         return "–"
@@ -442,7 +483,7 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         f"speed-ups are to the teacher in the same run. "
         f"Quality: {a.n} clips per model on the bundled held-out prompts, embedder "
         f"{emb.get('name', '?')} ({emb.get('version', '')}), reference: held-out real audio statistics."
-        + fad_music + f" MMD: {mmd_conv}." + spread,
+        + fad_music + f" MMD: {mmd_conv}." + spread + " " + match_note(ev[:1]) + " (first seed set)",
         "",
         f"| model | sampler | steps | NFE | latency (s) | RTF | speed-up | FAD ({emb.get('name', '?')}) ↓ | "
         "FAD (music) ↓ | MMD ↓ | CLAP ↑ | precision | recall | density | coverage | adherence |",
@@ -464,7 +505,7 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         lines.append("| real audio (training split) | – | – | – | – | – | – | " + " | ".join(
             [_f(sc.get("fad")), _pm(real_music), _f(sc.get("mmd2"))]) + " | – | " + " | ".join(
             _f(sc.get(k)) for k in ("precision", "recall", "density", "coverage")) + " | – |")
-    lines += ["", "Presto-S (demo-s) at other step counts (first seed set):", "",
+    lines += ["", f"Presto-S (demo-s) at other step counts (first seed set). {match_note(list(steps.values()))}", "",
               "| steps | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
     for s, doc in steps.items():
         sc = doc["systems"][0]["scores"]
@@ -476,8 +517,8 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         lines += ["", f"Prompt adherence in a person's words: `assets/paraphrase_prompts.jsonl` ({len(next(iter(para.values()))['files']) if para and next(iter(para.values())).get('files') else 84} "
                   "plain-language descriptions, 6 per style, in words the caption templates never use) beside the held-out "
                   "captions (first seed set); adherence = the share of clips presto-clap assigns to the prompt's style. "
-                  "Every model conditions on the training caption nearest to the prompt (its caption bank, METHOD.md "
-                  "section 2); \"as written\" is the same prompts with `--no-match`.", "",
+                  f"Paraphrases: {match_note(extra['paraphrase'])} Held-out: {match_note(ev[:1])} (caption bank: "
+                  "METHOD.md section 2); \"as written\" is the same prompts with `--no-match`.", "",
                   "| model | held-out adherence | paraphrase adherence | gap (points) | held-out, as written | "
                   "paraphrases, as written | gap as written |", "|---|---|---|---|---|---|---|"]
         pw = _sys(extra["paraphrase_written"]) if extra.get("paraphrase_written") else {}
@@ -508,7 +549,8 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
     if extra.get("fad_latency"):
         lines += ["", f"FAD against latency at other sampler budgets ({a.grid_n} clips of the held-out prompts "
                   "per point, first seed set; Heun with the teacher's CFG; latency: batch 1, median of 5 "
-                  "interleaved rounds). The paper's claim: Presto-L improves standard sampling at every budget.", "",
+                  "interleaved rounds). The paper's claim: Presto-L improves standard sampling at every budget. "
+                  + match_note([d.get("eval") for d in extra["fad_latency"].values()]), "",
                   "| model | steps | NFE | latency (s) | FAD (presto-clap) ↓ | FAD (music) ↓ |", "|---|---|---|---|---|---|"]
         for s_, doc in sorted(extra["fad_latency"].items(), key=lambda kv: int(kv[0])):
             br = _bench_rows(doc["bench"])
@@ -555,7 +597,7 @@ def grid_table(grid: dict) -> list[str]:
              f"the same teacher with training seeds 0, 1, 2; {grid['n']} clips per run (held-out prompts, first "
              "seed set); per-bin error = EDM-weighted denoising error on held-out latents per noise bin "
              "(no CFG), low noise first, with the depth each bin runs at. Mean ± standard deviation over the "
-             "training seeds.", "",
+             "training seeds. " + match_note(list(grid["eval"].values())), "",
              "| cell | blocks kept | self-teacher | budget embedding | seeds | FAD (presto-clap) ↓ | FAD (music) ↓ | "
              "per-bin error, mean ↓ | " + " | ".join(f"k={d}" for d in depths) + " |",
              "|---|---|---|---|---|---|---|---|" + "---|" * len(depths)]

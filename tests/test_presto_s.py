@@ -77,7 +77,12 @@ def test_toy_distillation_reaches_the_data_and_a_flipped_dmd_sign_does_not(teach
     three draw seeds was wide (one step 0.013-0.028, two steps 0.020-0.042: a 2026-12-02 CPU failed
     the old 200-iteration bounds); after 400 (used here): one step 0.016-0.020, two steps (p_gen on
     the 2-step schedule's points, distill.inf_steps=2, sigma [80, 2.52]) 0.022-0.035. Bounds: one
-    step below 0.025 (5x the teacher's), two steps below half the undistilled model's."""
+    step below 0.025 (5x the teacher's), two steps below half the undistilled model's, and the
+    2-step generator's two steps no worse than its own one step (0.033 vs 0.054).
+    Not asserted, because it does not hold (issue 29, measured with the settings here): the 2-step
+    generator's two steps are 2.4x worse than the 1-step generator's one (0.033 vs 0.014); a
+    generator trained on the continuous p_gen gets worse with steps (1/2/4: 0.014/0.042/0.095), and
+    one trained on the 4-step points too (inf_steps=4: 0.009/0.041/0.033)."""
     m_teacher = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=18, sampler="heun"), ref)
     m_undistilled = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep"), ref)
     assert m_teacher < NOISE_FLOOR and m_undistilled > 0.05  # the toy is what we think it is
@@ -93,8 +98,11 @@ def test_toy_distillation_reaches_the_data_and_a_flipped_dmd_sign_does_not(teach
         G = ps.export_generator()
         ms.append(mmd_rbf(sample_teacher(teacher, 1000, 1, steps=steps, sampler="fewstep",
                                          denoiser=G), ref))
+    # the generator trained for 2 steps, sampled in 1 (issue 29: N steps must be no worse than one)
+    one_of_two = mmd_rbf(sample_teacher(teacher, 1000, 1, steps=1, sampler="fewstep", denoiser=G), ref)
     assert ms[0] < bound and ms[0] < far_below, (ms, m_teacher, m_undistilled)
     assert ms[1] < 0.5 * m_undistilled, (ms, m_teacher, m_undistilled)
+    assert ms[1] <= one_of_two, (ms, one_of_two)  # measured 0.033 vs 0.054
 
     bad, ctx, src = make(teacher, update_ratio=3, dmd_sign=-1.0)
     run(teacher, bad, ctx, src, 60)
@@ -205,19 +213,25 @@ def test_discriminator_separates_a_shifted_generator_and_not_the_data_itself(tea
     from presto_cli.distill.presto_s import optimizer_step
 
     out = {}
-    for shift in (0.0, 1.0):
-        ps, ctx, src = make(teacher)
+    for shift, blocks in ((0.0, [2]), (1.0, [2]), ("multi", [0, 1, 3])):
+        ps, ctx, src = make(teacher, disc_blocks=blocks)
+        assert sorted(int(k) for k in ps.head.heads) == blocks  # one conv head per block read
         d = []
         for it in range(100):
             ctx.step = it
             b = src.batch(it)
             x = b["latents"].float()
-            l, m = ps.fake_loss(x + shift, x, teacher.task.text(b["caption"], "cpu"), ctx, x.shape[0])
+            l, m = ps.fake_loss(x + (1.0 if shift == "multi" else shift), x,
+                                teacher.task.text(b["caption"], "cpu"), ctx, x.shape[0])
             optimizer_step(ps.opt_fake, l, [ps.fake, ps.head], ctx, 10.0, lr=2e-3)
+            assert m["d_gap"] == m["d_real"] - m["d_fake"] and next(iter(m)) == "d_gap"
             d.append((m["d_real"], m["d_fake"]))
         out[shift] = [sum(v) / 20 for v in zip(*d[-20:])]
     assert out[1.0][0] - out[1.0][1] > 0.4, out  # measured: 0.87 vs 0.14 (0.50 vs 0.50 at shift 0)
     assert abs(out[0.0][0] - out[0.0][1]) < 0.05 and abs(out[0.0][0] - 0.5) < 0.1, out
+    # the DMD2-style head on several of the fake score's blocks (per-block conv stacks, logits
+    # averaged) separates the shifted generator too
+    assert out["multi"][0] - out["multi"][1] > 0.4, out
 
 
 def test_lsgan_losses_and_head_shapes():
@@ -355,8 +369,16 @@ def test_tiny_recipe_end_to_end_with_exact_resume(teacher, tmp_path):
     t2, _ = load_artefact(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(tensors[k], t2[k]) for k in tensors)
     m = lines("full")[-1]
-    for key in ("fake_dsm", "disc_loss", "d_real", "d_fake", "dmd_grad_norm", "dmd_gap", "gen_gan"):
+    for key in ("fake_dsm", "disc_loss", "d_real", "d_fake", "d_gap", "dmd_grad_norm", "dmd_gap", "gen_gan"):
         assert key in m  # the diagnostics users need to read DMD curves
+    # d_real - d_fake is in metrics.jsonl and the run's log.txt at every log step (log_every=1)
+    recs = lines("full")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        assert r["d_gap"] == pytest.approx(r["d_real"] - r["d_fake"], abs=2e-6)
+    logged = [json.loads(s) for s in (tmp_path / "full" / "log.txt").read_text().splitlines()
+              if s.startswith("{")]
+    assert [r["d_gap"] for r in logged] == [r["d_gap"] for r in recs]
 
     # the artefact generates through the pipeline with any step count, one evaluation per step
     pipe = load_pipeline(str(art), device="cpu")
@@ -395,3 +417,85 @@ def test_bf16_teacher_and_autocast_run_and_keep_the_generator_fp32(teacher):
     b = src.batch(0)
     m = ps.train_step(b["latents"], teacher.task.text(b["caption"], "cpu"), ctx)
     assert m["gen_step"] == 1.0 and all(math.isfinite(v) for v in m.values())
+
+
+def _perturb(module, seed: int, scale: float = 0.05) -> None:
+    """Move every weight of ``module`` by seeded noise (so it differs from the teacher)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_backward_simulation_rolls_out_the_generator_with_fresh_noise(teacher):
+    """Backward simulation (issue 29): with the same seeded draws, the inputs it returns are exactly
+    those of rolling out the *generator* (not the teacher) k_i steps of its own few-step sampler from
+    sigma_max z, with fresh noise at every re-noising (not the initial noise again)."""
+    from presto_cli.diffusion.samplers import get_sigmas
+
+    n, b = 3, 32
+    ps, ctx, src = make(teacher, batch=b, gen_input="backward-sim", gen_steps=n)
+    _perturb(ps.generator, 11)  # the generator is no longer the teacher
+    batch = src.batch(0)
+    cond = teacher.task.text(batch["caption"], "cpu")
+    ctx.step = 5
+    x_in, sig = ps._backward_sim(batch["latents"], cond, ctx, b)
+
+    sched = get_sigmas("fewstep", n, 0.002, 80.0, 7.0)[:-1]
+    k = torch.clamp((ctx.rand("gen/k", (b,)) * n).floor().long(), max=n - 1)
+    assert set(k.tolist()) == {0, 1, 2}
+    z = ctx.randn("gen/eps0", (b, 2, 1))
+
+    def rollout(net, fresh: bool) -> torch.Tensor:
+        out = torch.empty(b, 2, 1)
+        with torch.no_grad():
+            for i in range(b):
+                cur = sched[0] * z[i:i + 1]
+                for j in range(int(k[i])):
+                    den = net(cur, sched[j].view(1), cond.index(slice(i, i + 1))).float()
+                    eps = ctx.randn(f"gen/eps{j + 1}", (b, 2, 1))[i:i + 1] if fresh else z[i:i + 1]
+                    cur = den + sched[j + 1] * eps
+                out[i] = cur[0]
+        return out
+
+    want = rollout(ps.generator, fresh=True)
+    torch.testing.assert_close(sig, sched[k])
+    torch.testing.assert_close(x_in, want, rtol=1e-5, atol=1e-5)
+    late = k > 0
+    # the alternatives are measurably different inputs, so the check above can tell them apart
+    assert (rollout(teacher.denoiser, fresh=True) - want)[late].abs().max() > 1e-2
+    assert (rollout(ps.generator, fresh=False) - want)[late].abs().max() > 1e-2
+
+
+def test_generator_step_uses_the_normalised_dmd_gradient_per_sample(teacher):
+    """The DMD term of the generator loss (issue 29): with the same draws, dL_DMD/dx_hat equals
+    (m_f - m_r) / mean|x_hat - m_r| per sample (times 1/numel of the mean), computed here from the
+    teacher and a fake score that differs from it; and the normalised update is scale invariant."""
+    b = 16
+    ps, ctx, src = make(teacher, batch=b, nu1=0.0)
+    _perturb(ps.fake, 12)  # m_f != m_r
+    batch = src.batch(0)
+    cond = teacher.task.text(batch["caption"], "cpu")
+    ctx.step = 4
+    g = torch.Generator().manual_seed(5)
+    x_hat = (batch["latents"].float() + 0.3 * torch.randn(batch["latents"].shape, generator=g))
+    x_hat[:4] *= 10.0  # samples far from the real score's estimate: a large normaliser
+    x_hat.requires_grad_(True)
+    ps.fake.requires_grad_(False)
+    l_dmd, _, m = ps.generator_loss(x_hat, cond, ctx, b)
+    l_dmd.backward()
+    sigma = ps.sigma(ps.p_dmd, ctx, "gen/dmd_sigma", b)
+    with torch.no_grad():
+        x_s = x_hat.detach() + sigma.view(-1, 1, 1) * ctx.randn("gen/dmd_eps", (b, 2, 1))
+        m_r = teacher.denoiser(x_s, sigma, cond).float()  # w = 1
+        m_f = ps.fake(x_s, sigma, cond).float()
+    norm = (x_hat.detach() - m_r).abs().mean(dim=(1, 2), keepdim=True)
+    assert float(norm.max() / norm.min()) > 5 and float((norm - 1).abs().max()) > 0.5  # per sample, not 1
+    want = (m_f - m_r) / norm
+    assert float(want.abs().max()) > 1e-3
+    torch.testing.assert_close(x_hat.grad * x_hat.numel(), want, rtol=1e-4, atol=1e-6)
+    # scale invariance: scaling a sample's x_hat - m_r and m_f - m_r by c leaves its g unchanged
+    c = torch.tensor([3.0] * 8 + [0.2] * 8).view(-1, 1, 1)
+    g1 = dmd_gradient(m_r, m_f, x_hat.detach())
+    g2 = dmd_gradient(m_r, m_r + c * (m_f - m_r), m_r + c * (x_hat.detach() - m_r))
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)

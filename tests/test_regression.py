@@ -148,3 +148,51 @@ def test_regression_only_iterations_skip_the_fake_score_and_give_the_same_genera
     assert m_fast["reg_loss"] == pytest.approx(m_full["reg_loss"], rel=1e-5)
     for k in g_full:
         torch.testing.assert_close(g_fast[k], g_full[k], rtol=1e-5, atol=1e-6)
+
+
+def test_each_drawn_state_comes_with_its_own_noise_level_and_its_own_trajectory_end():
+    """RegressionPairs.draw over a 4-point schedule (issue 29): every drawn input is the state of
+    one trajectory at one level k, and it must come with sigma_k (not a neighbour's level) and with
+    that trajectory's end. Each state holds a value that names (i, k), so any mis-pairing shows."""
+    n_pairs, pts = 16, torch.tensor([80.0, 9.7, 1.1, 0.06])  # a multi-point few-step schedule
+    i = torch.arange(n_pairs).view(-1, 1, 1, 1).float()
+    k = torch.arange(len(pts)).view(1, -1, 1, 1).float()
+    states = (100 * i + k).expand(n_pairs, len(pts), 2, 3).clone()  # [N, n, C, F]: value 100 i + k
+    targets = -torch.arange(n_pairs).view(-1, 1, 1).float().expand(n_pairs, 2, 3).clone()
+    pairs = RegressionPairs(states, pts, targets, None)
+    ctx = Context(3, torch.device("cpu"), "fp32", 256)
+    seen = set()
+    for step in range(3):
+        ctx.step = step
+        x_in, sigma, y, cond = pairs.draw(ctx, 256, "cpu")
+        assert cond is None and x_in.shape == (256, 2, 3) and sigma.shape == (256,)
+        v = x_in[:, 0, 0]
+        ii, kk = (v // 100).long(), (v % 100).long()
+        assert torch.equal(sigma, pts[kk]), "a state drawn with another level's sigma"
+        assert torch.equal(y[:, 0, 0], -ii.float()), "a state drawn with another trajectory's end"
+        seen |= set(kk.tolist())
+    assert seen == {0, 1, 2, 3}  # every level is drawn
+
+
+def test_regression_pairs_from_teacher_trajectories_sit_at_their_sigma(teacher):
+    """On the teacher's own 4-step trajectories: the state paired with sigma_k, continued with the
+    teacher's Heun ODE from sigma_k, ends at its target, and it does not from the next level's
+    sigma (so a pairing shifted by one level gives inputs off the trajectory)."""
+    e = teacher.recipe.edm
+    points = fewstep_points(4, e.sigma_min, e.sigma_max, e.rho)
+    _, cond, states, ends = _pairs(teacher, 48, 31, points, steps=12)
+    pairs = RegressionPairs(states, points, ends, cond)
+    ctx = Context(0, torch.device("cpu"), "fp32", 48)
+    x_in, sigma, y, c = pairs.draw(ctx, 48, "cpu")
+    grid = trajectory_grid(points, 12, e.sigma_min, e.sigma_max, e.rho)
+    errs = {"own": [], "next": []}
+    for p in range(1, len(points) - 1):  # interior levels: a next level exists and is not the end
+        rows = torch.isclose(sigma, points[p]).nonzero().flatten()
+        assert len(rows) > 0
+        sub = c.index(rows)
+        for name, start in (("own", points[p]), ("next", points[p + 1])):
+            rest = grid[int((grid == start).nonzero()[0, 0]):]
+            end = sample_heun(denoise_fn(teacher.denoiser, sub, 1.0), x_in[rows], rest)
+            errs[name].append(float((end - y[rows]).pow(2).mean()))
+    assert max(errs["own"]) < 1e-8, errs
+    assert min(errs["next"]) > 1e-4, errs

@@ -34,10 +34,10 @@ from presto_cli.diffusion.layer_schedule import ASE_MIN_FRACTION, LayerSchedule
 from presto_cli.diffusion.layered import forward_at_depths
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT
-from presto_cli.seeds import seeded
+from presto_cli.seeds import seed_for, seeded
 
 __all__ = ["ASEConfig", "PrestoLConfig", "build_schedule", "layer_losses", "student_from_teacher",
-           "describe_schedule", "expected_bin_shares", "describe_sigma"]
+           "describe_schedule", "expected_bin_shares", "describe_sigma", "init_budget_embedding"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +71,13 @@ class PrestoLConfig(ASEConfig):
     keep_last: int = 1  # final blocks always run (0: drop from the end, i.e. ASE's early exit)
     budget_embed: bool = True  # embedding of the number of blocks run, added to adaLN
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream
+    # [ours, issue 29] The zero-initialised table moves about lr per AdamW step, so at lr 1e-4 it
+    # stays near 0 beside a condition vector of norm ~10: inert. budget_init: std of a seeded normal
+    # init of the rows below full depth (the full-depth row stays 0, so the full-depth student is
+    # still the teacher; 0 = all zeros, the old behaviour); budget_lr_mult: learning-rate multiplier
+    # of the budget embedding and rescale (1 = the old behaviour).
+    budget_init: float = 0.0
+    budget_lr_mult: float = 1.0
     self_teacher: float = 1.0  # alpha of L_st = ||D_drop - sg(D_full teacher)||^2 (0: off)
     denoise: float = 1.0  # weight of the ordinary denoising loss
 
@@ -156,9 +163,11 @@ def describe_sigma(schedule: LayerSchedule, kind: str, edm) -> dict:
             "bin_share": [round(v, 5) for v in expected_bin_shares(schedule, kind, edm)]}
 
 
-def student_from_teacher(teacher: EDMDenoiser, budget_embed: bool, budget_rescale: bool
-                         ) -> EDMDenoiser:
-    """A trainable copy of the teacher, with the budget modules added (identity at init)."""
+def student_from_teacher(teacher: EDMDenoiser, budget_embed: bool, budget_rescale: bool,
+                         budget_init: float = 0.0, seed: int = 0) -> EDMDenoiser:
+    """A trainable copy of the teacher, with the budget modules added (identity at init, or the
+    embedding's rows below full depth drawn with std ``budget_init``, see
+    :func:`init_budget_embedding`)."""
     cfg = copy.deepcopy(teacher.net.cfg)
     cfg.budget_embed, cfg.budget_rescale = bool(budget_embed), bool(budget_rescale)
     with seeded("student-from-teacher"):  # every weight is then loaded or set: no global RNG
@@ -167,4 +176,19 @@ def student_from_teacher(teacher: EDMDenoiser, budget_embed: bool, budget_rescal
     bad = [k for k in missing if not k.startswith("budget_")] + list(unexpected)
     if bad:
         raise PrestoError(f"cannot initialise the student from the teacher: {bad[0]}")
+    if budget_init > 0:
+        init_budget_embedding(net, budget_init, seed)
     return EDMDenoiser(net, copy.deepcopy(teacher.cfg)).train().requires_grad_(True)
+
+
+@torch.no_grad()
+def init_budget_embedding(net: DiT, std: float, seed: int) -> None:
+    """Rows 0..depth-1 of ``net.budget_embed`` ~ N(0, std^2) from ``seed``; the full-depth row stays
+    zero, so running every block is unchanged [ours, issue 29]."""
+    if not getattr(net.cfg, "budget_embed", False):
+        raise PrestoError("layers.budget_init > 0 needs layers.budget_embed: true")
+    w = net.budget_embed.weight
+    g = torch.Generator().manual_seed(seed_for(seed, "init", "budget-embed"))
+    rows = torch.randn((w.shape[0] - 1, w.shape[1]), generator=g) * float(std)
+    w[:-1].copy_(rows.to(w.device, w.dtype))
+    w[-1].zero_()

@@ -340,8 +340,10 @@ class PrestoS:
             d_real, d_fake = both[: x.shape[0]], both[x.shape[0]:]
             l_d = lsgan_d_loss(d_real, d_fake)
             loss = loss + self.dcfg.nu2 * l_d
-            out.update(disc_loss=float(l_d.detach()), d_real=float(d_real.detach().mean()),
-                       d_fake=float(d_fake.detach().mean()))
+            dr, df = float(d_real.detach().mean()), float(d_fake.detach().mean())
+            # d_gap = d_real - d_fake first, so the training log's progress line shows it [issue 29]:
+            # ~0 means the head sits at chance (LSGAN optimum on indistinguishable inputs: both 0.5)
+            out = {"d_gap": dr - df, **out, "disc_loss": float(l_d.detach()), "d_real": dr, "d_fake": df}
         out["fake_loss"] = float(loss.detach())
         return loss, out
 
@@ -400,10 +402,10 @@ class PrestoS:
             x_hat, sigma_g = self.generate(x, cond, rng, b, grad=gen_step)
             # 2. fake score + head, every iteration
             l_fake, m = self.fake_loss(x_hat, x, cond, rng, b)
+        metrics.update(m)  # d_gap (when the GAN is on) leads: the progress line shows the first keys
         metrics["fake_gnorm"] = optimizer_step(self.opt_fake, l_fake, [self.fake, self.head], rng,
                                                o.grad_clip, lr=warmup_lr(o.lr_fake, step, o.warmup))
         self.fake_updates += 1
-        metrics.update(m)
         metrics["gen_step"] = float(gen_step)
         # 3. generator, every r-th iteration, through the frozen fake score and head
         if gen_step:

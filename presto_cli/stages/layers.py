@@ -92,14 +92,23 @@ class LayerTask(DistillTask):
         if self.alpha == 0 and self.w_denoise == 0:
             raise PrestoError("layers.self_teacher and layers.denoise are both 0: nothing to train",
                               "set layers.denoise: 1.0")
+        b_init, b_mult = float(getattr(lc, "budget_init", 0.0)), float(getattr(lc, "budget_lr_mult", 1.0))
+        if b_init < 0 or b_mult <= 0:
+            raise PrestoError("layers.budget_init must be >= 0 and layers.budget_lr_mult > 0",
+                              "for example budget_init=0.5 budget_lr_mult=10")
+        if b_init > 0 and not getattr(lc, "budget_embed", False):
+            raise PrestoError("layers.budget_init > 0 needs layers.budget_embed: true")
         self.student = student_from_teacher(teacher, getattr(lc, "budget_embed", False),
-                                            getattr(lc, "budget_rescale", False))
+                                            getattr(lc, "budget_rescale", False), b_init, recipe.seed)
         self.teacher = teacher.eval().requires_grad_(False) if self.alpha > 0 else None
         del self.frozen  # held only as self.teacher, when the self-teacher loss needs it
         self.edm = self.student.cfg
         self.schedule = recipe.schedule_for(self.student.net.cfg.depth, self.edm)
         self.ema = EMA(self.student, recipe.train.ema) if recipe.train.ema > 0 else None
-        self.opt = build_adamw(self.student.parameters(), recipe.train.lr, recipe.train)
+        # the budget modules' own group at lr * layers.budget_lr_mult (one group when it is 1)
+        self.opt = build_adamw(self.student.parameters(), recipe.train.lr, recipe.train,
+                               lr_mult={"budget_": b_mult} if b_mult != 1.0 else None,
+                               named=dict(self.student.net.named_parameters()))
 
     # -- training ----------------------------------------------------------------------------
     def train_depths(self, sigma: Tensor, ctx) -> Tensor:
