@@ -169,6 +169,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
     win = int(round(facts["clip_seconds"] * sr))
     root = Path(data["path"])
     from presto_cli.data.folder import read_manifest
+    from presto_cli.text.musical import row_tempo_key
 
     rows = read_manifest(_manifest_path(data))
     if not rows:

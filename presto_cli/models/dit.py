@@ -159,9 +159,10 @@ class TempoEmbedding(nn.Module):
 
     def __init__(self, dim: int, width: int):
         super().__init__()
-        # angular frequencies pi .. 400 pi: the lowest sees 20-400 BPM once, the highest resolves
-        # about 0.25% of the log range (0.75% in tempo), below the 4% a tempo is judged by
-        freqs = math.pi * torch.exp(torch.linspace(0.0, math.log(400.0), dim // 2))
+        # angular frequencies pi .. 64 pi: the lowest spans 20-400 BPM once (no wrap-around), at the
+        # highest 1% of tempo turns the phase by 0.7 rad (a tempo is judged within 4%); higher ones
+        # would let neighbouring tempos (80 vs 81 BPM) land far apart at initialisation
+        freqs = math.pi * torch.exp(torch.linspace(0.0, math.log(64.0), dim // 2))
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(dim, width), nn.SiLU(), nn.Linear(width, width))
         self.null = nn.Parameter(torch.zeros(width))

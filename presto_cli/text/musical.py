@@ -57,7 +57,7 @@ def _tonic(letter: str, accidental: str) -> int:
 
 # -- prompts -------------------------------------------------------------------------------------
 
-_NUM = r"(\d{2,3}(?:\.\d+)?)"
+_NUM = r"(?<![\d.])(\d{2,3}(?:\.\d+)?)"
 _BPM_PATTERNS = (
     # a range "70-80 BPM" / "between 70 and 80 bpm": its middle
     re.compile(_NUM + r"\s*(?:-|–|to|and)\s*" + _NUM + r"\s*(?:bpm\b|beats\s+per\s+minute\b)", re.I),
