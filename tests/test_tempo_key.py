@@ -158,3 +158,45 @@ def test_a_tiny_dit_learns_a_toy_whose_answer_is_the_tempo_and_key():
         wrong = (den(x, sigma, cond(24, tempo[perm], key[perm])) - x0).abs()[:, :, 0]
     assert float(err.max()) < 0.2 and float(err.mean(0).max()) < 0.08, err
     assert float(wrong.mean(0).min()) > 0.4, wrong
+
+
+def test_latent_cache_items_carry_tempo_and_key_and_an_older_index_gets_them(tmp_path):
+    """A cache index written before tempo/key were kept is given them from its manifest (once,
+    atomically); LatentDataset items carry them as tensors (NaN / -1 when unknown)."""
+    from safetensors.torch import save_file
+
+    from presto_cli.data.latents import LatentDataset, _add_tempo_key
+
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"path": "a.wav", "caption": "x", "labels": {"tempo": 120, "key": "E", "mode": "minor"}},
+            {"path": "b.wav", "caption": "calm piano at 68 BPM"},
+            {"path": "c.wav", "caption": "rain", "bpm": "92", "key": "Bb major"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    save_file({"latents": torch.arange(4 * 2 * 3, dtype=torch.float32).view(4, 2, 3)}, str(cache / "shard_00000.safetensors"))
+    old = [{"i": i, "shard": 0, "row": i, "path": p, "start": 0.0, "caption": "x", "split": "train"}
+           for i, p in enumerate(["a.wav", "a.wav", "b.wav", "c.wav"])]
+    (cache / "index.jsonl").write_text("".join(json.dumps(it) + "\n" for it in old))
+    (cache / "cache.json").write_text(json.dumps({"version": 1, "channels": 2, "frames": 3, "frame_rate": 10.0,
+                                                  "sample_rate": 16000}))
+    _add_tempo_key(cache, manifest)
+    index = [json.loads(l) for l in (cache / "index.jsonl").read_text().splitlines()]
+    assert [(it["tempo"], it["key"]) for it in index] == [(120.0, 16), (120.0, 16), (68.0, None), (92.0, 10)]
+    before = (cache / "index.jsonl").stat().st_mtime_ns
+    _add_tempo_key(cache, manifest)  # a current index is left alone
+    assert (cache / "index.jsonl").stat().st_mtime_ns == before
+    ds = LatentDataset(cache)
+    items = [ds[i] for i in range(4)]
+    assert [float(it["tempo"]) for it in items[:2]] == [120.0, 120.0] and int(items[2]["key"]) == -1
+    assert int(items[3]["key"]) == 10 and items[3]["key"].dtype == torch.long
+    assert torch.equal(items[3]["latents"], torch.arange(18, 24, dtype=torch.float32).view(2, 3))
+    from presto_cli.train.loop import collate
+
+    batch = collate(items)
+    assert batch["tempo"].shape == (4,) and batch["key"].tolist() == [16, 16, -1, 10]
+    from presto_cli.text.cache import TextCache
+    from presto_cli.text.encoders import build_text_encoder
+
+    cond = TextCache(build_text_encoder("hash"))(list(batch["caption"]), "cpu", batch["tempo"], batch["key"])
+    assert cond.key.tolist() == [16, 16, -1, 10] and cond.tempo[3] == 92.0

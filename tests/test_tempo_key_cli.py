@@ -73,20 +73,22 @@ def test_tempo_key_teacher_from_an_older_one_and_generate(tiny_chain, tmp_path):
     tk = teacher / "model.safetensors"
     side, _ = _gen(tk, tmp_path / "a.wav", "funk groove", "--bpm", 104, "--key", "E minor")
     assert side["asked"] == {"bpm": 104.0, "key": "E minor"} and side["used"] == side["asked"]
-    side, _ = _gen(tk, tmp_path / "b.wav", "funk groove at 90 BPM in F# major")  # written in the prompt
-    assert side["asked"] == side["used"] == {"bpm": 90.0, "key": "F# major"}
-    side, _ = _gen(tk, tmp_path / "c.wav", "funk groove at 90 BPM in F# major", "--bpm", 120)  # the flag wins
-    assert side["used"] == {"bpm": 120.0, "key": "F# major"}
-    side, _ = _gen(tk, tmp_path / "d.wav", "funk groove")
-    assert side["asked"] == side["used"] == {"bpm": None, "key": None}
-    # the asked tempo changes the clip (same seed, same words)
+    # written in the prompt; a flag overrides the prompt's value (same prompt and seed: another clip)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "funk groove at 90 BPM in F# major", "name": "b", "seed": 3}\n'
+                       '{"prompt": "funk groove", "name": "d", "seed": 3}\n')
+    presto("generate", "--prompts", prompts, "-o", tmp_path / "p", "--model", tk, "--duration", 0.5, "--steps", 2)
+    presto("generate", "--prompts", prompts, "-o", tmp_path / "q", "--model", tk, "--duration", 0.5, "--steps", 2,
+           "--bpm", 120)
+    side = lambda run, name: json.loads((tmp_path / run / f"{name}.wav.json").read_text())  # noqa: E731
+    assert side("p", "b")["asked"] == side("p", "b")["used"] == {"bpm": 90.0, "key": "F# major"}
+    assert side("p", "d")["asked"] == side("p", "d")["used"] == {"bpm": None, "key": None}
+    assert side("q", "b")["used"] == {"bpm": 120.0, "key": "F# major"} and side("q", "d")["used"]["bpm"] == 120.0
     import soundfile as sf
 
-    a, _ = sf.read(str(tmp_path / "a.wav"))
-    presto("generate", "funk groove", "--bpm", 60, "--key", "E minor", "-o", tmp_path / "a60.wav", "--model", tk,
-           "--seed", 3, "--duration", 0.5, "--steps", 2)
-    b, _ = sf.read(str(tmp_path / "a60.wav"))
-    assert float(abs(a - b).max()) > 0
+    a, _ = sf.read(str(tmp_path / "p" / "b.wav"))
+    b, _ = sf.read(str(tmp_path / "q" / "b.wav"))
+    assert float(abs(a - b).max()) > 0  # the asked tempo reaches the clip
 
     # a model without the conditions: asked recorded, used null, one line says so
     side, r = _gen(d["teacher"], tmp_path / "e.wav", "funk groove", "--bpm", 104, "--key", "E minor")
