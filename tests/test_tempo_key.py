@@ -198,5 +198,5 @@ def test_latent_cache_items_carry_tempo_and_key_and_an_older_index_gets_them(tmp
     from presto_cli.text.cache import TextCache
     from presto_cli.text.encoders import build_text_encoder
 
-    cond = TextCache(build_text_encoder("hash"))(list(batch["caption"]), "cpu", batch["tempo"], batch["key"])
+    cond = TextCache(build_text_encoder("hash")).batch(batch, "cpu")  # what every training stage calls
     assert cond.key.tolist() == [16, 16, -1, 10] and cond.tempo[3] == 92.0
