@@ -224,18 +224,61 @@ class Pipeline:
             if not isinstance(p, str) or not p.strip():
                 raise PrestoError("empty prompt", "give a text description such as \"jazz trio\"")
 
-    def encode_text(self, prompts: list[str], match: bool | None = False, conditions: list | None = None):
+    @property
+    def tempo_cond(self) -> bool:
+        return bool(self.denoiser.net.cfg.tempo_cond)
+
+    @property
+    def key_cond(self) -> bool:
+        return bool(self.denoiser.net.cfg.key_cond)
+
+    def tempo_key(self, prompts: list[str], bpm: float | None = None, key: int | str | None = None
+                  ) -> list[dict]:
+        """Per prompt ``{"asked": {"bpm", "key"}, "used": {"bpm", "key"} or None}``: asked is the BPM
+        and key written in the prompt as typed (text/musical.py), ``bpm``/``key`` overriding them;
+        used is what reaches the model (a value only where the model has that condition; None when
+        it has neither). Bad ``bpm``/``key`` values raise a PrestoError naming them."""
+        from presto_cli.text.musical import check_bpm, check_key, key_name, parse_prompt
+
+        bpm = check_bpm(bpm)
+        key_i = check_key(key) if isinstance(key, str) else key
+        out = []
+        for p in prompts:
+            pb, pk = parse_prompt(p)
+            b = bpm if bpm is not None else pb
+            k = key_i if key_i is not None else pk
+            asked = {"bpm": None if b is None else round(float(b), 3), "key": key_name(k)}
+            used = None
+            if self.tempo_cond or self.key_cond:
+                used = {"bpm": asked["bpm"] if self.tempo_cond else None,
+                        "key": asked["key"] if self.key_cond else None}
+            out.append({"asked": asked, "used": used, "_bpm": b, "_key": k})
+        return out
+
+    def encode_text(self, prompts: list[str], match: bool | None = False, conditions: list | None = None,
+                    bpm: float | None = None, key: int | str | None = None):
         """The condition of ``prompts``: as written by default; ``match`` as in :meth:`conditions`,
-        whose records are appended to ``conditions`` when a list is given."""
+        whose records are appended to ``conditions`` when a list is given (with ``asked``/``used``
+        tempo and key, :meth:`tempo_key`). A BPM and key written in a prompt (or given as ``bpm``/
+        ``key``, which override them) reach a model with tempo/key conditions."""
         from presto_cli.diffusion.edm import Cond
 
+        musical = self.tempo_key(list(prompts), bpm, key)
         conds, enc = self._conditions(list(prompts), match)
         if conditions is not None:
-            conditions.extend(conds)
+            conditions.extend({**c, "asked": m["asked"], "used": m["used"]} for c, m in zip(conds, musical))
         texts = [c["condition"] for c in conds]
         with torch.no_grad():
             tokens, mask, pooled = enc if enc is not None and texts == list(prompts) else self.text(texts)
-        return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device))
+        tempo = keys = None
+        if self.tempo_cond:
+            tempo = torch.tensor([float("nan") if m["_bpm"] is None else float(m["_bpm"]) for m in musical],
+                                 dtype=torch.float32, device=self.device)
+        if self.key_cond:
+            keys = torch.tensor([-1 if m["_key"] is None else int(m["_key"]) for m in musical],
+                                dtype=torch.long, device=self.device)
+        return Cond(tokens=tokens.to(self.device), mask=mask.to(self.device), pooled=pooled.to(self.device),
+                    tempo=tempo, key=keys)
 
     def model_fn(self, cond, s: SampleSettings) -> Callable:
         """The samplers' ``model_fn``: the denoiser (at the layer schedule's depths, when the model
@@ -255,17 +298,19 @@ class Pipeline:
     def sample_latents(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                        duration=None, rho=None, progress: bool = False, callback=None,
                        match: bool | None = None, conditions: list | None = None,
-                       token_shift: bool | None = None) -> torch.Tensor:
+                       token_shift: bool | None = None, bpm: float | None = None,
+                       key: int | str | None = None) -> torch.Tensor:
         """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
         wording are replaced by their nearest training caption, when the model carries a caption bank);
-        what each prompt was conditioned on is appended to ``conditions`` when a list is given."""
+        what each prompt was conditioned on is appended to ``conditions`` when a list is given;
+        ``bpm``/``key`` override a tempo/key written in the prompts (:meth:`encode_text`)."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         s = self.settings(steps, sampler, cfg, rho, token_shift)
         frames = self.frames_for(duration)
-        cond = self.encode_text(list(prompts), match, conditions)
+        cond = self.encode_text(list(prompts), match, conditions, bpm, key)
         noise = PerSampleNoise(list(seeds), self.device)
         sigmas = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho,
                             device=self.device)
@@ -283,11 +328,12 @@ class Pipeline:
     def generate(self, prompts: list[str], seeds: list[int], steps=None, sampler=None, cfg=None,
                  duration=None, rho=None, progress: bool = False, callback=None,
                  match: bool | None = None, conditions: list | None = None,
-                 token_shift: bool | None = None) -> torch.Tensor:
+                 token_shift: bool | None = None, bpm: float | None = None,
+                 key: int | str | None = None) -> torch.Tensor:
         """Audio [B, audio_channels, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
-        ``match`` and ``conditions`` as in :meth:`sample_latents`."""
+        ``match``, ``conditions``, ``bpm`` and ``key`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback, match, conditions, token_shift))
+                                               callback, match, conditions, token_shift, bpm, key))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

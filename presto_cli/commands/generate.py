@@ -137,6 +137,15 @@ def _claim(jobs: list[dict], force: bool):
     return claim_outputs([j["path"] for j in jobs], force).acquire()
 
 
+def _ignored_tempo_key(conds: list[dict]) -> list[str]:
+    """"tempo" / "key" where some clip asked for one that did not reach the model."""
+    out = []
+    for name, field in (("tempo", "bpm"), ("key", "key")):
+        if any(c["asked"][field] is not None and (c["used"] or {}).get(field) is None for c in conds):
+            out.append(name)
+    return out
+
+
 def _batches(jobs: list[dict], size: int):
     for i in range(0, len(jobs), size):
         yield jobs[i:i + size]
@@ -165,6 +174,10 @@ def generate_cmd(
                                          "nearest to each prompt; --no-match: on the prompt as written. Default: the "
                                          "nearest caption when the prompt is unlike every training wording (models "
                                          "with a caption bank). The sidecar records the choice."),
+    bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo in BPM (20-400) for models with a tempo "
+                                        "condition; overrides a BPM written in the prompt."),
+    key: Optional[str] = typer.Option(None, "--key", help="Key, e.g. \"E minor\", \"F# major\", \"Bb minor\", for "
+                                      "models with a key condition; overrides a key written in the prompt."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: the DiT's dtype "
@@ -177,6 +190,13 @@ def generate_cmd(
     its path printed as soon as it is done; `--prompts -` reads prompts from stdin as they come."""
     check_sampling(steps, cfg, rho, duration, force)
     check_seed(seed)
+    from presto_cli.text.musical import check_bpm, check_key
+
+    try:  # refused before any work, like every other bad option
+        check_bpm(bpm)
+        check_key(key)
+    except PrestoError as e:
+        raise PrestoUsageError(e.message, e.hint) from None
     if batch_size < 1:
         raise PrestoUsageError(f"--batch-size must be at least 1, got {batch_size}")
     streaming = prompts is not None and str(prompts) == "-"
@@ -232,7 +252,14 @@ def generate_cmd(
                 conds: list[dict] = []
                 audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
                                       s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds,
-                                      token_shift=s.token_shift)
+                                      token_shift=s.token_shift, bpm=bpm, key=key)
+                ignored = _ignored_tempo_key(conds)
+                if ignored and not as_json and "tempo/key" not in said:
+                    said.add("tempo/key")
+                    console.print(f"{model_path.name} has no {' or '.join(ignored)} condition: the asked "
+                                  f"{' and '.join(ignored)} {'are' if len(ignored) > 1 else 'is'} ignored "
+                                  "(recorded in the sidecar as asked, not used)", markup=False, highlight=False,
+                                  soft_wrap=True)
                 for c, j in zip(conds, chunk):
                     if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
                         said.add(c["condition"])

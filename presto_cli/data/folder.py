@@ -2,7 +2,9 @@
 
 Captions come from an existing manifest (``.jsonl`` lines or ``.csv`` with ``path,caption``) or
 from sidecar files next to the audio (``song.txt`` or ``song.json`` with ``caption``/``text``), else
-from the file name. ``prepare_folder`` decodes every file once and skips (and names) unreadable,
+from the file name. A tempo and key, optional, come from manifest columns or sidecar fields ``bpm``
+(or ``tempo``), ``key`` (+ ``mode``), else from a BPM/key written in the caption
+(:func:`presto_cli.text.musical.row_tempo_key`). ``prepare_folder`` decodes every file once and skips (and names) unreadable,
 empty, silent, non-finite or too-short ones; the manifest it writes lists paths relative to the
 dataset root: ``{"path", "caption", "duration", "sample_rate", "channels", [labels], [split]}``.
 """
@@ -153,7 +155,7 @@ def sidecar_caption(audio: Path, warn: list[str] | None = None) -> tuple[str | N
             bad(js, f"unreadable ({e.strerror})")
         if isinstance(obj, dict):
             cap = _pick(obj, CAPTION_KEYS)
-            extra = {k: obj[k] for k in ("labels", "split") if k in obj}
+            extra = {k: obj[k] for k in ("labels", "split", "bpm", "tempo", "key", "mode") if k in obj}
             if cap is not None and str(cap).strip():
                 return str(cap).strip(), extra
             bad(js, "blank caption" if cap is not None else f"no caption key ({', '.join(CAPTION_KEYS)})")

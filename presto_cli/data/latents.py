@@ -6,7 +6,9 @@ item keeps its file's split under the folder dataset's rule, so ``LatentDataset(
 matches ``AudioClipDataset(split="train")``), each
 window is encoded with the codec's deterministic ``encode`` (posterior mean times ``latent_scale``),
 and the latents are stored as safetensors shards (``shard_00000.safetensors``, tensor ``latents``
-``[n, C, F]``) plus ``index.jsonl`` (one line per item: shard, row, path, start, caption, split) and
+``[n, C, F]``) plus ``index.jsonl`` (one line per item: shard, row, path, start, caption, split, tempo
+and key: the file's BPM and key index, None when unknown, :func:`presto_cli.text.musical.row_tempo_key`;
+a cache written before they were kept gets them from its manifest when next used) and
 ``cache.json`` (what the cache was built from).
 
 The cache folder is ``<root>/<key[:16]>`` with ``root = data.latents`` or
@@ -126,6 +128,24 @@ def _is_valid(cache_dir: Path, key: str) -> bool:
         return False
 
 
+def _add_tempo_key(cache_dir: Path, manifest: Path) -> None:
+    """Give the index rows of a cache written before tempo and key were kept their file's values
+    (from the manifest it was built from: its digest is part of the cache key). Atomic; a no-op on
+    a current cache."""
+    from presto_cli.data.folder import read_manifest
+    from presto_cli.io import atomic_write_text
+    from presto_cli.text.musical import row_tempo_key
+
+    path = cache_dir / "index.jsonl"
+    items = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    if all("tempo" in it and "key" in it for it in items):
+        return
+    labels = {str(r["path"]): row_tempo_key(r) for r in read_manifest(manifest)}
+    for it in items:
+        it["tempo"], it["key"] = labels.get(str(it["path"]), (None, None))
+    atomic_write_text(path, "".join(json.dumps(it) + "\n" for it in items))
+
+
 def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.device = "cpu",
                    batch_size: int = 16, force: bool = False, max_windows_per_file: int | None = None,
                    progress: bool = False) -> Path:
@@ -141,6 +161,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
     data = _data_dict(data_cfg)
     cache_dir, key, facts = latent_cache_dir(codec_path, data, max_windows_per_file)
     if _is_valid(cache_dir, key) and not force:
+        _add_tempo_key(cache_dir, _manifest_path(data))
         return cache_dir
     device = torch.device(device) if not isinstance(device, torch.device) else device
     codec = load_codec(codec_path, device)
@@ -148,6 +169,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
     win = int(round(facts["clip_seconds"] * sr))
     root = Path(data["path"])
     from presto_cli.data.folder import read_manifest
+    from presto_cli.text.musical import row_tempo_key
 
     rows = read_manifest(_manifest_path(data))
     if not rows:
@@ -190,6 +212,7 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
 
         def encode_row(r: dict, split: str) -> None:
             rel = str(r["path"])
+            bpm, key = row_tempo_key(r)
             file = Path(rel) if Path(rel).is_absolute() else root / rel
             audio = load_audio(file, sr, getattr(codec, "audio_channels", 1))  # [A, T]
             n_win = max(1, audio.shape[-1] // win)
@@ -200,7 +223,8 @@ def encode_dataset(codec_path: str | Path, data_cfg: Any, device: str | torch.de
                 if seg.shape[-1] < win:
                     seg = torch.nn.functional.pad(seg, (0, win - seg.shape[-1]))
                 pending.append((seg, {"path": rel, "start": round(k * win / sr, 6),
-                                            "caption": str(r.get("caption", "")), "split": split}))
+                                            "caption": str(r.get("caption", "")), "split": split,
+                                            "tempo": bpm, "key": key}))
                 if len(pending) >= batch_size:
                     encode_pending()
 
@@ -256,7 +280,8 @@ def ensure_latent_cache(codec_path: str | Path, data_cfg: Any, device: str | tor
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Items ``{"latents": Tensor[C, F], "caption": str}`` of a latent cache folder.
+    """Items ``{"latents": Tensor[C, F], "caption": str, "tempo": Tensor[] float32 BPM (NaN:
+    unknown), "key": Tensor[] long 0..23 (-1: unknown)}`` of a latent cache folder.
 
     ``split``: ``"train"`` (default: what training stages should see; excludes the validation
     fraction and rows marked held-out), ``"val"``, ``"heldout"`` or ``"all"`` (as
@@ -303,5 +328,8 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         it = self.items[index]
+        tempo, key = it.get("tempo"), it.get("key")
         return {"latents": self._shard(int(it["shard"]))[int(it["row"])].clone(),
-                "caption": it["caption"]}
+                "caption": it["caption"],
+                "tempo": torch.tensor(float("nan") if tempo is None else float(tempo), dtype=torch.float32),
+                "key": torch.tensor(-1 if key is None else int(key), dtype=torch.long)}

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from presto_cli.errors import PrestoError
 
-__all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition",
+__all__ = ["EDMConfig", "Cond", "EDMDenoiser", "edm_loss", "edm_weight", "drop_condition", "drop_musical",
            "sigma_train_from_normal", "sigma_inf_from_uniform",
            "sample_sigma_train", "sample_sigma_inf"]
 
@@ -37,6 +37,9 @@ class EDMConfig:
     # probability that a training sample's text reaches the DiT through its pooled vector alone
     # (its token stream becomes one zero token; METHOD.md section 2, "Words the captions never use")
     p_pooled_only: float = 0.0
+    # probability that a training sample's tempo (and, drawn apart, its key) is dropped to "absent",
+    # so a model with model.tempo_cond / model.key_cond also works without them
+    p_no_tempo_key: float = 0.2
     cfg: float = 2.0  # inference guidance weight w (1 = no guidance)
     sampler: Literal["euler", "heun", "dpmpp_2m", "fewstep"] = "heun"
     steps: int = 32  # inference steps (sigmas before the final 0)
@@ -52,6 +55,8 @@ class EDMConfig:
             raise PrestoError(f"edm.p_uncond must lie in [0, 1), got {self.p_uncond}")
         if not 0.0 <= self.p_pooled_only <= 1.0:
             raise PrestoError(f"edm.p_pooled_only must lie in [0, 1], got {self.p_pooled_only}")
+        if not 0.0 <= self.p_no_tempo_key <= 1.0:
+            raise PrestoError(f"edm.p_no_tempo_key must lie in [0, 1], got {self.p_no_tempo_key}")
         if self.steps < 1:
             raise PrestoError(f"edm.steps must be >= 1, got {self.steps}")
         if self.rho <= 0:
@@ -60,47 +65,81 @@ class EDMConfig:
 
 @dataclass
 class Cond:
-    """Text condition of a batch: token states, key mask, pooled vector, null-condition flags.
+    """Condition of a batch: text token states, key mask, pooled vector, null-condition flags, and
+    the optional numeric conditions tempo and key (what a DiT with ``tempo_cond``/``key_cond``
+    reads; a DiT without them ignores them).
 
-    ``uncond[b] = True`` makes the DiT use its learned null condition for sample ``b``.
+    ``uncond[b] = True`` makes the DiT use its learned null condition for sample ``b`` (tempo and key
+    included). ``tempo[b]``: BPM, NaN (or <= 0) = absent; ``key[b]``: 0..23 (tonic + 12 * minor),
+    -1 = absent; ``None`` = absent for the whole batch.
     """
 
     tokens: Tensor  # [B, N, D]
     mask: Tensor  # [B, N] bool, True = valid token
     pooled: Tensor  # [B, D]
     uncond: Tensor | None = None  # [B] bool
+    tempo: Tensor | None = None  # [B] float32 BPM, NaN = absent
+    key: Tensor | None = None  # [B] long, -1 = absent
 
     @property
     def batch(self) -> int:
         return self.tokens.shape[0]
 
     def to(self, device) -> "Cond":
-        u = None if self.uncond is None else self.uncond.to(device)
-        return Cond(self.tokens.to(device), self.mask.to(device), self.pooled.to(device), u)
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Cond(self.tokens.to(device), self.mask.to(device), self.pooled.to(device), mv(self.uncond),
+                    mv(self.tempo), mv(self.key))
 
     def with_uncond(self, uncond: Tensor | None) -> "Cond":
         return replace(self, uncond=uncond)
 
     def index(self, idx) -> "Cond":
-        u = None if self.uncond is None else self.uncond[idx]
-        return Cond(self.tokens[idx], self.mask[idx], self.pooled[idx], u)
+        ix = lambda t: None if t is None else t[idx.to(t.device) if isinstance(idx, Tensor) else idx]  # noqa: E731
+        return Cond(self.tokens[idx], self.mask[idx], self.pooled[idx], ix(self.uncond), ix(self.tempo),
+                    ix(self.key))
 
     def uncond_flags(self) -> Tensor:
         if self.uncond is None:
             return torch.zeros(self.batch, dtype=torch.bool, device=self.tokens.device)
         return self.uncond.bool()
 
+    def tempo_values(self) -> Tensor:
+        """``tempo`` as [B] float32 (NaN where absent, every sample when None)."""
+        if self.tempo is None:
+            return torch.full((self.batch,), float("nan"), device=self.tokens.device)
+        return self.tempo.float().reshape(-1)
+
+    def key_values(self) -> Tensor:
+        """``key`` as [B] long (-1 where absent, every sample when None)."""
+        if self.key is None:
+            return torch.full((self.batch,), -1, dtype=torch.long, device=self.tokens.device)
+        return self.key.long().reshape(-1)
+
+    def musical_kwargs(self) -> dict:
+        """The DiT's ``tempo``/``key`` keyword arguments (only those present, so a backbone without
+        them is called as before)."""
+        out = {}
+        if self.tempo is not None:
+            out["tempo"] = self.tempo
+        if self.key is not None:
+            out["key"] = self.key
+        return out
+
     @staticmethod
     def cat(conds: list["Cond"]) -> "Cond":
-        """Concatenate along the batch, padding token sequences to the longest."""
+        """Concatenate along the batch, padding token sequences to the longest (tempo/key: absent
+        for the samples of a part that has none, None when no part has any)."""
         n = max(c.tokens.shape[1] for c in conds)
         toks, masks = [], []
         for c in conds:
             pad = n - c.tokens.shape[1]
             toks.append(torch.nn.functional.pad(c.tokens, (0, 0, 0, pad)))
             masks.append(torch.nn.functional.pad(c.mask.bool(), (0, pad), value=False))
+        tempo = (torch.cat([c.tempo_values() for c in conds])
+                 if any(c.tempo is not None for c in conds) else None)
+        key = torch.cat([c.key_values() for c in conds]) if any(c.key is not None for c in conds) else None
         return Cond(torch.cat(toks), torch.cat(masks), torch.cat([c.pooled for c in conds]),
-                    torch.cat([c.uncond_flags() for c in conds]))
+                    torch.cat([c.uncond_flags() for c in conds]), tempo, key)
 
     @staticmethod
     def unconditional(batch: int, dim: int, device=None) -> "Cond":
@@ -196,7 +235,7 @@ class EDMDenoiser(nn.Module):
             out = self.net(inp, c_noise, None, None, None, **net_kwargs)
         else:
             out = self.net(inp, c_noise, cond.tokens, cond.mask, cond.pooled, uncond=cond.uncond,
-                           **net_kwargs)
+                           **cond.musical_kwargs(), **net_kwargs)
         hidden = None
         if isinstance(out, tuple):
             out, hidden = out
@@ -280,6 +319,22 @@ def drop_condition(cond: Cond, p_uncond: float, u: Tensor) -> Cond:
     """
     drop = u.to(cond.tokens.device).reshape(-1) < p_uncond
     return cond.with_uncond(drop | cond.uncond_flags())
+
+
+def drop_musical(cond: Cond, p: float, u_tempo: Tensor, u_key: Tensor) -> Cond:
+    """Tempo/key condition dropout: sample b's tempo becomes absent where ``u_tempo[b] < p``, its key
+    where ``u_key[b] < p`` (independent draws from the caller's ``ctx.rand``), so the model also
+    works without them."""
+    if p <= 0 or (cond.tempo is None and cond.key is None):
+        return cond
+    tempo, key = cond.tempo, cond.key
+    if tempo is not None:
+        drop = u_tempo.to(tempo.device).reshape(-1) < p
+        tempo = torch.where(drop, torch.full_like(tempo.float(), float("nan")), tempo.float())
+    if key is not None:
+        drop = u_key.to(key.device).reshape(-1) < p
+        key = torch.where(drop, torch.full_like(key.long(), -1), key.long())
+    return replace(cond, tempo=tempo, key=key)
 
 
 def drop_tokens(cond: Cond, p: float, u: Tensor) -> Cond:

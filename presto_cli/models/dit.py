@@ -9,8 +9,8 @@ through pre-norm blocks:
     h = h + gate_mlp * MLP(modulate(LN(h), shift_mlp, scale_mlp))
 
 with every (shift, scale, gate) produced by a zero-initialised linear map of the condition vector
-``c = NoiseEmbed(c_noise) + Proj(pooled text) [+ BudgetEmbed(k)]`` (adaLN-zero, so a fresh block is
-the identity). A final LayerNorm + adaLN + zero-initialised linear map returns ``F[B, C, F]``,
+``c = NoiseEmbed(c_noise) + Proj(pooled text) [+ BudgetEmbed(k)] [+ TempoEmbed(bpm)] [+ KeyEmbed(key)]``
+(adaLN-zero, so a fresh block is the identity; the budget, tempo and key terms are zero-initialised). A final LayerNorm + adaLN + zero-initialised linear map returns ``F[B, C, F]``,
 optionally plus a frame-rate output refiner (``out_refine``: see :class:`OutputRefiner`).
 
 The network knows nothing about EDM (the wrapper in :mod:`presto_cli.diffusion.edm` does the
@@ -33,6 +33,9 @@ from torch import Tensor, nn
 from presto_cli.errors import PrestoError
 
 __all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops", "init_compatible"]
+
+N_KEYS = 24  # 12 tonics x major/minor (presto_cli.text.musical: index = tonic + 12 * minor)
+TEMPO_FEATURES = 64  # Fourier features of log BPM before the tempo MLP
 
 
 def _rms_fp32(norm: nn.Module, t: Tensor) -> Tensor:
@@ -64,6 +67,8 @@ class DiTConfig:
     pooled_only: bool = False
     budget_embed: bool = False  # layer-budget embedding added to the adaLN condition (Presto-L)
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream (Presto-L)
+    tempo_cond: bool = False  # tempo (BPM) condition: Fourier features of log BPM -> MLP, added to the adaLN condition
+    key_cond: bool = False  # key condition: an embedding of the 24 keys + "unknown", added to the adaLN condition
     # Channels of the frame-rate output refiner (0 = none). With patching, the final linear map
     # gives each token's C*patch outputs from only `width` features: when C*patch > width the
     # network cannot remove per-element noise outside that subspace (METHOD.md section 2).
@@ -145,6 +150,31 @@ class NoiseEmbedding(nn.Module):
         ang = c_noise.float()[:, None] * self.freqs[None]
         feats = torch.cat([ang.cos(), ang.sin()], dim=1)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class TempoEmbedding(nn.Module):
+    """A BPM -> the adaLN condition: Fourier features of ``u = ln(bpm / 20) / ln(20)`` (0 at 20 BPM,
+    1 at 400), a 2-layer MLP whose output layer is zero-initialised, and a learned "absent" vector
+    (zero-initialised too), used where the tempo is NaN or <= 0 (so a fresh one adds nothing)."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        # angular frequencies pi .. 64 pi: the lowest spans 20-400 BPM once (no wrap-around), at the
+        # highest 1% of tempo turns the phase by 0.7 rad (a tempo is judged within 4%); higher ones
+        # would let neighbouring tempos (80 vs 81 BPM) land far apart at initialisation
+        freqs = math.pi * torch.exp(torch.linspace(0.0, math.log(64.0), dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.null = nn.Parameter(torch.zeros(width))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, bpm: Tensor, absent: Tensor) -> Tensor:
+        u = torch.log(bpm.float().clamp(min=1.0) / 20.0) / math.log(20.0)
+        u = torch.where(absent, torch.zeros_like(u), u)
+        ang = u[:, None] * self.freqs[None]
+        e = self.mlp(torch.cat([ang.cos(), ang.sin()], dim=1).to(self.mlp[0].weight.dtype))
+        return torch.where(absent[:, None], self.null.to(e.dtype)[None].expand_as(e), e)
 
 
 class Attention(nn.Module):
@@ -327,6 +357,13 @@ class DiT(nn.Module):
             nn.init.zeros_(self.budget_embed.weight)  # identity at initialisation
         if cfg.budget_rescale:
             self.budget_scale = nn.Parameter(torch.ones(cfg.depth + 1))
+        # Tempo and key conditions (zero-initialised: a teacher trained without them continues
+        # from its weights unchanged, METHOD.md section 2 "Tempo and key").
+        if cfg.tempo_cond:
+            self.tempo_embed = TempoEmbedding(TEMPO_FEATURES, w)
+        if cfg.key_cond:
+            self.key_embed = nn.Embedding(N_KEYS + 1, w)  # index N_KEYS: unknown
+            nn.init.zeros_(self.key_embed.weight)
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(w, 2 * w)
@@ -380,12 +417,35 @@ class DiT(nn.Module):
             mask[empty, 0] = True
         return tokens, mask, pooled
 
+    def _musical(self, b: int, tempo: Tensor | None, key: Tensor | None, null: Tensor, device,
+                 dtype) -> Tensor | None:
+        """The tempo/key part of the condition vector (None when the model has neither): NaN or
+        <= 0 tempo, key -1 (or None) and CFG's null condition (``null[b]``) are "absent"."""
+        cfg = self.cfg
+        if not (cfg.tempo_cond or cfg.key_cond):
+            return None
+        out = torch.zeros(b, cfg.width, device=device, dtype=dtype)
+        if cfg.tempo_cond:
+            t = (torch.full((b,), float("nan"), device=device) if tempo is None
+                 else tempo.to(device=device, dtype=torch.float32).reshape(-1).expand(b))
+            absent = null | ~torch.isfinite(t) | (t <= 0)
+            out = out + self.tempo_embed(torch.nan_to_num(t, nan=0.0), absent).to(dtype)
+        if cfg.key_cond:
+            k = (torch.full((b,), -1, dtype=torch.long, device=device) if key is None
+                 else key.to(device=device, dtype=torch.long).reshape(-1).expand(b))
+            if bool(((k < -1) | (k >= N_KEYS)).any()):
+                raise PrestoError(f"key indices must lie in -1..{N_KEYS - 1} (-1: absent)")
+            k = torch.where(null | (k < 0), torch.full_like(k, N_KEYS), k)
+            out = out + self.key_embed(k).to(dtype)
+        return out
+
     # -- forward ---------------------------------------------------------------------------
 
     def forward(self, x: Tensor, c_noise: Tensor, text_tokens: Tensor | None = None,
                 text_mask: Tensor | None = None, text_pooled: Tensor | None = None, *,
                 blocks: Sequence[int] | None = None, budget: Tensor | None = None,
-                return_hidden: Sequence[int] = (), uncond: Tensor | None = None):
+                return_hidden: Sequence[int] = (), uncond: Tensor | None = None,
+                tempo: Tensor | None = None, key: Tensor | None = None):
         cfg = self.cfg
         if x.dim() != 3 or x.shape[1] != cfg.in_channels:
             raise PrestoError(f"DiT expects latents of shape [B, {cfg.in_channels}, frames], got "
@@ -414,6 +474,12 @@ class DiT(nn.Module):
         tokens, mask, pooled = self._condition_text(b, text_tokens, text_mask, text_pooled,
                                                     uncond, x.device, dtype)
         cond = self.noise_embed(c_noise) + self.pooled_proj(pooled)
+        null = (torch.ones(b, dtype=torch.bool, device=x.device) if text_tokens is None or text_pooled is None
+                else torch.zeros(b, dtype=torch.bool, device=x.device) if uncond is None
+                else uncond.to(device=x.device, dtype=torch.bool).reshape(-1).expand(b))
+        musical = self._musical(b, tempo, key, null, x.device, cond.dtype)
+        if musical is not None:
+            cond = cond + musical
         text = self.text_proj(self.text_norm(tokens)) if cfg.cross_attn else None
 
         order = list(range(cfg.depth)) if blocks is None else [int(i) for i in blocks]
@@ -465,7 +531,7 @@ class DiT(nn.Module):
 
 # model keys that only ADD zero-initialised modules when switched on (a trained network plus them
 # computes exactly what it computed before), with the state-dict prefix of what they add
-_ADDITIVE = {"head2d": "head2d."}
+_ADDITIVE = {"head2d": "head2d.", "tempo_cond": "tempo_embed.", "key_cond": "key_embed."}
 _ADDITIVE_DETAIL = {"head2d": ("head2d_maps", "head2d_bands", "head2d_layers", "head2d_mel_stride",
                                "head2d_separable")}
 _FEEDING = ("pooled_only",)  # how the text is fed, not the network's shape
@@ -510,6 +576,8 @@ def estimate_params(cfg: DiTConfig) -> int:
     n += td + td  # null_tokens, null_pooled
     n += (cfg.depth + 1) * w if cfg.budget_embed else 0
     n += (cfg.depth + 1) if cfg.budget_rescale else 0
+    n += lin(TEMPO_FEATURES, w) + lin(w, w) + w if cfg.tempo_cond else 0
+    n += (N_KEYS + 1) * w if cfg.key_cond else 0
     block = lin(w, 3 * w) + lin(w, w) + qkn
     if cfg.cross_attn:
         block += lin(w, w) + lin(w, 2 * w) + lin(w, w) + qkn

@@ -136,7 +136,7 @@ class LayerTask(DistillTask):
         G = ctx.global_batch
         sigma = self.train_sigmas(ctx).to(self.device)
         noise = ctx.randn("layers.noise", (G, *x0.shape[1:]))
-        cond = self.text(list(batch["caption"]), self.device)
+        cond = self.text.batch(batch, self.device)
         cond = drop_condition(cond, self.edm.p_uncond, ctx.rand("layers.cfg_drop", (G,)))
         depths = self.train_depths(sigma, ctx)
         lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)

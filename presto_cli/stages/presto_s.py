@@ -143,10 +143,22 @@ class PrestoSTask(DistillTask):
             order = torch.cat([torch.randperm(len(pool), generator=gc)
                                for _ in range(-(-d.reg_pairs // len(pool)))])[:d.reg_pairs]
             captions = [pool[i] for i in order.tolist()]
+        if d.reg_prompts:  # a tempo/key written in a prompt conditions its trajectory
+            from presto_cli.text.musical import NO_KEY, parse_prompt
+
+            parsed = [parse_prompt(c) for c in captions]
+            tempo = [float("nan") if b is None else b for b, _ in parsed]
+            keys = [NO_KEY if k is None else k for _, k in parsed]
+        else:
+            tempo = [float(it.get("tempo", float("nan"))) for it in items]
+            keys = [int(it.get("key", -1)) for it in items]
+        tempo_t, keys_t = torch.tensor(tempo, dtype=torch.float32), torch.tensor(keys, dtype=torch.long)
         shape = tuple(items[0]["latents"].shape)
         key = {"teacher_sha256": self.teacher_sha256, "pairs": d.reg_pairs, "steps": d.reg_steps,
                "w": m.w, "points": [round(float(p), 6) for p in points], "seed": r.seed, "shape": list(shape),
                "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest()}
+        if bool(torch.isfinite(tempo_t).any()) or bool((keys_t >= 0).any()):
+            key["tempo_key_sha256"] = hashlib.sha256(json.dumps([tempo, keys]).encode()).hexdigest()
         path = self.run_dir / "reg_pairs.safetensors"
         cached = None
         if path.is_file():
@@ -157,7 +169,7 @@ class PrestoSTask(DistillTask):
             noise = torch.randn((d.reg_pairs,) + shape, generator=g)
             states, ends, t0, bs = [], [], time.time(), 16
             for a in range(0, d.reg_pairs, bs):
-                cond = self.text(captions[a:a + bs], self.device)
+                cond = self.text(captions[a:a + bs], self.device, tempo_t[a:a + bs], keys_t[a:a + bs])
                 st, en = teacher_trajectories(m.teacher, noise[a:a + bs], cond, m.w, points, d.reg_steps, m.rho)
                 states.append(st.half().cpu())
                 ends.append(en.half().cpu())
@@ -168,7 +180,7 @@ class PrestoSTask(DistillTask):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(path, suffix=".safetensors") as tmp:
                 save_file(cached, str(tmp), metadata={"key": json.dumps(key), "captions": json.dumps(captions)})
-        cond = self.text(captions, self.device)
+        cond = self.text(captions, self.device, tempo_t, keys_t)
         return RegressionPairs(cached["states"], points.cpu(), cached["ends"], cond)
 
     # -- training ----------------------------------------------------------------------------
@@ -178,7 +190,7 @@ class PrestoSTask(DistillTask):
         if x.dim() != 3 or x.shape[1] != in_ch:
             raise PrestoError(f"latents of shape {tuple(x.shape[1:])} do not match the teacher's "
                               f"{in_ch} channels", "use the data the teacher was trained on")
-        cond = self.text(list(batch["caption"]), self.device)
+        cond = self.text.batch(batch, self.device)
         m = self.model.train_step(x, cond, ctx, global_batch=ctx.global_batch)
         m["lr_gen"] = warmup_lr(self.model.ocfg.lr_gen, ctx.step, self.model.ocfg.warmup)
         return m

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from presto_cli.data.toy import ToyDataset, is_toy_path
-from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, drop_tokens, edm_loss,
-                                      sigma_train_from_normal)
+from presto_cli.diffusion.edm import (EDMConfig, EDMDenoiser, drop_condition, drop_musical, drop_tokens,
+                                      edm_loss, sigma_train_from_normal)
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, prefixed, save_artefact
 from presto_cli.models.dit import DiT, DiTConfig, estimate_flops, estimate_params, init_compatible
@@ -172,7 +172,8 @@ class TeacherTask(Task):
             raise PrestoError(f"init: {path} is a '{meta.get('kind')}' artefact",
                               "give a teacher (a `presto pretrain` teacher run's model.safetensors)")
         # pooled_only is how the text is fed, not the network's shape: a phase may switch it; a
-        # phase may also add zero-initialised parts (the 2-D output head), which start at zero
+        # phase may also add zero-initialised parts (the 2-D output head, tempo/key conditions),
+        # which start at zero
         bad, new_parts = init_compatible(meta.get("model") or {}, self.recipe.model)
         if bad:
             raise PrestoError(f"init: {path} is not the network of this recipe's model section "
@@ -210,9 +211,12 @@ class TeacherTask(Task):
             edm_default = torch.exp(-1.2 + 1.2 * z)
             sigma = torch.where(ctx.rand("teacher.sigma_mix", (G,)) < r.sigma_mix_edm, edm_default, sigma)
         noise = ctx.randn("teacher.noise", (G, *x0.shape[1:]))
-        cond = self.text(list(batch["caption"]), self.device)
+        cond = self.text.batch(batch, self.device)
         if r.edm.p_pooled_only > 0:
             cond = drop_tokens(cond, r.edm.p_pooled_only, ctx.rand("teacher.token_drop", (G,)))
+        if (r.model.tempo_cond or r.model.key_cond) and r.edm.p_no_tempo_key > 0:
+            cond = drop_musical(cond, r.edm.p_no_tempo_key, ctx.rand("teacher.tempo_drop", (G,)),
+                                ctx.rand("teacher.key_drop", (G,)))
         cond = drop_condition(cond, r.edm.p_uncond, ctx.rand("teacher.cfg_drop", (G,)))
 
         lr = warmup_lr(r.train.lr, ctx.step, r.train.warmup)

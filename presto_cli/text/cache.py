@@ -17,7 +17,9 @@ class TextCache:
         self.max_entries = max_entries
         self._cache: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def __call__(self, captions: list[str], device) -> Cond:
+    def __call__(self, captions: list[str], device, tempo=None, key=None) -> Cond:
+        """The condition of ``captions``; ``tempo`` [B] (BPM, NaN = absent) and ``key`` [B] (0..23,
+        -1 = absent) ride along unchanged (None: absent)."""
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
             tokens, mask, pooled = self.encoder(missing)
@@ -35,4 +37,11 @@ class TextCache:
             tokens[i, :t.shape[0]] = t
             mask[i, :t.shape[0]] = True
         pooled = torch.stack([p for _, p in items])
-        return Cond(tokens.to(device), mask.to(device), pooled.to(device))
+        as_t = lambda v, dt: None if v is None else torch.as_tensor(v, dtype=dt).reshape(-1).to(device)  # noqa: E731
+        return Cond(tokens.to(device), mask.to(device), pooled.to(device), None,
+                    as_t(tempo, torch.float32), as_t(key, torch.long))
+
+    def batch(self, batch: dict, device) -> Cond:
+        """The condition of a training batch: its captions, and its ``tempo``/``key`` when the
+        dataset gives them (:class:`presto_cli.data.latents.LatentDataset`)."""
+        return self(list(batch["caption"]), device, batch.get("tempo"), batch.get("key"))
