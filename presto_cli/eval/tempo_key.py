@@ -22,7 +22,6 @@ exact + 0.5 fifth + 0.3 relative + 0.2 parallel.
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -172,35 +171,20 @@ def key_name(key: tuple[int, str] | None) -> str | None:
 # --------------------------------------------------------------------------------------------
 # What was asked
 
-_LETTER = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
-_ACC = {"#": 1, "♯": 1, "sharp": 1, "b": -1, "♭": -1, "flat": -1}
-_KEY_RE = re.compile(r"(?<![\w#])([A-Ga-g])(?:\s*(#|♯|♭|b(?=\s)|sharp|flat))?[\s-]*(major|minor|maj|min)\b",
-                     re.IGNORECASE)
-_BPM_RE = re.compile(r"(\d{2,3}(?:\.\d+)?)\s*(?:bpm|beats per minute)\b", re.IGNORECASE)
-
-
 def parse_key(text: str | None) -> tuple[int, str] | None:
-    """``(tonic, mode)`` of the first key written in ``text`` ("E minor", "B flat major", "F#
-    min", "Eb major"); a lowercase "a" counts only as "in a ..." or "key of a ..." (English
-    "a major" is usually no key)."""
-    if not text:
-        return None
-    for m in _KEY_RE.finditer(str(text)):
-        letter, acc, mode = m.group(1), m.group(2), m.group(3).lower()
-        if letter == "a" and not re.search(r"(\bin|\bkey of)\s*$", text[:m.start()], re.IGNORECASE):
-            continue
-        tonic = (_LETTER[letter.lower()] + _ACC.get((acc or "").lower(), 0)) % 12
-        return tonic, "major" if mode.startswith("maj") else "minor"
-    return None
+    """``(tonic, mode)`` of the key written in ``text`` ("E minor", "B flat major", "F# min"): the
+    prompt parser generation uses (text/musical.py), so eval asks what the model was asked."""
+    from presto_cli.text.musical import parse_key as _parse
+
+    idx = _parse(str(text)) if text else None
+    return None if idx is None else (idx % 12, "minor" if idx >= 12 else "major")
 
 
 def parse_bpm(text: str | None) -> float | None:
-    """The first "<number> BPM" in ``text`` (20-400), else None."""
-    for m in _BPM_RE.finditer(str(text or "")):
-        v = float(m.group(1))
-        if 20.0 <= v <= 400.0:
-            return v
-    return None
+    """The BPM written in ``text`` (20-400), else None (text/musical.py's parser)."""
+    from presto_cli.text.musical import parse_bpm as _parse
+
+    return _parse(str(text)) if text else None
 
 
 def asked_values(labels: dict | None, prompt: str | None) -> dict:
