@@ -135,15 +135,15 @@ def test_initial_weights_depend_only_on_seed(tmp_path):
 
 def test_paper_recipe_forward_pass_with_shrunk_override():
     """recipes/paper/teacher.yaml builds and runs one forward pass on CPU once shrunk by overrides
-    (the 64-channel latents, patching and text width stay the paper's)."""
+    (the 128-channel mel latents, patching and text width stay the paper's)."""
     from presto_cli.diffusion.edm import Cond, EDMDenoiser
     from presto_cli.models.dit import DiT
 
     r = load_recipe(ROOT / "recipes" / "paper" / "teacher.yaml",
                     ["model.width=64", "model.depth=2", "model.heads=4"])
-    assert r.model.in_channels == 64
+    assert r.model.in_channels == 128
     den = EDMDenoiser(DiT(r.model), r.edm).eval()
-    x = torch.randn(2, 64, 43)
+    x = torch.randn(2, 128, 43)
     cond = Cond(tokens=torch.randn(2, 5, r.model.text_dim), mask=torch.ones(2, 5, dtype=torch.bool),
                 pooled=torch.randn(2, r.model.text_dim))
     with torch.no_grad():

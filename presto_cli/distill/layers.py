@@ -76,8 +76,8 @@ class PrestoLConfig(ASEConfig):
     # init of the rows below full depth (the full-depth row stays 0, so the full-depth student is
     # still the teacher; 0 = all zeros, the old behaviour); budget_lr_mult: learning-rate multiplier
     # of the budget embedding and rescale (1 = the old behaviour).
-    budget_init: float = 0.0
-    budget_lr_mult: float = 1.0
+    budget_init: float = 0.0  # std of the seeded normal init of the budget rows below full depth (0: zeros)
+    budget_lr_mult: float = 1.0  # learning-rate multiplier of the budget embedding and rescale
     self_teacher: float = 1.0  # alpha of L_st = ||D_drop - sg(D_full teacher)||^2 (0: off)
     denoise: float = 1.0  # weight of the ordinary denoising loss
 

@@ -140,7 +140,10 @@ class ClapTextEncoder(TextEncoder):
         if not ckpt.is_file():
             raise PrestoError(f"LAION-CLAP checkpoint not found: {ckpt}",
                               "download it once and give its local path")
-        laion_clap = import_laion_clap()  # missing or broken (torchvision): one line with the fix
+        try:  # missing or broken (torchvision): one line with the fix, naming the checkpoint asked for
+            laion_clap = import_laion_clap()
+        except PrestoError as e:
+            raise PrestoError(e.message, f"{e.hint}; checkpoint: {ckpt}" if e.hint else f"checkpoint: {ckpt}") from None
         self.clap = laion_clap.CLAP_Module(enable_fusion=enable_fusion, amodel=amodel, device=str(device))
         self.clap.load_ckpt(str(ckpt), verbose=False)
         self._device = torch.device(device)
