@@ -668,11 +668,9 @@ def texture_reference(cfg: EvalConfig, codec, codec_sha: str | None, patch: int,
     if want and codec_sha and want != codec_sha:
         raise PrestoError(f"texture reference {p} was measured with another codec ({want[:12]}), the "
                           f"model's is {codec_sha[:12]}", "pass --texture-ref DIR with real clips")
-    if int(ref.get("patch", patch)) != patch:
-        from presto_cli.eval.texture import TEXTURE_KEYS  # noqa: F401  (the figures are patch-free but one)
-
-        log(f"texture reference {p} counts token boundaries every {ref.get('patch')} frames; this model's "
-            f"patch is {patch}: the boundary ratio is compared against real latents at that spacing anyway")
+    if int(ref.get("patch", patch)) != patch:  # every figure but the boundary ratio is patch-free
+        log(f"texture reference {p} counts token boundaries every {ref.get('patch')} frames, this model's "
+            f"patch is {patch}: its boundary ratio is compared with real latents' at {ref.get('patch')}")
     ref.update(source=str(p), kind="stats")
     return ref
 
