@@ -131,6 +131,16 @@ def test_teacher_stage_continues_an_exported_teacher_with_a_new_head(tmp_path):
     assert mults == [1.0, 3.0]
     head = next(grp for grp in task.opt.param_groups if grp["lr_mult"] == 3.0)
     assert {id(p) for p in head["params"]} == {id(p) for p in new.head2d.parameters()}
+    # the tempo/key layers get their own rate too (cond_lr_mult), and set_lr keeps every multiplier
+    from presto_cli.train.loop import set_lr
+
+    tk = build_task(load_recipe(tiny, [*over, "model.tempo_cond=true", "model.key_cond=true",
+                                       "cond_lr_mult=10"]), tmp_path / "k", torch.device("cpu"))
+    set_lr(tk.opt, 1e-3)
+    by = {grp["lr_mult"]: grp for grp in tk.opt.param_groups}
+    assert sorted(by) == [1.0, 3.0, 10.0] and by[10.0]["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in by[10.0]["params"]} == {id(p) for n, p in tk.net.named_parameters()
+                                                    if n.startswith(("tempo_embed.", "key_embed."))}
     with pytest.raises(PrestoError, match="sigma_mix_edm"):
         load_recipe(tiny, [*over, "sigma_mix_edm=1.5"]).validate()
 

@@ -41,6 +41,9 @@ class TeacherRecipe(BaseRecipe):
     init: str = ""  # exported teacher to continue training from (weights and EMA; optimiser fresh)
     caption_bank: int = 4096  # training captions kept in the artefact for nearest-caption prompt matching (0: none)
     head_lr_mult: float = 1.0  # learning-rate multiplier of the 2-D output head (model.head2d)
+    # learning-rate multiplier of the tempo/key condition layers (model.tempo_cond/key_cond): they
+    # start at zero and move about one learning rate per AdamW step (METHOD.md section 2)
+    cond_lr_mult: float = 1.0
     # share of training samples whose ln(sigma) ~ N(-1.2, 1.2^2) (EDM's own p_train) instead of
     # N(edm.p_mean, edm.p_std^2): a shifted teacher phase keeps training the low noise levels
     sigma_mix_edm: float = 0.0
@@ -51,8 +54,9 @@ class TeacherRecipe(BaseRecipe):
         self.edm.validate()
         if not 0.0 <= self.sigma_mix_edm <= 1.0:
             raise PrestoError(f"sigma_mix_edm must lie in [0, 1], got {self.sigma_mix_edm}")
-        if self.head_lr_mult <= 0:
-            raise PrestoError(f"head_lr_mult must be > 0, got {self.head_lr_mult}")
+        if self.head_lr_mult <= 0 or self.cond_lr_mult <= 0:
+            raise PrestoError(f"head_lr_mult and cond_lr_mult must be > 0, got {self.head_lr_mult}, "
+                              f"{self.cond_lr_mult}")
         dim = text_encoder_dim(self.text)
         if dim != self.model.text_dim:
             raise PrestoError(f"model.text_dim={self.model.text_dim} but the '{self.text}' text "
@@ -155,7 +159,8 @@ class TeacherTask(Task):
         self.denoiser = EDMDenoiser(self.net, recipe.edm)
         self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
         self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train,
-                               lr_mult={"head2d.": recipe.head_lr_mult},
+                               lr_mult={"head2d.": recipe.head_lr_mult, "tempo_embed.": recipe.cond_lr_mult,
+                                        "key_embed.": recipe.cond_lr_mult},
                                named=dict(self.net.named_parameters()))
         self.text = TextCache(build_text_encoder(recipe.text, device=self.device))
         self.frames_seen = 0
