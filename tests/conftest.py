@@ -28,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def load_script(rel: str, name: str):
+    """A script under the repo root (e.g. benchmarks/results.py) imported as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def presto(*args, check=True, timeout=600, cwd=None):
     """Run the real `presto` entry point in a subprocess; returns CompletedProcess (text)."""
     r = subprocess.run([sys.executable, "-m", "presto_cli", *map(str, args)], capture_output=True,

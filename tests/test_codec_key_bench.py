@@ -2,20 +2,14 @@
 that magnitude (small spectral convergence), the magnitude that measures how much the mel loses."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("presto_codec_key", ROOT / "benchmarks" / "codec_key.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/codec_key.py", "presto_codec_key")
 
 
 def _spectral_convergence(x: torch.Tensor, y: torch.Tensor, n_fft: int, B) -> float:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CLI_ENV, ROOT
-from test_eval_cli import _folder, _split, _tiny_model
+from test_eval_cli import _folder, _split, tiny_models  # noqa: F401  (the shared tiny-model fixture)
 
 runner = CliRunner()
 LINE = re.compile(r"^\[progress\] (?P<label>.+?): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\)"
@@ -24,10 +24,8 @@ def _app():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pcmodels")
-    return {"teacher": _tiny_model(d / "teacher.safetensors", "teacher", "heun", 8),
-            "student": _tiny_model(d / "student.safetensors", "presto-s", "fewstep", 1)}
+def models(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

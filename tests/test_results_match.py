@@ -2,19 +2,15 @@
 and how many prompts it rewrote, counted from the clips' sidecars (hand-made eval documents)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _results():
-    spec = importlib.util.spec_from_file_location("presto_results_match", ROOT / "benchmarks" / "results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/results.py", "presto_results_match")
 
 
 def _system(tmp: Path, name: str, match: str, rewritten: set[int], n: int = 5, sidecars: bool = True) -> dict:

@@ -3,18 +3,16 @@ MMD convention stated, and the music eval scoring the clips the presto-clap eval
 (rendered from hand-made eval documents; the long results script itself is not run)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _results():
-    spec = importlib.util.spec_from_file_location("presto_results", ROOT / "benchmarks" / "results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/results.py", "presto_results")
 
 
 def _doc(emb: str, scores: dict, conv: str = "CMMD convention: unbiased MMD², Gaussian RBF σ = 10, ×1000",
