@@ -174,3 +174,35 @@ def test_token_shift_cycles_the_grid_and_removes_a_drawn_one():
                            disable=True)
     assert set_texture(plain.numpy(), patch=4)["boundary_ratio"] > 2.0
     assert set_texture(shifted.numpy(), patch=4)["boundary_ratio"] < 1.3
+
+
+@torch.no_grad()
+def test_distill_init_from_a_generator_of_an_earlier_teacher_takes_the_new_parts_from_the_teacher():
+    """`distill.init` with a generator distilled before the teacher gained its 2-D head: the
+    generator's weights wherever it has them, the teacher's for the head (stages/presto_s.py
+    warm_start); any other difference is refused."""
+    from presto_cli.stages.presto_s import warm_start
+
+    edm = EDMConfig()
+    old = _net(seed=3)
+    teacher = _net(seed=4, head2d=8)
+    for p in list(old.parameters()) + list(teacher.parameters()):
+        p.add_(0.1 * torch.randn_like(p))
+    warm = warm_start(EDMDenoiser(old, edm), EDMDenoiser(teacher, edm), "gen.safetensors")
+    got, own, tea = warm.net.state_dict(), old.state_dict(), teacher.state_dict()
+    assert set(got) == set(tea)
+    for k, v in got.items():
+        torch.testing.assert_close(v, tea[k] if k.startswith("head2d.") else own[k], rtol=0, atol=0)
+    # with the head's projection at zero it computes exactly what the old generator computed
+    warm.net.head2d.proj.weight.zero_()
+    warm.net.head2d.proj.bias.zero_()
+    args = _inputs()
+    torch.testing.assert_close(warm.net(*args), old(*args))
+    # the same network: the generator itself
+    same = EDMDenoiser(_net(seed=5, head2d=8), edm)
+    assert warm_start(same, EDMDenoiser(teacher, edm), "g") is same
+    # a generator with a part the teacher lacks, or another width: one clear error
+    with pytest.raises(PrestoError, match="not the same network"):
+        warm_start(EDMDenoiser(teacher, edm), EDMDenoiser(old, edm), "g")
+    with pytest.raises(PrestoError, match="width"):
+        warm_start(EDMDenoiser(_net(width=32), edm), EDMDenoiser(teacher, edm), "g")

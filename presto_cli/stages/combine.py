@@ -28,7 +28,8 @@ from presto_cli.distill.presto_s import PrestoS
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, read_artefact_meta, save_artefact
 from presto_cli.recipes import recipe_to_dict, register_stage
-from presto_cli.stages.presto_s import PrestoSRecipe, PrestoSTask, load_generator_init, optim_config
+from presto_cli.stages.presto_s import (PrestoSRecipe, PrestoSTask, load_generator_init, optim_config,
+                                        warm_start)
 from presto_cli.train.loop import Task, register_task
 
 __all__ = ["CombineConfig", "PrestoLSRecipe", "PrestoLSTask", "apply_schedule"]
@@ -166,7 +167,8 @@ class PrestoLSTask(PrestoSTask):
         self.layers_meta = lmeta
         init = LayeredDenoiser(layered, schedule)
         if r.distill.init:  # continue a Presto-LS run: G from its export, on the same schedule
-            init = LayeredDenoiser(self._init_generator(r.distill.init, schedule), schedule)
+            init = LayeredDenoiser(warm_start(self._init_generator(r.distill.init, schedule), layered,
+                                              r.distill.init), schedule)
         return PrestoS(teacher, r.distill, optim_config(r), w, generator_init=init, seed=r.seed)
 
     def _init_generator(self, path: str, schedule) -> EDMDenoiser:

@@ -2,6 +2,7 @@
 (:class:`~presto_cli.distill.presto_s.PrestoS`) on the teacher's data (latent cache or toy mixture)."""
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,31 @@ def load_generator_init(path: str, kind: str, command: str, device) -> tuple[EDM
     return gen, meta
 
 
+def warm_start(gen: EDMDenoiser, teacher: EDMDenoiser, path: str) -> EDMDenoiser:
+    """The generator ``distill.init`` starts from, on the teacher's network.
+
+    The same network as the teacher: ``gen`` itself. A generator distilled from an earlier teacher
+    that lacks parts the teacher has added (``init_compatible``: the 2-D head, tempo/key
+    conditions): the teacher's network with ``gen``'s weights wherever ``gen`` has them and the
+    teacher's own weights for the added parts (a fresh Presto-S generator starts as the teacher, so
+    these are the weights it would have had). Any other difference is one clear error."""
+    from presto_cli.io import load_state_strict
+    from presto_cli.models.dit import init_compatible
+
+    src, dst = recipe_to_dict(gen.net.cfg), recipe_to_dict(teacher.net.cfg)
+    if src == dst:
+        return gen
+    bad, added = init_compatible(src, teacher.net.cfg)
+    if bad or not added:
+        raise PrestoError(f"distill.init: {path} is not the same network as the teacher "
+                          f"({'; '.join(bad) or 'it has parts the teacher lacks'})",
+                          "continue from a generator distilled from this teacher, or from one that "
+                          "lacks only parts the teacher added (head2d, tempo_cond, key_cond)")
+    out = copy.deepcopy(teacher)
+    load_state_strict(out.net, gen.net.state_dict(), f"distill.init {path}", allow_missing=added)
+    return out.to(next(gen.parameters()).device)
+
+
 @register_task("presto-s")
 class PrestoSTask(DistillTask):
     """``presto distill-steps``: Presto-S on the teacher's data (latent cache or toy mixture)."""
@@ -101,10 +127,7 @@ class PrestoSTask(DistillTask):
         if not path:
             return None
         gen, _ = load_generator_init(path, "presto-s", "distill-steps", self.device)
-        if recipe_to_dict(gen.net.cfg) != recipe_to_dict(teacher.net.cfg):
-            raise PrestoError(f"distill.init: {path} is not the same network as the teacher",
-                              "continue from a generator distilled from this teacher")
-        return gen
+        return warm_start(gen, teacher, path)
 
     def regression_pairs(self):
         """Teacher ODE trajectories for ``distill.reg_weight`` (distill/regression.py): made once
