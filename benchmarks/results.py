@@ -112,6 +112,9 @@ def main() -> None:
         return "" if k == 0 else f"_seed{k}"
 
     every = [x for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") for x in ("--model", m)]
+    # the main evaluation also scores latent texture (against the bundled held-out texture reference)
+    # and the asked tempo and key (every held-out prompt names its BPM, about half a key)
+    every += ["--metrics", "fad,mmd,prdc,clap,adherence,texture,tempo,key"]
     if a.jobs > 1:
         JOB_ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     pool = ThreadPoolExecutor(max(1, a.jobs))  # independent evaluations; no task submits another
@@ -133,6 +136,21 @@ def main() -> None:
                 os.symlink((a.real / r["path"]).resolve(), dst)
         real_f = later("eval", "--gen", str(real_dir), *common[2:-2], "--metrics", "fad,mmd,prdc",
                        "--out", str(a.out / "eval_real.json"))
+    tk_f = None  # the tempo/key estimators on real held-out clips with their labels: the ceiling
+    if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
+        held = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
+        held = [r for r in held if r.get("split") == "heldout"][: a.n]
+        if held:
+            hd = a.out / "real_heldout"
+            (hd / "audio").mkdir(parents=True, exist_ok=True)
+            for r in held:
+                dst = hd / "audio" / Path(r["path"]).name
+                if not dst.exists():
+                    os.symlink((a.real / r["path"]).resolve(), dst)
+            (hd / "manifest.jsonl").write_text("".join(
+                json.dumps({**r, "path": f"audio/{Path(r['path']).name}"}) + "\n" for r in held))
+            tk_f = later("eval", "--gen", str(hd / "audio"), "--metrics", "tempo,key",
+                         "--out", str(a.out / "eval_real_tempo_key.json"))
     steps_f = {s: later("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                         a.device, "--out", str(a.out / f"eval_s_{s}steps.json")) for s in (1, 2, 4, 8)}
     n_para = sum(1 for l in (A / "paraphrase_prompts.jsonl").read_text().splitlines() if l.strip())
@@ -153,7 +171,7 @@ def main() -> None:
     ev = [f.result() for f in ev_f]
     real = real_f.result() if real_f else None
     steps = {s: f.result() for s, f in steps_f.items()}
-    extra = {"paraphrase": para_f.result(), "notes": notes_f.result(), "paraphrase_written": para_w.result(),
+    extra = {"tempo_key_real": tk_f.result() if tk_f else None, "paraphrase": para_f.result(), "notes": notes_f.result(), "paraphrase_written": para_w.result(),
              "heldout_written": held_w.result()}
     grid = grid_f.result()
     music = music_eval(a, ev, real_dir if real else None)
@@ -505,6 +523,7 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         lines.append("| real audio (training split) | – | – | – | – | – | – | " + " | ".join(
             [_f(sc.get("fad")), _pm(real_music), _f(sc.get("mmd2"))]) + " | – | " + " | ".join(
             _f(sc.get(k)) for k in ("precision", "recall", "density", "coverage")) + " | – |")
+    lines += texture_tempo_key_table(ev, names, (extra or {}).get("tempo_key_real"))
     lines += ["", f"Presto-S (demo-s) at other step counts (first seed set). {match_note(list(steps.values()))}", "",
               "| steps | FAD ↓ | MMD ↓ | CLAP ↑ | recall | adherence |", "|---|---|---|---|---|---|"]
     for s, doc in steps.items():
@@ -579,6 +598,51 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
             mean = f"{statistics.fmean(dn):.3f}" + ("" if n.startswith("teacher") else f" ({statistics.fmean(st):.3f})")
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines)
+
+
+TEXTURE_COLS = (("frame_change_ratio", "frame change ×"), ("speckle_ratio", "speckle ×"),
+                ("boundary_ratio", "token grid"), ("peaks_per_frame_ratio", "peaks/frame ×"),
+                ("peak_persistence_ratio", "persistence ×"), ("level_p5_diff_db", "p5 dB ±"),
+                ("level_p50_diff_db", "p50 dB ±"), ("level_p95_diff_db", "p95 dB ±"))
+TEMPO_KEY_COLS = (("tempo_acc1", "tempo ±4%"), ("tempo_acc2", "tempo ±4% ×2/½"), ("key_exact", "key exact"),
+                  ("key_relative", "key relative"), ("key_parallel", "key parallel"))
+
+
+def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | None) -> list[str]:
+    """Latent texture (ratios to the real held-out latents; the token grid is the boundary ratio
+    itself, real 0.97) and tempo/key accuracy against the asked values, with the estimators' own
+    accuracy on real held-out clips (their labels) as the ceiling."""
+    def texture(name):
+        per = [((_sys(d).get(name) or {}).get("scores") or {}).get("texture") or {} for d in ev]
+        out = {}
+        for key, _ in TEXTURE_COLS:
+            vals = [p[key] for p in per if isinstance(p.get(key), (int, float))]
+            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None) if vals else None
+        return out
+
+    if not any(((_sys(ev[0]).get(n) or {}).get("scores") or {}).get("texture") for n in names):
+        return []
+    tref = ev[0].get("texture_reference") or {}
+    ceil = (real_tk or {}).get("systems", [{}])[0].get("scores", {}) if real_tk else {}
+    lines = ["", "Texture, tempo and key (the same clips; mean ± sd over the seed sets). Texture is measured on "
+             f"the model's own latents against {tref.get('n', '?')} real held-out latents "
+             f"({tref.get('data', 'assets/ref_heldout_texture.json')}; METHOD.md section 6): ratios to real "
+             "(1 = real), the token grid as the boundary ratio itself (real "
+             f"{_f(tref.get('boundary_ratio'), 2)}), levels as dB differences from real. Tempo and key: the "
+             "estimated tempo (within 4%, and allowing double/half) and key of each clip against the BPM and "
+             "key its prompt names (presto_cli/eval/tempo_key.py); the real row is the estimators' accuracy on "
+             f"{(real_tk or {}).get('systems', [{}])[0].get('n', '?') if real_tk else '?'} real held-out clips "
+             "against their labels, the ceiling a model is read against.", "",
+             "| model | " + " | ".join(h for _, h in TEXTURE_COLS + TEMPO_KEY_COLS) + " |",
+             "|---|" + "---|" * (len(TEXTURE_COLS) + len(TEMPO_KEY_COLS))]
+    for name in names:
+        t, sc = texture(name), _agg(ev, name)
+        lines.append(f"| {name} | " + " | ".join(_pm(t.get(k)) for k, _ in TEXTURE_COLS) + " | "
+                     + " | ".join(_pm(sc.get(k)) for k, _ in TEMPO_KEY_COLS) + " |")
+    if ceil:
+        lines.append("| real audio (held-out; ceiling) | " + " | ".join("–" for _ in TEXTURE_COLS) + " | "
+                     + " | ".join(_f(ceil.get(k)) for k, _ in TEMPO_KEY_COLS) + " |")
+    return lines
 
 
 def grid_table(grid: dict) -> list[str]:

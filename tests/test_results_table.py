@@ -107,3 +107,27 @@ def test_tables_a_run_cannot_rescore_are_carried_over_under_a_note():
     fresh = R.carry_over(old, new + "\nLayer methods compared (new)\n\n| grid new |\n")
     assert "| grid new |" in fresh and "| grid old |" not in fresh and "| lat old |" in fresh
     assert R.carry_over(old, old) == old  # nothing missing: nothing carried, no note
+
+
+def test_texture_tempo_key_table_averages_seed_sets_and_shows_the_real_ceiling():
+    R = _results()
+    tex = lambda f: {"frame_change_ratio": f, "speckle_ratio": 1.5, "boundary_ratio": 1.02,  # noqa: E731
+                     "peaks_per_frame_ratio": 1.1, "peak_persistence_ratio": 0.9, "level_p5_diff_db": -2.0,
+                     "level_p50_diff_db": -4.0, "level_p95_diff_db": -6.0}
+    ev = [_doc("presto-clap", {"demo-teacher": {"texture": tex(1.0), "tempo_acc1": 0.2, "key_exact": 0.1}}),
+          _doc("presto-clap", {"demo-teacher": {"texture": tex(1.2), "tempo_acc1": 0.4, "key_exact": 0.3}})]
+    ev[0]["texture_reference"] = {"n": 96, "boundary_ratio": 0.97, "data": "synth: 96 clips"}
+    real_tk = {"systems": [{"n": 50, "scores": {"tempo_acc1": 0.66, "key_exact": 0.45}}]}
+    lines = R.texture_tempo_key_table(ev, ["demo-teacher"], real_tk)
+    header = next(line for line in lines if line.startswith("| model |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    row = dict(zip(cols, (c.strip() for c in next(line for line in lines if line.startswith("| demo-teacher"))
+                          .strip("|").split("|"))))
+    assert row["frame change ×"] == "1.1 ± 0.14" and row["speckle ×"] == "1.5 ± 0"
+    assert row["tempo ±4%"] == "0.3 ± 0.14" and row["key exact"] == "0.2 ± 0.14"
+    real = dict(zip(cols, (c.strip() for c in next(line for line in lines if line.startswith("| real audio"))
+                           .strip("|").split("|"))))
+    assert real["tempo ±4%"] == "0.66" and real["key exact"] == "0.45" and real["frame change ×"] == "–"
+    assert "50 real held-out clips" in "\n".join(lines)
+    # an evaluation without texture scores: no table
+    assert R.texture_tempo_key_table([_doc("presto-clap", {"demo-teacher": {"fad": 1.0}})], ["demo-teacher"], None) == []
