@@ -61,23 +61,27 @@ def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:
     return done
 
 
-def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetensors") -> Path:
+def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetensors", keep: bool = False) -> Path:
     """Store the caption bank once (presto_cli/text/caption_bank.py): the bundled teacher's, else one
-    built from ``data``'s training split; the bundled models are rewritten without their copies (the
-    pipeline reads ``name`` for every bundled model)."""
+    built from ``data``'s training split (``keep``: the bank already in ``name``, when there is one);
+    the bundled models are rewritten without their copies (the pipeline reads ``name`` for every
+    bundled model)."""
     from presto_cli.text.caption_bank import PREFIX, CaptionBank
     from presto_cli.text.encoders import build_text_encoder
 
-    bank = None
+    bank, source = None, str(data)
     teacher = assets / "demo-teacher.safetensors"
-    if teacher.is_file():
+    if keep and (assets / name).is_file():  # the bank already bundled stays, with its source
+        tensors, meta = load_artefact(assets / name)
+        bank, source = CaptionBank.from_artefact(tensors, meta), meta.get("source", source)
+    if bank is None and teacher.is_file():
         tensors, meta = load_artefact(teacher)
         bank = CaptionBank.from_artefact(tensors, meta)
     if bank is None:
         rows = [json.loads(l) for l in (data / "manifest.jsonl").read_text().splitlines() if l.strip()]
         caps = [r["caption"] for r in rows if r.get("split", "train") == "train"]
         bank = CaptionBank.build(caps, build_text_encoder("minilm"))
-    bank.save(assets / name, source=str(data))
+    bank.save(assets / name, source=source)
     for f in sorted(assets.glob("demo-*.safetensors")):
         if f.name == name:
             continue
@@ -159,12 +163,19 @@ def main() -> None:
     ap.add_argument("--default", default="", help="default model name (written to assets/default.txt)")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--only", nargs="+", choices=sorted(RUNS), help="bundle only these models (e.g. --only presto-s)")
+    ap.add_argument("--keep-captions", action="store_true",
+                    help="keep the bundled caption bank (models fine-tuned on another corpus match prompts "
+                         "against the captions the chain was trained on)")
+    ap.add_argument("--models-only", action="store_true",
+                    help="bundle models only: keep the held-out prompts and reference statistics (they come "
+                         "from the corpus the bundled set was made from, which --data need not be)")
     a = ap.parse_args()
     if not a.skip_models:
         bundle_models(a.runs, a.only)
-    share_captions(ASSETS, a.data)
-    held = heldout_set(a.data)
-    reference_stats(held)
+    share_captions(ASSETS, a.data, keep=a.keep_captions)
+    if not a.models_only:
+        held = heldout_set(a.data)
+        reference_stats(held)
     if a.default:
         atomic_write_text(ASSETS / "default.txt", a.default + "\n")
 

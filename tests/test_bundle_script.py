@@ -58,3 +58,31 @@ def test_last_phase_wins_and_only_limits_what_is_written(bundle, tmp_path):
     # without --only every model present is bundled
     assert bundle.bundle_models(runs) == ["demo-teacher", "demo-s"]
     assert torch.all(load_artefact(assets / "demo-teacher.safetensors")[0]["w"] == 9.0)
+
+
+def test_keep_captions_keeps_the_bundled_bank_and_its_source(bundle, tmp_path):
+    """--keep-captions: models fine-tuned on another corpus are bundled without replacing the caption
+    bank the chain was trained on (its captions and its recorded source stay); without it the
+    bundled teacher's own bank replaces it."""
+    from presto_cli.text.caption_bank import CaptionBank
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    g = torch.Generator().manual_seed(0)
+    old = CaptionBank(["a calm piano", "a fast techno loop"], torch.randn(2, 8, generator=g), "minilm")
+    old.save(assets / "demo-captions.safetensors", source="data/synth")
+    new = CaptionBank(["jazz | smoky | fast"], torch.randn(1, 8, generator=g), "minilm")
+    t, info = new.to_artefact()
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "teacher", "caption_bank": info})
+    bundle.share_captions(assets, tmp_path / "other-corpus", keep=True)
+    kept_t, kept_m = load_artefact(assets / "demo-captions.safetensors")
+    assert kept_m["caption_bank"]["captions"] == old.captions and kept_m["source"] == "data/synth"
+    tt, tm = load_artefact(assets / "demo-teacher.safetensors")
+    assert "caption_bank" not in tm and not any(k.startswith("caption_bank.") for k in tt)  # stored once
+    # without keep: the bundled teacher's bank (re-add it) replaces the old one
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "teacher", "caption_bank": info})
+    bundle.share_captions(assets, tmp_path / "other-corpus")
+    m = load_artefact(assets / "demo-captions.safetensors")[1]
+    assert m["caption_bank"]["captions"] == new.captions and m["source"] == str(tmp_path / "other-corpus")
