@@ -26,11 +26,14 @@ from presto_cli.pipeline import ASSETS  # noqa: E402
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
         "presto-ls": "demo-ls", "clap": "demo-clap"}
 # later phases of the same model replace the run above them (the last one present wins):
-# recipes/demo/teacher-shift{1,2,3}.yaml, presto-s-regress.yaml, presto-s-dmd.yaml, presto-s-bsim.yaml (run
-# twice: presto-s-bsim, then presto-s-bsim2 from its export), presto-ls-regress.yaml, presto-ls-dmd.yaml
-LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3"],
-         "presto-s": ["presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2"],
-         "presto-ls": ["presto-ls-regress", "presto-ls-dmd"]}
+# recipes/demo/teacher-shift{1,2,3}.yaml, teacher-head2d.yaml (run twice: teacher-head2d, then
+# teacher-head2d2 from its export), teacher-tempo-key.yaml (teacher-tk); presto-s-regress.yaml,
+# presto-s-dmd.yaml, presto-s-bsim.yaml (run twice: presto-s-bsim, then presto-s-bsim2), presto-s-head.yaml;
+# presto-ls-regress.yaml, presto-ls-dmd.yaml, presto-ls-head.yaml
+LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3", "teacher-head2d", "teacher-head2d2",
+                     "teacher-tk"],
+         "presto-s": ["presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2", "presto-s-head"],
+         "presto-ls": ["presto-ls-regress", "presto-ls-dmd", "presto-ls-head"]}
 
 
 def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:
