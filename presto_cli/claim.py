@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -113,6 +114,28 @@ def check_free(paths: Iterable[Path], force: bool = False) -> None:
             raise PrestoError(f"{p} already exists", "pass --force to overwrite it")
 
 
+_DEFERRED = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@contextmanager
+def _signals_deferred():
+    """Hold back Ctrl-C, SIGTERM and SIGHUP for the block (delivered as it ends), where the OS
+    allows it: a signal between creating a lock file and recording it would leave the lock behind."""
+    import signal
+    import threading
+
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = {getattr(signal, n) for n in _DEFERRED if hasattr(signal, n)}
+    old = mask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 _HELD: list["claim_outputs"] = []
 
 
@@ -137,7 +160,8 @@ class claim_outputs:
         """Claim every path (all or none); held until :meth:`release` or :func:`release_all`."""
         try:
             for p in self.paths:
-                self.locks.append(claim_one(p, self.force))
+                with _signals_deferred():  # a lock made is a lock recorded, so release() finds it
+                    self.locks.append(claim_one(p, self.force))
         except BaseException:
             self.release()
             raise
