@@ -119,21 +119,30 @@ _DEFERRED = ("SIGINT", "SIGTERM", "SIGHUP")
 
 @contextmanager
 def _signals_deferred():
-    """Hold back Ctrl-C, SIGTERM and SIGHUP for the block (delivered as it ends), where the OS
-    allows it: a signal between creating a lock file and recording it would leave the lock behind."""
+    """Hold back Ctrl-C, SIGTERM and SIGHUP for the block and deliver them as it ends: a signal
+    between creating a lock file and recording it would leave the lock behind. Python runs signal
+    handlers in the main thread whichever thread the OS hands the signal to, so the handlers
+    themselves are swapped for a recorder (an OS signal mask would not do: torch's threads would
+    take the signal instead); signals without a Python handler are left alone."""
     import signal
     import threading
 
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    sigs = {getattr(signal, n) for n in _DEFERRED if hasattr(signal, n)}
-    old = mask(signal.SIG_BLOCK, sigs)
+    got: list[int] = []
+    held = {}
+    for name in _DEFERRED:
+        sig = getattr(signal, name, None)
+        if sig is not None and callable(signal.getsignal(sig)):
+            held[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:
-        mask(signal.SIG_SETMASK, old)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        for sig in got:
+            signal.raise_signal(sig)  # now, to the handler it was meant for
 
 
 _HELD: list["claim_outputs"] = []
