@@ -125,32 +125,15 @@ def main() -> None:
         ev_f.append(later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(k),
                           "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
     real_dir = a.out / "real_train"
-    real_f = None
-    if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
-        rows = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
-        rows = [r for r in rows if r.get("split", "train") == "train"][: a.n]
-        real_dir.mkdir(exist_ok=True)
-        for r in rows:
-            dst = real_dir / Path(r["path"]).name
-            if not dst.exists():
-                os.symlink((a.real / r["path"]).resolve(), dst)
+    real_f = tk_f = None
+    if link_split(a.real, "train", a.n, real_dir):
         real_f = later("eval", "--gen", str(real_dir), *common[2:-2], "--metrics", "fad,mmd,prdc",
                        "--out", str(a.out / "eval_real.json"))
-    tk_f = None  # the tempo/key estimators on real held-out clips with their labels: the ceiling
-    if a.real.is_dir() and (a.real / "manifest.jsonl").is_file():
-        held = [json.loads(l) for l in (a.real / "manifest.jsonl").read_text().splitlines() if l.strip()]
-        held = [r for r in held if r.get("split") == "heldout"][: a.n]
-        if held:
-            hd = a.out / "real_heldout"
-            (hd / "audio").mkdir(parents=True, exist_ok=True)
-            for r in held:
-                dst = hd / "audio" / Path(r["path"]).name
-                if not dst.exists():
-                    os.symlink((a.real / r["path"]).resolve(), dst)
-            (hd / "manifest.jsonl").write_text("".join(
-                json.dumps({**r, "path": f"audio/{Path(r['path']).name}"}) + "\n" for r in held))
-            tk_f = later("eval", "--gen", str(hd / "audio"), "--metrics", "tempo,key",
-                         "--out", str(a.out / "eval_real_tempo_key.json"))
+    # the tempo/key estimators on real held-out clips against their labels: the ceiling
+    held_dir = a.out / "real_heldout" / "audio"
+    if link_split(a.real, "heldout", a.n, held_dir, manifest=held_dir.parent / "manifest.jsonl"):
+        tk_f = later("eval", "--gen", str(held_dir), "--metrics", "tempo,key",
+                     "--out", str(a.out / "eval_real_tempo_key.json"))
     steps_f = {s: later("eval", "--model", "demo-s", *common, "--steps", str(s), "--n", str(a.n), "--device",
                         a.device, "--out", str(a.out / f"eval_s_{s}steps.json")) for s in (1, 2, 4, 8)}
     n_para = sum(1 for l in (A / "paraphrase_prompts.jsonl").read_text().splitlines() if l.strip())
@@ -171,8 +154,8 @@ def main() -> None:
     ev = [f.result() for f in ev_f]
     real = real_f.result() if real_f else None
     steps = {s: f.result() for s, f in steps_f.items()}
-    extra = {"tempo_key_real": tk_f.result() if tk_f else None, "paraphrase": para_f.result(), "notes": notes_f.result(), "paraphrase_written": para_w.result(),
-             "heldout_written": held_w.result()}
+    extra = {"tempo_key_real": tk_f.result() if tk_f else None, "paraphrase": para_f.result(),
+             "notes": notes_f.result(), "paraphrase_written": para_w.result(), "heldout_written": held_w.result()}
     grid = grid_f.result()
     music = music_eval(a, ev, real_dir if real else None)
     pool.shutdown()
@@ -191,6 +174,27 @@ def main() -> None:
     write_readme(table)
     print(table)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def link_split(corpus: Path, split: str, n: int, folder: Path, manifest: Path | None = None) -> int:
+    """Symlink the first ``n`` clips of ``split`` of a synthetic corpus into ``folder`` (an older
+    manifest without splits counts as training data); with ``manifest``, also write their rows there
+    with paths relative to it, so an eval of the folder finds their labels. Returns how many."""
+    if not (corpus.is_dir() and (corpus / "manifest.jsonl").is_file()):
+        return 0
+    rows = [json.loads(l) for l in (corpus / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if r.get("split", "train") == split][:n]
+    if not rows:
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        dst = folder / Path(r["path"]).name
+        if not dst.exists():
+            os.symlink((corpus / r["path"]).resolve(), dst)
+    if manifest is not None:
+        rel = os.path.relpath(folder, manifest.parent)
+        manifest.write_text("".join(json.dumps({**r, "path": f"{rel}/{Path(r['path']).name}"}) + "\n" for r in rows))
+    return len(rows)
 
 
 def music_reference(a) -> str | None:
@@ -612,18 +616,15 @@ def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | No
     """Latent texture (ratios to the real held-out latents; the token grid is the boundary ratio
     itself, real 0.97) and tempo/key accuracy against the asked values, with the estimators' own
     accuracy on real held-out clips (their labels) as the ceiling."""
-    def texture(name):
-        per = [((_sys(d).get(name) or {}).get("scores") or {}).get("texture") or {} for d in ev]
-        out = {}
-        for key, _ in TEXTURE_COLS:
-            vals = [p[key] for p in per if isinstance(p.get(key), (int, float))]
-            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None) if vals else None
-        return out
+    def texture(name):  # the nested texture scores, mean ± sd over the seed sets as _agg does
+        return _agg([{"systems": [{"name": name, "scores": ((_sys(d).get(name) or {}).get("scores") or {})
+                                   .get("texture") or {}}]} for d in ev], name)
 
     if not any(((_sys(ev[0]).get(n) or {}).get("scores") or {}).get("texture") for n in names):
         return []
     tref = ev[0].get("texture_reference") or {}
-    ceil = (real_tk or {}).get("systems", [{}])[0].get("scores", {}) if real_tk else {}
+    real_sys = ((real_tk or {}).get("systems") or [{}])[0]
+    ceil = real_sys.get("scores") or {}
     lines = ["", "Texture, tempo and key (the same clips; mean ± sd over the seed sets). Texture is measured on "
              f"the model's own latents against {tref.get('n', '?')} real held-out latents "
              f"({tref.get('data', 'assets/ref_heldout_texture.json')}; METHOD.md section 6): ratios to real "
@@ -631,7 +632,7 @@ def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | No
              f"{_f(tref.get('boundary_ratio'), 2)}), levels as dB differences from real. Tempo and key: the "
              "estimated tempo (within 4%, and allowing double/half) and key of each clip against the BPM and "
              "key its prompt names (presto_cli/eval/tempo_key.py); the real row is the estimators' accuracy on "
-             f"{(real_tk or {}).get('systems', [{}])[0].get('n', '?') if real_tk else '?'} real held-out clips "
+             f"{real_sys.get('n', '?')} real held-out clips "
              "against their labels, the ceiling a model is read against.", "",
              "| model | " + " | ".join(h for _, h in TEXTURE_COLS + TEMPO_KEY_COLS) + " |",
              "|---|" + "---|" * (len(TEXTURE_COLS) + len(TEMPO_KEY_COLS))]

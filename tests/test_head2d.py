@@ -206,3 +206,5 @@ def test_distill_init_from_a_generator_of_an_earlier_teacher_takes_the_new_parts
         warm_start(EDMDenoiser(teacher, edm), EDMDenoiser(old, edm), "g")
     with pytest.raises(PrestoError, match="width"):
         warm_start(EDMDenoiser(_net(width=32), edm), EDMDenoiser(teacher, edm), "g")
+    with pytest.raises(PrestoError, match="pooled_only: False -> True"):  # reads the text otherwise
+        warm_start(EDMDenoiser(_net(head2d=8), edm), EDMDenoiser(_net(head2d=8, pooled_only=True), edm), "g")

@@ -3,6 +3,7 @@ MMD convention stated, and the music eval scoring the clips the presto-clap eval
 (rendered from hand-made eval documents; the long results script itself is not run)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,3 +132,23 @@ def test_texture_tempo_key_table_averages_seed_sets_and_shows_the_real_ceiling()
     assert "50 real held-out clips" in "\n".join(lines)
     # an evaluation without texture scores: no table
     assert R.texture_tempo_key_table([_doc("presto-clap", {"demo-teacher": {"fad": 1.0}})], ["demo-teacher"], None) == []
+
+
+def test_link_split_links_only_the_split_and_writes_a_manifest_its_eval_can_read(tmp_path):
+    R = _results()
+    corpus = tmp_path / "synth"
+    (corpus / "audio").mkdir(parents=True)
+    rows = [{"path": f"audio/c{i}.wav", "caption": f"clip {i}", "split": "heldout" if i % 3 == 0 else "train",
+             "labels": {"tempo": 100 + i}} for i in range(9)]
+    for r in rows:
+        (corpus / r["path"]).write_bytes(b"x")
+    (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = tmp_path / "out" / "real_heldout" / "audio"
+    assert R.link_split(corpus, "heldout", 2, held, manifest=held.parent / "manifest.jsonl") == 2
+    assert sorted(p.name for p in held.iterdir()) == ["c0.wav", "c3.wav"]  # the first 2 held-out clips only
+    man = [json.loads(l) for l in (held.parent / "manifest.jsonl").read_text().splitlines()]
+    assert [m["path"] for m in man] == ["audio/c0.wav", "audio/c3.wav"] and man[1]["labels"] == {"tempo": 103}
+    assert all((held.parent / m["path"]).resolve() == (corpus / "audio" / Path(m["path"]).name).resolve() for m in man)
+    train = tmp_path / "out" / "real_train"
+    assert R.link_split(corpus, "train", 100, train) == 6 and not (train / "manifest.jsonl").exists()
+    assert R.link_split(tmp_path / "nothing", "train", 5, tmp_path / "x") == 0 and not (tmp_path / "x").exists()

@@ -85,9 +85,9 @@ def warm_start(gen: EDMDenoiser, teacher: EDMDenoiser, path: str) -> EDMDenoiser
     if src == dst:
         return gen
     bad, added = init_compatible(src, teacher.net.cfg)
-    if bad or not added:
-        raise PrestoError(f"distill.init: {path} is not the same network as the teacher "
-                          f"({'; '.join(bad) or 'it has parts the teacher lacks'})",
+    if bad or not added:  # (no part added: it differs only in how it reads the text)
+        bad = bad or [f"{k}: {src.get(k)!r} -> {v!r}" for k, v in dst.items() if src.get(k) != v]
+        raise PrestoError(f"distill.init: {path} is not the same network as the teacher ({'; '.join(bad)})",
                           "continue from a generator distilled from this teacher, or from one that "
                           "lacks only parts the teacher added (head2d, tempo_cond, key_cond)")
     out = copy.deepcopy(teacher)
