@@ -291,7 +291,8 @@ class Pipeline:
         if s.token_shift:
             from presto_cli.diffusion.edm import token_shifted
 
-            fn = token_shifted(fn, int(self.denoiser.net.cfg.patch))
+            net_cfg = self.denoiser.net.cfg
+            fn = token_shifted(fn, int(net_cfg.patch), pass_offset=bool(getattr(net_cfg, "tempo_phase", False)))
         return fn
 
     @torch.no_grad()

@@ -173,20 +173,22 @@ def denoise_fn(denoiser, cond: Cond | None, w: float = 1.0):
     """``model_fn(x, sigma) -> D`` for the samplers: guided when ``w != 1`` (and there is a
     condition), else one plain forward. Every sampling path (generate, eval, bench, tests) uses it."""
 
-    def model_fn(x: Tensor, sigma: Tensor) -> Tensor:
+    def model_fn(x: Tensor, sigma: Tensor, **net_kwargs) -> Tensor:
         if cond is not None and w != 1.0:
-            return denoiser.guided(x, sigma, cond, w)
-        return denoiser(x, sigma, cond)
+            return denoiser.guided(x, sigma, cond, w, **net_kwargs)
+        return denoiser(x, sigma, cond, **net_kwargs)
 
     return model_fn
 
 
-def token_shifted(model_fn, patch: int):
+def token_shifted(model_fn, patch: int, pass_offset: bool = False):
     """``model_fn`` with a token shift that cycles per call (METHOD.md section 2, "Output
     capacity"): call ``k`` pads ``k mod patch`` zero frames in front of ``x`` and drops them from
     the output, so the DiT's token boundaries fall on other frames at every network evaluation and
     whatever the network draws at its token edges does not add up on a fixed grid. Exact for a
-    network with no patching (``patch`` 1: the function itself)."""
+    network with no patching (``patch`` 1: the function itself). ``pass_offset``: also tell the
+    network (``frame_offset=-k``) that its first frame lies k frames before the clip's, so a DiT
+    with beat-phase features keeps each frame's beat phase."""
     if patch <= 1:
         return model_fn
     calls = [0]
@@ -196,7 +198,8 @@ def token_shifted(model_fn, patch: int):
         calls[0] += 1
         if k == 0:
             return model_fn(x, sigma)
-        return model_fn(torch.nn.functional.pad(x, (k, 0)), sigma)[..., k:]
+        kw = {"frame_offset": -k} if pass_offset else {}
+        return model_fn(torch.nn.functional.pad(x, (k, 0)), sigma, **kw)[..., k:]
 
     return shifted
 

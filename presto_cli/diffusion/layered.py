@@ -17,7 +17,7 @@ from presto_cli.errors import PrestoError
 
 
 def forward_at_depths(denoiser: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Cond | None,
-                      depths: Tensor, schedule: LayerSchedule) -> Tensor:
+                      depths: Tensor, schedule: LayerSchedule, **net_kwargs) -> Tensor:
     """``D(x; sigma, c)`` with sample b running the blocks of depth ``depths[b]``.
 
     One forward per distinct depth, through exactly that depth's blocks, with the budget (number
@@ -29,13 +29,13 @@ def forward_at_depths(denoiser: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Con
     uniq = sorted({int(v) for v in depths.tolist()})
     if len(uniq) == 1:
         k = uniq[0]
-        return denoiser(x, sigma, cond, blocks=schedule.blocks_for_depth(k), budget=depths)
+        return denoiser(x, sigma, cond, blocks=schedule.blocks_for_depth(k), budget=depths, **net_kwargs)
     pieces, order = [], []
     for k in uniq:
         idx = (depths == k).nonzero(as_tuple=True)[0]
         sub_cond = None if cond is None else cond.index(idx)
         pieces.append(denoiser(x[idx], sigma[idx], sub_cond, blocks=schedule.blocks_for_depth(k),
-                               budget=depths[idx]))
+                               budget=depths[idx], **net_kwargs))
         order.append(idx)
     out = torch.cat(pieces)
     inverse = torch.empty(b, dtype=torch.long, device=x.device)
@@ -80,8 +80,9 @@ class LayeredDenoiser(nn.Module):
         b = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(b)
         return forward_at_depths(self.denoiser, x, sigma, cond, self.depths(sigma, b, x.device),
-                                 self.schedule)
+                                 self.schedule, **net_kwargs)
 
-    def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor) -> Tensor:
+    def guided(self, x: Tensor, sigma: Tensor | float, cond: Cond, w: float | Tensor,
+               **net_kwargs) -> Tensor:
         """Classifier-free guidance as one batch of 2B, each half at the schedule's depth."""
-        return cfg_guided(self.forward, x, sigma, cond, w)
+        return cfg_guided(lambda x2, s2, c2: self.forward(x2, s2, c2, **net_kwargs), x, sigma, cond, w)

@@ -36,6 +36,8 @@ __all__ = ["DiTConfig", "DiT", "estimate_params", "estimate_flops", "init_compat
 
 N_KEYS = 24  # 12 tonics x major/minor (presto_cli.text.musical: index = tonic + 12 * minor)
 TEMPO_FEATURES = 64  # Fourier features of log BPM before the tempo MLP
+# Beat-phase harmonics, in cycles per beat: the 4/4 bar, half bar, beat, 8th and 16th note.
+BEAT_HARMONICS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def _rms_fp32(norm: nn.Module, t: Tensor) -> Tensor:
@@ -69,6 +71,12 @@ class DiTConfig:
     budget_rescale: bool = False  # learned per-budget scalar on the residual stream (Presto-L)
     tempo_cond: bool = False  # tempo (BPM) condition: Fourier features of log BPM -> MLP, added to the adaLN condition
     key_cond: bool = False  # key condition: an embedding of the 24 keys + "unknown", added to the adaLN condition
+    # Beat-phase features (METHOD.md section 2, "Tempo and key"): with a tempo, each token also gets
+    # cos/sin of the beat phase of its frames at BEAT_HARMONICS (bar .. 16th note), counted from the
+    # clip's first frame, through a zero-initialised linear map added to its input. Needs tempo_cond
+    # and frame_rate.
+    tempo_phase: bool = False
+    frame_rate: float = 0.0  # latent frames per second (teacher recipes: 0 = the codec's, with tempo_phase)
     # Channels of the frame-rate output refiner (0 = none). With patching, the final linear map
     # gives each token's C*patch outputs from only `width` features: when C*patch > width the
     # network cannot remove per-element noise outside that subspace (METHOD.md section 2).
@@ -100,6 +108,8 @@ class DiTConfig:
             (self.head2d_maps >= 1 and self.head2d_bands >= 1 and self.head2d_layers >= 1,
              "model.head2d_maps, head2d_bands and head2d_layers must be >= 1"),
             (self.head2d_mel_stride in (1, 2, 4), "model.head2d_mel_stride must be 1, 2 or 4"),
+            (not self.tempo_phase or self.tempo_cond, "model.tempo_phase needs model.tempo_cond: true"),
+            (self.frame_rate >= 0, "model.frame_rate must be >= 0 (0 = the codec's)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -175,6 +185,44 @@ class TempoEmbedding(nn.Module):
         ang = u[:, None] * self.freqs[None]
         e = self.mlp(torch.cat([ang.cos(), ang.sin()], dim=1).to(self.mlp[0].weight.dtype))
         return torch.where(absent[:, None], self.null.to(e.dtype)[None].expand_as(e), e)
+
+
+def beat_phase_features(bpm: Tensor, frames: int, frame_rate: float, frame_offset: int = 0) -> Tensor:
+    """cos/sin of the beat phase of every frame: ``[B, frames, 2 * len(BEAT_HARMONICS)]``.
+
+    Frame ``f`` (counted from the clip's first frame, ``frame_offset`` added) lies
+    ``(f + frame_offset) / frame_rate * bpm / 60`` beats into the clip; harmonic ``m`` turns
+    ``2 pi m`` per beat, so frames one beat apart get the same features at every harmonic of 1 and
+    above and frames one 4/4 bar apart at all of them."""
+    f = torch.arange(frames, device=bpm.device, dtype=torch.float64) + float(frame_offset)
+    beats = (f[None] / float(frame_rate)) * (bpm.double()[:, None] / 60.0)
+    harm = torch.tensor(BEAT_HARMONICS, device=bpm.device, dtype=torch.float64)
+    # the phase modulo one cycle before the float32 cast keeps long clips exact
+    cyc = torch.remainder(beats[..., None] * harm, 1.0)
+    ang = (2.0 * math.pi * cyc).float()
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+
+class BeatPhase(nn.Module):
+    """Beat-phase features of a token's ``patch`` frames -> a vector added to that token's input
+    (zero-initialised, so adding it to a trained network changes nothing; zero where the tempo is
+    absent or CFG's null condition is used)."""
+
+    def __init__(self, patch: int, width: int, frame_rate: float):
+        super().__init__()
+        self.patch = patch
+        self.frame_rate = float(frame_rate)
+        self.proj = nn.Linear(2 * len(BEAT_HARMONICS) * patch, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, bpm: Tensor, absent: Tensor, n_tokens: int, frame_offset: int = 0) -> Tensor:
+        b = bpm.shape[0]
+        feats = beat_phase_features(torch.where(absent, torch.zeros_like(bpm), bpm), n_tokens * self.patch,
+                                    self.frame_rate, frame_offset)
+        feats = feats.reshape(b, n_tokens, self.patch * feats.shape[-1])
+        out = self.proj(feats.to(self.proj.weight.dtype))
+        return torch.where(absent[:, None, None], torch.zeros_like(out), out)
 
 
 class Attention(nn.Module):
@@ -364,6 +412,11 @@ class DiT(nn.Module):
         if cfg.key_cond:
             self.key_embed = nn.Embedding(N_KEYS + 1, w)  # index N_KEYS: unknown
             nn.init.zeros_(self.key_embed.weight)
+        if cfg.tempo_phase:
+            if cfg.frame_rate <= 0:
+                raise PrestoError("model.tempo_phase needs model.frame_rate (latent frames per second)",
+                                  "set model.frame_rate, or leave it 0 in a teacher recipe to take the codec's")
+            self.beat_phase = BeatPhase(cfg.patch, w, cfg.frame_rate)
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(w, 2 * w)
@@ -445,7 +498,7 @@ class DiT(nn.Module):
                 text_mask: Tensor | None = None, text_pooled: Tensor | None = None, *,
                 blocks: Sequence[int] | None = None, budget: Tensor | None = None,
                 return_hidden: Sequence[int] = (), uncond: Tensor | None = None,
-                tempo: Tensor | None = None, key: Tensor | None = None):
+                tempo: Tensor | None = None, key: Tensor | None = None, frame_offset: int = 0):
         cfg = self.cfg
         if x.dim() != 3 or x.shape[1] != cfg.in_channels:
             raise PrestoError(f"DiT expects latents of shape [B, {cfg.in_channels}, frames], got "
@@ -480,6 +533,11 @@ class DiT(nn.Module):
         musical = self._musical(b, tempo, key, null, x.device, cond.dtype)
         if musical is not None:
             cond = cond + musical
+        if cfg.tempo_phase:
+            t = (torch.full((b,), float("nan"), device=x.device) if tempo is None
+                 else tempo.to(device=x.device, dtype=torch.float32).reshape(-1).expand(b))
+            absent = null | ~torch.isfinite(t) | (t <= 0)
+            h = h + self.beat_phase(torch.nan_to_num(t, nan=0.0), absent, n, frame_offset).to(h.dtype)
         text = self.text_proj(self.text_norm(tokens)) if cfg.cross_attn else None
 
         order = list(range(cfg.depth)) if blocks is None else [int(i) for i in blocks]
@@ -531,9 +589,10 @@ class DiT(nn.Module):
 
 # model keys that only ADD zero-initialised modules when switched on (a trained network plus them
 # computes exactly what it computed before), with the state-dict prefix of what they add
-_ADDITIVE = {"head2d": "head2d.", "tempo_cond": "tempo_embed.", "key_cond": "key_embed."}
+_ADDITIVE = {"head2d": "head2d.", "tempo_cond": "tempo_embed.", "key_cond": "key_embed.",
+             "tempo_phase": "beat_phase."}
 _ADDITIVE_DETAIL = {"head2d": ("head2d_maps", "head2d_bands", "head2d_layers", "head2d_mel_stride",
-                               "head2d_separable")}
+                               "head2d_separable"), "tempo_phase": ("frame_rate",)}
 _FEEDING = ("pooled_only",)  # how the text is fed, not the network's shape
 
 
@@ -578,6 +637,7 @@ def estimate_params(cfg: DiTConfig) -> int:
     n += (cfg.depth + 1) if cfg.budget_rescale else 0
     n += lin(TEMPO_FEATURES, w) + lin(w, w) + w if cfg.tempo_cond else 0
     n += (N_KEYS + 1) * w if cfg.key_cond else 0
+    n += lin(2 * len(BEAT_HARMONICS) * cfg.patch, w) if cfg.tempo_phase else 0
     block = lin(w, 3 * w) + lin(w, w) + qkn
     if cfg.cross_attn:
         block += lin(w, w) + lin(w, 2 * w) + lin(w, w) + qkn

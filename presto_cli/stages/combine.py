@@ -35,7 +35,8 @@ from presto_cli.train.loop import Task, register_task
 __all__ = ["CombineConfig", "PrestoLSRecipe", "PrestoLSTask", "apply_schedule"]
 
 _SHAPE_KEYS = ("in_channels", "width", "depth", "heads", "mlp_ratio", "text_dim", "patch",
-               "pos_embed", "noise_embed_dim", "qk_norm", "cross_attn", "tempo_cond", "key_cond")
+               "pos_embed", "noise_embed_dim", "qk_norm", "cross_attn", "tempo_cond", "key_cond",
+               "tempo_phase", "frame_rate")
 
 
 @dataclass

@@ -89,7 +89,7 @@ def warm_start(gen: EDMDenoiser, teacher: EDMDenoiser, path: str) -> EDMDenoiser
         bad = bad or [f"{k}: {src.get(k)!r} -> {v!r}" for k, v in dst.items() if src.get(k) != v]
         raise PrestoError(f"distill.init: {path} is not the same network as the teacher ({'; '.join(bad)})",
                           "continue from a generator distilled from this teacher, or from one that "
-                          "lacks only parts the teacher added (head2d, tempo_cond, key_cond)")
+                          "lacks only parts the teacher added (head2d, tempo_cond, key_cond, tempo_phase)")
     out = copy.deepcopy(teacher)
     load_state_strict(out.net, gen.net.state_dict(), f"distill.init {path}", allow_missing=added)
     return out.to(next(gen.parameters()).device)

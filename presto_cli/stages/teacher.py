@@ -102,6 +102,8 @@ class TeacherRecipe(BaseRecipe):
                               f"more than model.max_frames={m.max_frames}",
                               "set model.max_frames: 0 (from the clip length) or shorten data.clip_seconds")
         m.max_frames = m.max_frames or frames
+        if m.tempo_phase and not m.frame_rate:
+            m.frame_rate = sr / hop
 
     def frames(self) -> int:
         """Latent frames per clip: 1 for toy data, else model.max_frames (an upper bound)."""
@@ -160,7 +162,7 @@ class TeacherTask(Task):
         self.ema = EMA(self.net, recipe.train.ema) if recipe.train.ema > 0 else None
         self.opt = build_adamw(self.net.parameters(), recipe.train.lr, recipe.train,
                                lr_mult={"head2d.": recipe.head_lr_mult, "tempo_embed.": recipe.cond_lr_mult,
-                                        "key_embed.": recipe.cond_lr_mult},
+                                        "key_embed.": recipe.cond_lr_mult, "beat_phase.": recipe.cond_lr_mult},
                                named=dict(self.net.named_parameters()))
         self.text = TextCache(build_text_encoder(recipe.text, device=self.device))
         self.frames_seen = 0
