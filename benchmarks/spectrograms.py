@@ -35,7 +35,8 @@ def real_clip(folder: Path, style: str, sr: int, seconds: float) -> np.ndarray |
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompt", default="A jazz trio with swinging ride cymbal, walking upright bass and piano.")
+    # a BPM and key inside the style's range: the bundled models take them as conditions
+    ap.add_argument("--prompt", default="A jazz trio with swinging ride cymbal, walking upright bass and piano, at 132 BPM in F major.")
     ap.add_argument("--style", default="jazz_trio", help="style of the real clip shown beside the outputs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real", type=Path, default=ROOT / "data" / "synth-heldout",

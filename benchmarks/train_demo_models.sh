@@ -36,19 +36,23 @@ stage pretrain       recipes/demo/teacher.yaml     teacher   "data.codec=$OUT/au
 stage pretrain       recipes/demo/teacher-shift1.yaml teacher-shift1 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher/model.safetensors"
 stage pretrain       recipes/demo/teacher-shift2.yaml teacher-shift2 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift1/model.safetensors"
 stage pretrain       recipes/demo/teacher-shift3.yaml teacher-shift3 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift2/model.safetensors"
-# the 2-D output head (run twice) and the tempo/key conditions on top (METHOD.md section 2): the last,
-# teacher-tk, is the teacher every model of the final chain distils and bundle.py bundles as demo-teacher
+# the 2-D output head (run twice), the tempo/key conditions on top, then the beat phase (METHOD.md
+# section 2): the last, teacher-tp, is the teacher every model of the final chain distils and
+# bundle.py bundles as demo-teacher
 stage pretrain       recipes/demo/teacher-head2d.yaml teacher-head2d "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-shift3/model.safetensors"
 stage pretrain       recipes/demo/teacher-head2d.yaml teacher-head2d2 "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-head2d/model.safetensors"
 stage pretrain       recipes/demo/teacher-tempo-key.yaml teacher-tk "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-head2d2/model.safetensors"
+stage pretrain       recipes/demo/teacher-tempo-phase.yaml teacher-tp "data.codec=$OUT/autoencoder/model.safetensors" "init=$OUT/teacher-tk/model.safetensors"
 reuse_pairs() {  # reuse_pairs FROM TO: a later phase reuses an earlier run's teacher trajectories
   mkdir -p "$OUT/$2"
   [ -f "$OUT/$2/reg_pairs.safetensors" ] || cp "$OUT/$1/reg_pairs.safetensors" "$OUT/$2/" 2>/dev/null || true
 }
 # the step-distilled generators are first distilled from teacher-shift3 (their phases below), then
-# continued onto teacher-tk (presto-s-head, presto-ls-head)
+# continued onto teacher-tk (presto-s-head, presto-ls-head) and then onto teacher-tp (presto-s-tp,
+# presto-ls-tp)
 T="data.teacher=$OUT/teacher-shift3/model.safetensors"
 TK="data.teacher=$OUT/teacher-tk/model.safetensors"
+TP="data.teacher=$OUT/teacher-tp/model.safetensors"
 C="data.codec=$OUT/autoencoder/model.safetensors"
 stage distill-steps  recipes/demo/presto-s.yaml    presto-s  "$T" "$C"
 # second phase of Presto-S (regression onto teacher ODE trajectories)
@@ -64,11 +68,13 @@ stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim "$T" "$C" "di
 stage distill-steps  recipes/demo/presto-s-bsim.yaml presto-s-bsim2 "$T" "$C" "distill.init=$OUT/presto-s-bsim/model.safetensors"
 # the last Presto-S phase: onto teacher-tk (its 2-D head and tempo/key layers start from the teacher's)
 stage distill-steps  recipes/demo/presto-s-head.yaml presto-s-head "$TK" "$C" "distill.init=$OUT/presto-s-bsim2/model.safetensors"
+# and onto teacher-tp (its beat-phase map starts from the teacher's); bundled as demo-s
+stage distill-steps  recipes/demo/presto-s-tp.yaml presto-s-tp "$TP" "$C" "distill.init=$OUT/presto-s-head/model.safetensors"
 # the Presto-L that Presto-LS's first phases run (from teacher-shift3, the budget embedding as first measured)
 stage distill-layers recipes/demo/presto-l.yaml    presto-l-shift3 "$T" "$C" "layers.budget_init=0" "layers.budget_lr_mult=1"
-# ASE and Presto-L of the final chain: from teacher-tk
-stage distill-layers recipes/demo/ase.yaml         ase       "$TK" "$C"
-stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$TK" "$C"
+# ASE and Presto-L of the final chain: from teacher-tp
+stage distill-layers recipes/demo/ase.yaml         ase       "$TP" "$C"
+stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$TP" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l-shift3/model.safetensors"
 # second phase of the bundled Presto-LS (the same regression onto teacher ODE trajectories); its pairs
 # are presto-s-regress's (same teacher, seed and settings), copied so they are not made twice
@@ -78,10 +84,15 @@ stage combine        recipes/demo/presto-ls-regress.yaml presto-ls-regress "$T" 
 # are presto-s-dmd's (same teacher, seed and settings); bundled as demo-ls
 reuse_pairs presto-s-dmd presto-ls-dmd
 stage combine        recipes/demo/presto-ls-dmd.yaml presto-ls-dmd "$T" "$C" "combine.layers=$OUT/presto-l-shift3/model.safetensors" "distill.init=$OUT/presto-ls-regress/model.safetensors"
-# the last Presto-LS phase, the same as presto-s-head's (its 256 trajectories reused), onto teacher-tk
-# and the schedule of the Presto-L distilled from it; bundled as demo-ls
+# the next Presto-LS phase, the same as presto-s-head's (its 256 trajectories reused), onto teacher-tk
+# and the schedule of a Presto-L distilled from it
+stage distill-layers recipes/demo/presto-l.yaml    presto-l-tk "$TK" "$C"
 reuse_pairs presto-s-head presto-ls-head
-stage combine        recipes/demo/presto-ls-head.yaml presto-ls-head "$TK" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-dmd/model.safetensors"
+stage combine        recipes/demo/presto-ls-head.yaml presto-ls-head "$TK" "$C" "combine.layers=$OUT/presto-l-tk/model.safetensors" "distill.init=$OUT/presto-ls-dmd/model.safetensors"
+# the last, the same as presto-s-tp's (its trajectories reused), onto teacher-tp and the final
+# Presto-L's schedule; bundled as demo-ls
+reuse_pairs presto-s-tp presto-ls-tp
+stage combine        recipes/demo/presto-ls-tp.yaml presto-ls-tp "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-head/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block
@@ -102,7 +113,7 @@ if [ "${GRID:-1}" = "1" ]; then
         [ -e "$OUT/$d" ] || ln -s "../../$main" "$OUT/$d"
         continue
       fi
-      args=("$TK" "$C" "seed=$seed")
+      args=("$TP" "$C" "seed=$seed")
       [ -n "${GRID_STEPS:-}" ] && args+=("train.steps=$GRID_STEPS")
       [ -n "${GRID_BATCH:-}" ] && args+=("train.batch_size=$GRID_BATCH")
       if [ "$cell" = ase ]; then
