@@ -187,6 +187,15 @@ class TempoEmbedding(nn.Module):
         return torch.where(absent[:, None], self.null.to(e.dtype)[None].expand_as(e), e)
 
 
+def _tempo_or_absent(b: int, tempo: Tensor | None, null: Tensor, device) -> tuple[Tensor, Tensor]:
+    """``(bpm [B] with absent entries 0, absent [B] bool)``: NaN, <= 0, a missing tempo and CFG's
+    null condition (``null[b]``) are all "absent"."""
+    t = (torch.full((b,), float("nan"), device=device) if tempo is None
+         else tempo.to(device=device, dtype=torch.float32).reshape(-1).expand(b))
+    absent = null | ~torch.isfinite(t) | (t <= 0)
+    return torch.nan_to_num(t, nan=0.0), absent
+
+
 def beat_phase_features(bpm: Tensor, frames: int, frame_rate: float, frame_offset: int = 0) -> Tensor:
     """cos/sin of the beat phase of every frame: ``[B, frames, 2 * len(BEAT_HARMONICS)]``.
 
@@ -479,10 +488,8 @@ class DiT(nn.Module):
             return None
         out = torch.zeros(b, cfg.width, device=device, dtype=dtype)
         if cfg.tempo_cond:
-            t = (torch.full((b,), float("nan"), device=device) if tempo is None
-                 else tempo.to(device=device, dtype=torch.float32).reshape(-1).expand(b))
-            absent = null | ~torch.isfinite(t) | (t <= 0)
-            out = out + self.tempo_embed(torch.nan_to_num(t, nan=0.0), absent).to(dtype)
+            t, absent = _tempo_or_absent(b, tempo, null, device)
+            out = out + self.tempo_embed(t, absent).to(dtype)
         if cfg.key_cond:
             k = (torch.full((b,), -1, dtype=torch.long, device=device) if key is None
                  else key.to(device=device, dtype=torch.long).reshape(-1).expand(b))
@@ -534,10 +541,8 @@ class DiT(nn.Module):
         if musical is not None:
             cond = cond + musical
         if cfg.tempo_phase:
-            t = (torch.full((b,), float("nan"), device=x.device) if tempo is None
-                 else tempo.to(device=x.device, dtype=torch.float32).reshape(-1).expand(b))
-            absent = null | ~torch.isfinite(t) | (t <= 0)
-            h = h + self.beat_phase(torch.nan_to_num(t, nan=0.0), absent, n, frame_offset).to(h.dtype)
+            t, absent = _tempo_or_absent(b, tempo, null, x.device)
+            h = h + self.beat_phase(t, absent, n, frame_offset).to(h.dtype)
         text = self.text_proj(self.text_norm(tokens)) if cfg.cross_attn else None
 
         order = list(range(cfg.depth)) if blocks is None else [int(i) for i in blocks]
