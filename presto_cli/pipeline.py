@@ -292,7 +292,7 @@ class Pipeline:
             from presto_cli.diffusion.edm import token_shifted
 
             net_cfg = self.denoiser.net.cfg
-            fn = token_shifted(fn, int(net_cfg.patch), pass_offset=bool(getattr(net_cfg, "tempo_phase", False)))
+            fn = token_shifted(fn, int(net_cfg.patch), pass_offset=net_cfg.tempo_phase)
         return fn
 
     @torch.no_grad()

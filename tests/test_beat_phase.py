@@ -13,6 +13,7 @@ from presto_cli.errors import PrestoError
 from presto_cli.models.dit import (BEAT_HARMONICS, BeatPhase, DiT, DiTConfig, beat_phase_features,
                                    estimate_params, init_compatible)
 from presto_cli.seeds import seeded
+from toy import perturb, toy_text
 
 NAN = float("nan")
 BASE = dict(in_channels=2, width=32, depth=2, heads=2, text_dim=8, max_frames=32, noise_embed_dim=16,
@@ -25,9 +26,6 @@ def make(seed=0, **kw):
         return DiT(DiTConfig(**{**BASE, **kw}))
 
 
-def text(b, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, 8, generator=g), torch.ones(b, 3, dtype=torch.bool), torch.randn(b, 8, generator=g)
 
 
 def test_beat_phase_features_known_answers():
@@ -63,14 +61,11 @@ def test_zero_init_continues_an_older_network_and_parameters_are_counted():
     assert not bad and allowed == ("beat_phase.",)
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("beat_phase.") for k in missing)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in old.named_parameters():
-            if name.startswith(("blocks", "final_ada", "out", "tempo_embed")):
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb(old, ("blocks", "final_ada", "out", "tempo_embed"))
     new.load_state_dict(old.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(2)
     x, c = torch.randn(3, 2, 32, generator=g), torch.randn(3, generator=g)
-    tok, mask, pooled = text(3)
+    tok, mask, pooled = toy_text(3)
     tempo = torch.tensor([70.0, NAN, 150.0])
     ref = old(x, c, tok, mask, pooled, tempo=tempo)
     assert float(ref.abs().max()) > 0.01 and torch.equal(new(x, c, tok, mask, pooled, tempo=tempo), ref)
@@ -85,12 +80,10 @@ def test_zero_init_continues_an_older_network_and_parameters_are_counted():
 @torch.no_grad()
 def test_absent_tempo_and_the_null_condition_drop_the_phase():
     net = make(0, tempo_phase=True, frame_rate=8.0)
-    g = torch.Generator().manual_seed(3)
-    for name, p in net.named_parameters():
-        if name.startswith(("blocks", "final_ada", "out", "beat_phase")):
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb(net, ("blocks", "final_ada", "out", "beat_phase"), seed=3)
+    g = torch.Generator().manual_seed(4)
     x, c = torch.randn(1, 2, 32, generator=g).expand(4, -1, -1), torch.randn(1, generator=g).expand(4)
-    tok, mask, pooled = (t[:1].expand(4, *t.shape[1:]) for t in text(1))
+    tok, mask, pooled = (t[:1].expand(4, *t.shape[1:]) for t in toy_text(1))
     y = net(x, c, tok, mask, pooled, tempo=torch.tensor([90.0, 120.0, NAN, 0.0]))
     assert float((y[0] - y[1]).abs().max()) > 1e-3  # the tempo moves it
     assert torch.allclose(y[2], y[3], atol=1e-6)  # NaN and <= 0 are both "absent"
@@ -140,7 +133,7 @@ def _pulse(tempo: torch.Tensor, frames: int, frame_rate: float) -> torch.Tensor:
 def _train_pulse(tempo_phase: bool, steps: int = 300, b: int = 32, frames: int = 32, fr: float = 8.0):
     cfg = EDMConfig(p_uncond=0.0)
     g = torch.Generator().manual_seed(0)
-    tok, mask, pooled = text(1)
+    tok, mask, pooled = toy_text(1)
     net = make(0, tempo_phase=tempo_phase, frame_rate=fr if tempo_phase else 0.0)
     den = EDMDenoiser(net, cfg)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)

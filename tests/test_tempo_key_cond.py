@@ -11,6 +11,7 @@ from presto_cli.diffusion.edm import Cond, EDMConfig, EDMDenoiser, drop_conditio
 from presto_cli.errors import PrestoError
 from presto_cli.models.dit import DiT, DiTConfig, estimate_params
 from presto_cli.seeds import seeded
+from toy import perturb, toy_text
 
 NAN = float("nan")
 BASE = dict(in_channels=2, width=32, depth=2, heads=2, text_dim=8, max_frames=4, noise_embed_dim=16)
@@ -21,17 +22,6 @@ def make(seed=0, **kw):
         return DiT(DiTConfig(**{**BASE, **kw}))
 
 
-def text(b, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, 8, generator=g), torch.ones(b, 3, dtype=torch.bool), torch.randn(b, 8, generator=g)
-
-
-def perturb(net, prefixes, seed=2, scale=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.startswith(prefixes):
-                p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 @torch.no_grad()
@@ -46,7 +36,7 @@ def test_zero_init_is_the_model_without_them_and_parameters_are_counted():
     new.load_state_dict(old.state_dict(), strict=False)
     g = torch.Generator().manual_seed(3)
     x, c = torch.randn(4, 2, 4, generator=g), torch.randn(4, generator=g)
-    tok, mask, pooled = text(4)
+    tok, mask, pooled = toy_text(4)
     ref = old(x, c, tok, mask, pooled)
     out = new(x, c, tok, mask, pooled, tempo=torch.tensor([60., NAN, 140., 300.]), key=torch.tensor([0, 5, -1, 23]))
     assert float(ref.abs().max()) > 0.01 and torch.equal(out, ref)
@@ -61,7 +51,7 @@ def test_outputs_differ_by_tempo_and_key_and_absent_or_null_drops_them():
     perturb(net, ("blocks", "final_ada", "out", "tempo_embed", "key_embed"))
     g = torch.Generator().manual_seed(3)
     x, c = torch.randn(1, 2, 4, generator=g).expand(6, -1, -1), torch.randn(1, generator=g).expand(6)
-    tok, mask, pooled = (t[:1].expand(6, *t.shape[1:]) for t in text(1))
+    tok, mask, pooled = (t[:1].expand(6, *t.shape[1:]) for t in toy_text(1))
     tempo = torch.tensor([80., 81., 160., 80., 80., NAN])
     key = torch.tensor([4, 4, 4, 16, -1, -1])
     y = net(x, c, tok, mask, pooled, tempo=tempo, key=key)
@@ -81,7 +71,7 @@ def test_outputs_differ_by_tempo_and_key_and_absent_or_null_drops_them():
 
 
 def test_cond_index_cat_to_keep_tempo_and_key_aligned():
-    tok, mask, pooled = text(3)
+    tok, mask, pooled = toy_text(3)
     a = Cond(tok, mask, pooled, tempo=torch.tensor([90., NAN, 120.]), key=torch.tensor([1, 2, -1]))
     b = Cond(tok[:2, :2], mask[:2, :2], pooled[:2])  # no tempo/key at all
     cat = Cond.cat([a, b])
@@ -100,7 +90,7 @@ def test_cond_index_cat_to_keep_tempo_and_key_aligned():
 
 
 def test_condition_dropout_is_per_sample_and_independent():
-    tok, mask, pooled = text(4)
+    tok, mask, pooled = toy_text(4)
     a = Cond(tok, mask, pooled, tempo=torch.tensor([90., 100., 110., 120.]), key=torch.tensor([1, 2, 3, 4]))
     d = drop_musical(a, 0.3, torch.tensor([0.1, 0.5, 0.2, 0.9]), torch.tensor([0.9, 0.1, 0.5, 0.29]))
     assert torch.isnan(d.tempo).tolist() == [True, False, True, False]
@@ -126,7 +116,7 @@ def test_a_tiny_dit_learns_a_toy_whose_answer_is_the_tempo_and_key():
     and given other samples' tempo and key it is far from it (the answer comes from the conditions)."""
     cfg = EDMConfig(p_uncond=0.0)
     g = torch.Generator().manual_seed(0)
-    tok, mask, pooled = text(1)
+    tok, mask, pooled = toy_text(1)
     net = make(0, in_channels=2, max_frames=1, tempo_cond=True, key_cond=True)
     den = EDMDenoiser(net, cfg)
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)

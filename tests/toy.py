@@ -30,8 +30,27 @@ from presto_cli.diffusion.edm import Cond, EDMDenoiser, denoise_fn
 from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise
 from presto_cli.diffusion.schedules import sampler_sigmas
 
-__all__ = ["GMM", "gmm1d", "gmm2d", "mmd_rbf", "ToyTeacher", "train_toy_teacher", "toy_recipe",
+__all__ = ["GMM", "gmm1d", "gmm2d", "mmd_rbf", "perturb", "toy_text", "ToyTeacher", "train_toy_teacher", "toy_recipe",
            "sample_teacher", "toy_cond", "sample_gmm"]
+
+
+def toy_text(b: int, seed: int = 1, dim: int = 8, tokens: int = 3):
+    """Random text conditioning for a tiny DiT (``text_dim=dim``): tokens ``[b, tokens, dim]``, an
+    all-True mask and a pooled vector ``[b, dim]``, from their own seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, tokens, dim, generator=g), torch.ones(b, tokens, dtype=torch.bool),
+            torch.randn(b, dim, generator=g))
+
+
+@torch.no_grad()
+def perturb(net: torch.nn.Module, prefixes: tuple[str, ...], seed: int = 2, scale: float = 0.3) -> None:
+    """Move the parameters whose names start with ``prefixes`` off their (zero) initialisation by
+    seeded Gaussian noise of std ``scale``, so that adaLN-zero blocks and zero-initialised
+    condition layers change the output."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in net.named_parameters():
+        if name.startswith(prefixes):
+            p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 def mmd_rbf(x, y, bandwidth: float = 0.1) -> float:

@@ -227,8 +227,7 @@ class BeatPhase(nn.Module):
 
     def forward(self, bpm: Tensor, absent: Tensor, n_tokens: int, frame_offset: int = 0) -> Tensor:
         b = bpm.shape[0]
-        feats = beat_phase_features(torch.where(absent, torch.zeros_like(bpm), bpm), n_tokens * self.patch,
-                                    self.frame_rate, frame_offset)
+        feats = beat_phase_features(bpm, n_tokens * self.patch, self.frame_rate, frame_offset)
         feats = feats.reshape(b, n_tokens, self.patch * feats.shape[-1])
         out = self.proj(feats.to(self.proj.weight.dtype))
         return torch.where(absent[:, None, None], torch.zeros_like(out), out)
