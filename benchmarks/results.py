@@ -77,8 +77,16 @@ def main() -> None:
                     help="the demo corpus (its held-out latents feed the layer diagnostics)")
     ap.add_argument("--grid", type=Path, default=ROOT / "runs" / "demo" / "grid",
                     help="the layer-method comparison's runs (grid/<cell>/seed<k>/model.safetensors), if present")
-    ap.add_argument("--grid-n", type=int, default=48, help="clips per grid model and per FAD-vs-latency point")
+    ap.add_argument("--grid-n", type=int, default=0,
+                    help="clips per grid run for its FAD (0: none; the grid's primary figure is the per-bin error, "
+                         "and FAD on fewer than 96 clips cannot separate its cells)")
+    ap.add_argument("--latency-n", type=int, default=96, help="clips per FAD-vs-latency point")
     ap.add_argument("--latency-steps", default="8,16,32", help="sampler steps of the FAD-vs-latency comparison")
+    ap.add_argument("--teacher-steps", default="6,12,24",
+                    help="the teacher's extra (fewer-step) points of the FAD-vs-latency comparison")
+    ap.add_argument("--runs-only", action="store_true",
+                    help="score only the tables made from training runs (layer grid, per-bin errors, FAD against "
+                         "latency) and put them into README.md, keeping every other table as it is")
     ap.add_argument("--jobs", type=int, default=1,
                     help="quality evaluations run at once (one thread each); the benches always run alone, last")
     ap.add_argument("--render-only", action="store_true",
@@ -98,6 +106,8 @@ def main() -> None:
     common = ["--prompts", str(A / "heldout_prompts.jsonl"), "--ref", str(A / "ref_heldout_presto-clap.npz"),
               "--embedder", "presto-clap", "--clap-ckpt", str(A / "demo-clap.safetensors"),
               "--styles", str(A / "styles.json"), "--metrics", "fad,mmd,prdc,clap,adherence"]
+    if a.runs_only:
+        return runs_only(a, common, t0)
 
     prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
 
@@ -150,7 +160,7 @@ def main() -> None:
     notes_f = pool.submit(notes_eval, a, every, common)
     has_grid = bool(grid_models(a))
     grid_f = pool.submit(grid_eval, a, common)
-    lat_f = {s: pool.submit(latency_eval, a, common, s) for s in _latency_steps(a)} if has_grid else {}
+    lat_f = latency_submit(a, common, pool) if has_grid else {}
     ev = [f.result() for f in ev_f]
     real = real_f.result() if real_f else None
     steps = {s: f.result() for s, f in steps_f.items()}
@@ -161,11 +171,12 @@ def main() -> None:
     pool.shutdown()
     diag = layer_diag(a)
     if grid is not None and diag:
-        grid["per_bin"] = diag[0]
+        grid["per_bin"], grid["per_bin_cfg"] = diag[0], diag[1:]
     # timing last: on a machine with nothing else running by then
     bench = presto("bench", "--device", a.device, "--repeats", str(a.repeats))
     if lat_f:
-        extra["fad_latency"] = {s: {**f.result(), "bench": latency_bench(a, s)} for s, f in lat_f.items()}
+        extra["fad_latency"] = latency_collect(a, lat_f)
+        fad_latency_plot(extra["fad_latency"], ROOT / "docs" / "fad_latency.png")
     (a.out / "bench.json").write_text(json.dumps(bench, indent=2))
     (a.out / "summary.json").write_text(json.dumps({"bench": bench, "eval": ev, "real": real,
                                                     "presto_s_steps": steps, "grid": grid,
@@ -247,6 +258,9 @@ def grid_eval(a, common: list[str]) -> dict | None:
     runs = grid_models(a)
     if not runs:
         return None
+    if a.grid_n <= 0:  # per-bin errors only (layer_diag fills grid["per_bin"])
+        return {"n": 0, "eval": {}, "music": None,
+                "runs": [f"{r.parent.parent.name}/{r.parent.name}" for r in runs]}
     docs = {}
     for run in runs:
         cell, seed = run.parent.parent.name, run.parent.name
@@ -260,20 +274,35 @@ def grid_eval(a, common: list[str]) -> dict | None:
         dirs = [x for k in docs for x in ("--gen", docs[k]["systems"][0]["audio_dir"])]
         music = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
                        "--out", str(a.out / "grid_music.json"))
-    return {"n": a.grid_n, "eval": docs, "music": music}
+    return {"n": a.grid_n, "eval": docs, "music": music,
+            "runs": [f"{r.parent.parent.name}/{r.parent.name}" for r in runs]}
 
 
-def _latency_steps(a) -> list[int]:
-    return [int(x) for x in a.latency_steps.split(",") if x.strip()]
+def _steps_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 LATENCY_MODELS = ("demo-teacher", "demo-ase", "demo-l")
 
 
-def latency_eval(a, common: list[str], s: int) -> dict:
-    """FAD under both embedders of the teacher, ASE and Presto-L at ``s`` sampler steps."""
-    models = [x for m in LATENCY_MODELS for x in ("--model", m)]
-    ev = presto("eval", *models, *common[2:-2], "--metrics", "fad", "--n", str(a.grid_n), "--steps", str(s),
+def latency_models(a) -> list[str]:
+    """The bundled teacher, ASE and Presto-L, plus the guided-trained Presto-L run when present."""
+    extra = a.runs / "presto-l-cfg" / "model.safetensors"
+    return list(LATENCY_MODELS) + ([str(extra)] if extra.is_file() else [])
+
+
+def latency_points(a) -> dict[int, list[str]]:
+    """Sampler steps -> models: every model at --latency-steps, the teacher also at --teacher-steps."""
+    pts = {s: latency_models(a) for s in _steps_list(a.latency_steps)}
+    for s in _steps_list(a.teacher_steps):
+        pts.setdefault(s, ["demo-teacher"])
+    return dict(sorted(pts.items()))
+
+
+def latency_eval(a, common: list[str], s: int, models: list[str]) -> dict:
+    """FAD under both embedders of ``models`` at ``s`` sampler steps (--latency-n clips each)."""
+    ms = [x for m in models for x in ("--model", m)]
+    ev = presto("eval", *ms, *common[2:-2], "--metrics", "fad", "--n", str(a.latency_n), "--steps", str(s),
                 "--device", a.device, "--audio-dir", str(a.out / f"latency_{s}steps_audio"),
                 "--out", str(a.out / f"eval_latency_{s}steps.json"))
     ref = music_reference(a)
@@ -282,13 +311,23 @@ def latency_eval(a, common: list[str], s: int) -> dict:
         dirs = [x for sy in ev["systems"] for x in ("--gen", sy["audio_dir"])]
         mus = presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
                      "--out", str(a.out / f"eval_latency_{s}steps_music.json"))
-    return {"eval": ev, "music": mus}
+    return {"eval": ev, "music": mus, "n": a.latency_n}
 
 
-def latency_bench(a, s: int) -> dict:
+def latency_bench(a, s: int, models: list[str]) -> dict:
     """Batch-1 latency of the same models at ``s`` steps (run alone, after every evaluation)."""
-    models = [x for m in LATENCY_MODELS for x in ("--model", m)]
-    return presto("bench", *models, "--steps", str(s), "--device", a.device, "--repeats", "5", "--no-memory")
+    ms = [x for m in models for x in ("--model", m)]
+    return presto("bench", *ms, "--steps", str(s), "--device", a.device, "--repeats", "5", "--no-memory")
+
+
+def latency_submit(a, common: list[str], pool) -> dict:
+    return {s: (models, pool.submit(latency_eval, a, common, s, models)) for s, models in latency_points(a).items()}
+
+
+def latency_collect(a, lat_f: dict) -> dict:
+    """The evaluations' results, then each point's bench (alone, one after another)."""
+    done = {s: (models, f.result()) for s, (models, f) in lat_f.items()}
+    return {s: {**doc, "bench": latency_bench(a, s, models)} for s, (models, doc) in done.items()}
 
 
 def notes_eval(a, every: list[str], common: list[str]) -> dict:
@@ -342,7 +381,8 @@ def layer_diag(a) -> list[dict] | None:
     if not (teacher_run.is_file() and all(p.is_file() for p in layer_runs)
             and (a.data / "manifest.jsonl").is_file()):
         return None
-    layer_runs += grid_models(a)
+    guided = a.runs / "presto-l-cfg" / "model.safetensors"  # Presto-L trained on guided outputs
+    layer_runs += ([guided] if guided.is_file() else []) + grid_models(a)
     docs = []
     for cfg in (1.0, 2.0):  # unguided (what the layer stages train) and the teacher's CFG (what sampling sees)
         out = a.out / ("layer_diag.json" if cfg == 1.0 else f"layer_diag_cfg{cfg:g}.json")
@@ -498,7 +538,7 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
               "(the held-out prompts' seeds + 0, 1000, 2000, ...)." if seeds > 1 else "")
     lines = [
         f"Measured by `python benchmarks/results.py --n {a.n} --seeds {a.seeds} --jobs {getattr(a, 'jobs', 1)} "
-        f"--grid-n {getattr(a, 'grid_n', 48)} --device {a.device}` on "
+        f"--latency-n {getattr(a, 'latency_n', 96)} --device {a.device}` on "
         f"{bench.get('device_name', bench.get('device', a.device))} ({bench.get('threads', '?')} threads), "
         f"{time.strftime('%Y-%m-%d')}. "
         f"Latency: batch 1, after warm-up, median of {a.repeats} rounds interleaved across the models; "
@@ -567,21 +607,19 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         for name, v in notes.items():
             ratio = f"{v['tonal_change'] / corpus:.2f}" if corpus else "–"
             lines.append(f"| {name} | {v['tonal_change']:.3f} | {ratio} | {v['peak_share']:.3f} |")
+    lines += render_runs(a, grid, diag, extra)
+    return "\n".join(lines)
+
+
+def render_runs(a, grid=None, diag=None, extra=None) -> list[str]:
+    """The tables scored from training runs (RUN_SECTIONS): the layer grid, FAD against latency and
+    the per-bin errors."""
+    lines: list[str] = []
+    extra = extra or {}
     if grid:
         lines += grid_table(grid)
     if extra.get("fad_latency"):
-        lines += ["", f"FAD against latency at other sampler budgets ({a.grid_n} clips of the held-out prompts "
-                  "per point, first seed set; Heun with the teacher's CFG; latency: batch 1, median of 5 "
-                  "interleaved rounds). The paper's claim: Presto-L improves standard sampling at every budget. "
-                  + match_note([d.get("eval") for d in extra["fad_latency"].values()]), "",
-                  "| model | steps | NFE | latency (s) | FAD (presto-clap) ↓ | FAD (music) ↓ |", "|---|---|---|---|---|---|"]
-        for s_, doc in sorted(extra["fad_latency"].items(), key=lambda kv: int(kv[0])):
-            br = _bench_rows(doc["bench"])
-            mus = _sys(doc["music"]) if doc.get("music") else {}
-            for name, sy in _sys(doc["eval"]).items():
-                m = mus.get(name, {}).get("scores", {}).get("fad") if mus else None
-                lines.append(f"| {name} | {s_} | {_f(br.get(name, {}).get('nfe'))} | {_f(br.get(name, {}).get('latency_s'))} | "
-                             f"{_f(sy['scores'].get('fad'))} | {_f(m)} |")
+        lines += latency_table(extra["fad_latency"])
     if isinstance(diag, dict):  # one document (older summaries)
         diag = [diag]
     for dg in diag or []:
@@ -601,7 +639,126 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
             cells = [f"{x:.3f}" + ("" if n.startswith("teacher") else f" ({y:.3f})") for x, y in zip(dn, st)]
             mean = f"{statistics.fmean(dn):.3f}" + ("" if n.startswith("teacher") else f" ({statistics.fmean(st):.3f})")
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {mean} |")
-    return "\n".join(lines)
+    return lines
+
+
+def latency_table(fl: dict) -> list[str]:
+    """FAD against latency: every point's models, with the bench's latency (rows matched by the
+    evaluation's system name, so run paths work too)."""
+    from presto_cli.eval.evaluate import system_name
+
+    docs = sorted(fl.items(), key=lambda kv: int(kv[0]))
+    n = next((d.get("n") for _, d in docs if d.get("n")), None) or len(next(iter(_sys(docs[0][1]["eval"]).values()))
+                                                                      .get("files", []) or [None])
+    lines = ["", f"FAD against latency at other sampler budgets ({n} clips of the held-out prompts per point, first "
+             "seed set; Heun with the teacher's CFG; latency: batch 1, median of 5 interleaved rounds; the teacher "
+             "also at fewer steps, so each model can be compared with the teacher at equal latency). The paper's "
+             "claim: Presto-L improves standard sampling at every budget. "
+             + match_note([d.get("eval") for _, d in docs]) + " Plotted in `docs/fad_latency.png`.", "",
+             "| model | steps | NFE | latency (s) | FAD (presto-clap) ↓ | FAD (music) ↓ |", "|---|---|---|---|---|---|"]
+    rows = []
+    for s_, doc in docs:
+        br = {system_name(str(k)): v for k, v in _bench_rows(doc["bench"]).items()}
+        mus = _sys(doc["music"]) if doc.get("music") else {}
+        for name, sy in _sys(doc["eval"]).items():
+            m = mus.get(name, {}).get("scores", {}).get("fad") if mus else None
+            rows.append((name, int(s_), br.get(name, {}), sy["scores"].get("fad"), m))
+    order = {m: i for i, m in enumerate(dict.fromkeys(r[0] for r in rows))}
+    for name, s_, b, f, m in sorted(rows, key=lambda r: (order[r[0]], r[1])):
+        lines.append(f"| {name} | {s_} | {_f(b.get('nfe'))} | {_f(b.get('latency_s'))} | {_f(f)} | {_f(m)} |")
+    return lines
+
+
+def fad_latency_plot(fl: dict, path: Path) -> Path:
+    """docs/fad_latency.png: FAD under both embedders against batch-1 latency, one line per model
+    (the teacher's fewer-step points on its line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from presto_cli.eval.evaluate import system_name
+
+    pts: dict[str, list] = {}
+    for s_, doc in fl.items():
+        br = {system_name(str(k)): v for k, v in _bench_rows(doc["bench"]).items()}
+        mus = _sys(doc["music"]) if doc.get("music") else {}
+        for name, sy in _sys(doc["eval"]).items():
+            lat = br.get(name, {}).get("latency_s")
+            if lat is not None:
+                pts.setdefault(name, []).append((lat, int(s_), sy["scores"].get("fad"),
+                                                 mus.get(name, {}).get("scores", {}).get("fad")))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, col, title in ((axes[0], 2, "FAD (presto-clap)"), (axes[1], 3, "FAD (music features)")):
+        for name, v in pts.items():
+            v = sorted(x for x in v if x[col] is not None)
+            if not v:
+                continue
+            ax.plot([x[0] for x in v], [x[col] for x in v], "o-", label=name)
+            for x in v:
+                ax.annotate(str(x[1]), (x[0], x[col]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xlabel("latency, batch 1 (s)")
+        ax.set_title(title + " ↓ (labels: sampler steps)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def splice_runs(old_block: str, runs_table: str) -> str:
+    """``old_block`` with each run-scored section that ``runs_table`` has put in place of the old one
+    (at the old one's first place; every other piece of it dropped); the others are kept as they are."""
+    new = _sections("\n" + runs_table)
+    text = "\n" + old_block.strip("\n") + "\n"
+    for key in RUN_SECTIONS:
+        if key not in new:
+            continue
+        seg = "\n" + new[key].strip("\n") + "\n"
+        starts = sorted((i, k) for k in RUN_SECTIONS for i in _find_all(text, "\n" + k))
+        spans = [(i, starts[n + 1][0] if n + 1 < len(starts) else len(text))
+                 for n, (i, k) in enumerate(starts) if k == key]
+        if not spans:
+            text = text.rstrip("\n") + "\n" + seg
+            continue
+        for i, end in reversed(spans[1:]):
+            text = text[:i] + text[end:]
+        i, end = spans[0]
+        text = text[:i] + seg + text[end:]
+    return text.strip("\n")
+
+
+def runs_only(a, common: list[str], t0: float) -> None:
+    """--runs-only: the grid's per-bin errors (and FAD with --grid-n), the per-bin tables and FAD
+    against latency, spliced into README.md in place of the old ones."""
+    pool = ThreadPoolExecutor(max(1, a.jobs))
+    if a.jobs > 1:
+        JOB_ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    grid_f = pool.submit(grid_eval, a, common)
+    lat_f = latency_submit(a, common, pool)
+    grid = grid_f.result()
+    diag = layer_diag(a)
+    pool.shutdown(wait=True)
+    if grid is not None and diag:
+        grid["per_bin"] = diag[0]
+        grid["per_bin_cfg"] = diag[1:]
+    extra = {"fad_latency": latency_collect(a, lat_f)}
+    (a.out / "runs_summary.json").write_text(json.dumps({"grid": grid, "layer_diag": diag, "extra": extra}, indent=2))
+    fad_latency_plot(extra["fad_latency"], ROOT / "docs" / "fad_latency.png")
+    table = "\n".join(render_runs(a, grid, diag, extra))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        old, tail = rest.split(END, 1)
+        for note in OLD_NOTES:  # these tables are rescored now
+            old = old.replace("\n" + note + "\n", "\n")
+        readme.write_text(head + START + "\n" + splice_runs(old, table) + "\n" + END + tail)
+    print(table)
+    print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
 
 
 TEXTURE_COLS = (("frame_change_ratio", "frame change ×"), ("speckle_ratio", "speckle ×"),
@@ -647,8 +804,9 @@ def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | No
 
 
 def grid_table(grid: dict) -> list[str]:
-    """The 2x2 + ASE table: per cell, mean ± sd over training seeds of FAD (both embedders) and of
-    the per-bin denoising error (benchmarks/layer_diag.py, no CFG)."""
+    """The 2x2 + ASE table: per cell, mean ± sd over training seeds of the per-bin denoising error
+    (benchmarks/layer_diag.py; the primary figure), unguided and at the sampler's CFG, and of FAD
+    (both embedders) when the grid's runs were also sampled (--grid-n)."""
     def stat(vals):
         vals = [v for v in vals if isinstance(v, (int, float))]
         if not vals:
@@ -657,27 +815,41 @@ def grid_table(grid: dict) -> list[str]:
 
     mus = _sys(grid["music"]) if grid.get("music") else {}
     pb = (grid.get("per_bin") or {}).get("results", {})
+    guided = (grid.get("per_bin_cfg") or [{}])[0] or {}
+    pbg, gcfg = guided.get("results", {}), guided.get("cfg")
     depths = (grid.get("per_bin") or {}).get("depths_low_to_high_noise", [])
-    lines = ["", f"Layer methods compared (issue: a comparison that can separate them): every cell trained from "
-             f"the same teacher with training seeds 0, 1, 2; {grid['n']} clips per run (held-out prompts, first "
-             "seed set); per-bin error = EDM-weighted denoising error on held-out latents per noise bin "
-             "(no CFG), low noise first, with the depth each bin runs at. Mean ± standard deviation over the "
-             "training seeds. " + match_note(list(grid["eval"].values())), "",
-             "| cell | blocks kept | self-teacher | budget embedding | seeds | FAD (presto-clap) ↓ | FAD (music) ↓ | "
-             "per-bin error, mean ↓ | " + " | ".join(f"k={d}" for d in depths) + " |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(depths)]
+    runs = list(grid.get("runs") or [k.replace("_seed", "/seed") for k in grid["eval"]])
+    has_fad = bool(grid.get("eval"))
+    fad_txt = (f"FAD: {grid['n']} clips per run (held-out prompts, first seed set). " + match_note(list(grid["eval"].values()))
+               if has_fad else "No FAD: on the clip counts this machine affords it cannot separate the cells (issue 29).")
+    lines = ["", "Layer methods compared: every cell distilled from the bundled teacher by the recipes "
+             "(`recipes/demo/ase.yaml`, `presto-l.yaml` with one override per cell: 300 steps at batch 32, warm-up "
+             "finished) with training seeds 0, 1, 2. Per-bin error = EDM-weighted denoising error on held-out "
+             "latents per noise bin, low noise first, with the depth each bin runs at; mean ± standard deviation "
+             "over the training seeds" + (f"; 'at CFG {gcfg:g}' = the same on guided outputs, as the sampler "
+                                         "uses them" if pbg else "") + ". " + fad_txt, "",
+             "| cell | blocks kept | self-teacher | budget embedding | seeds | "
+             + ("FAD (presto-clap) ↓ | FAD (music) ↓ | " if has_fad else "")
+             + "per-bin error, mean ↓ | " + (f"at CFG {gcfg:g}, mean ↓ | " if pbg else "")
+             + " | ".join(f"k={d}" for d in depths) + " |",
+             "|---|---|---|---|---|" + ("---|---|" if has_fad else "") + "---|" + ("---|" if pbg else "")
+             + "---|" * len(depths)]
     for cell, (blocks, st, be) in GRID_CELLS.items():
-        keys = sorted(k for k in grid["eval"] if k.rsplit("_seed", 1)[0] == cell)
+        keys = sorted(k for k in runs if k.split("/")[0] == cell)
         if not keys:
             continue
-        fad = stat([grid["eval"][k]["systems"][0]["scores"].get("fad") for k in keys])
-        fmus = stat([mus.get(grid["eval"][k]["systems"][0]["name"], {}).get("scores", {}).get("fad") for k in keys])
-        runs = [pb.get(f"{cell}/{k.rsplit('_', 1)[1]}") for k in keys]
-        runs = [r for r in runs if r]
-        mean_err = stat([statistics.fmean(r["dn"]) for r in runs])
-        per = [stat([r["dn"][b] for r in runs]) for b in range(len(depths))]
-        lines.append(f"| {cell} | {blocks} | {st} | {be} | {len(keys)} | {_pm(fad)} | {_pm(fmus)} | {_pm(mean_err)} | "
-                     + " | ".join(_pm(v) for v in per) + " |")
+        row = [cell, blocks, st, be, str(len(keys))]
+        if has_fad:
+            evs = [grid["eval"].get(k.replace("/", "_")) for k in keys]
+            evs = [e for e in evs if e]
+            row += [_pm(stat([e["systems"][0]["scores"].get("fad") for e in evs])),
+                    _pm(stat([mus.get(e["systems"][0]["name"], {}).get("scores", {}).get("fad") for e in evs]))]
+        got = [pb[k] for k in keys if k in pb]
+        row.append(_pm(stat([statistics.fmean(r["dn"]) for r in got])))
+        if pbg:
+            row.append(_pm(stat([statistics.fmean(pbg[k]["dn"]) for k in keys if k in pbg])))
+        row += [_pm(stat([r["dn"][b] for r in got])) for b in range(len(depths))]
+        lines.append("| " + " | ".join(row) + " |")
     return lines
 
 

@@ -49,7 +49,7 @@ def test_every_table_header_states_matching_and_the_rewrite_count(tmp_path):
     assert "Presto-S (demo-s) at other step counts (first seed set). " + auto + "; it rewrote 2 of 5 prompts" in text
     assert f"Paraphrases: {auto}; prompts it rewrote per model: demo-s 3/5, demo-teacher 4/5." in text
     assert f"Held-out: {auto}; it rewrote 1 of 5 prompts for every model." in text
-    assert f"training seeds. {auto}; it rewrote 1 of 5 prompts for every model." in text
+    assert f"per run (held-out prompts, first seed set). {auto}; it rewrote 1 of 5 prompts for every model." in text
     assert f"every budget. {auto}; it rewrote 0 of 5 prompts for every model." in text
     assert R.match_note(written) == "Nearest-caption matching: off (every model conditions on the prompts as written)."
     old = _doc(_system(tmp_path / "old", "demo-s", "auto", set(), sidecars=False))

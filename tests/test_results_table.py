@@ -152,3 +152,73 @@ def test_link_split_links_only_the_split_and_writes_a_manifest_its_eval_can_read
     train = tmp_path / "out" / "real_train"
     assert R.link_split(corpus, "train", 100, train) == 6 and not (train / "manifest.jsonl").exists()
     assert R.link_split(tmp_path / "nothing", "train", 5, tmp_path / "x") == 0 and not (tmp_path / "x").exists()
+
+
+def test_grid_table_without_fad_shows_unguided_and_guided_per_bin_errors():
+    """The grid at recipe length is scored by per-bin errors only (issue 29 item 3): no FAD columns,
+    the mean per-bin error without CFG and at the sampler's CFG, mean ± sd over the seeds."""
+    R = _results()
+    res = {f"ase/seed{k}": {"dn": [0.1 + 0.1 * k, 0.5]} for k in range(3)}
+    res.update({f"keep-last-st/seed{k}": {"dn": [0.1, 0.3]} for k in range(3)})
+    guided = {f"ase/seed{k}": {"dn": [1.0, 2.0 + k]} for k in range(3)}
+    grid = {"n": 0, "eval": {}, "music": None, "runs": list(res),
+            "per_bin": {"depths_low_to_high_noise": [8, 3], "results": res},
+            "per_bin_cfg": [{"cfg": 2.0, "depths_low_to_high_noise": [8, 3], "results": guided}]}
+    lines = R.grid_table(grid)
+    header = next(line for line in lines if line.startswith("| cell"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert not any("FAD" in c for c in cols) and "at CFG 2, mean ↓" in cols
+    rows = {l.split("|")[1].strip(): dict(zip(cols, (c.strip() for c in l.strip("|").split("|")))) for l in lines
+            if l.startswith("| ase") or l.startswith("| keep-last")}
+    assert rows["ase"]["seeds"] == "3" and rows["ase"]["per-bin error, mean ↓"] == "0.35 ± 0.05"
+    assert rows["ase"]["k=8"] == "0.2 ± 0.1" and rows["ase"]["at CFG 2, mean ↓"] == "2 ± 0.5"
+    assert rows["keep-last-st"]["at CFG 2, mean ↓"] == "–" and rows["keep-last-st"]["k=3"] == "0.3 ± 0"
+    assert "No FAD" in "\n".join(lines)
+
+
+def test_splice_runs_replaces_the_run_tables_in_place_and_keeps_the_rest():
+    """--runs-only: each run-scored section it made replaces the old one at its place (both per-bin
+    pieces by the new two); sections it did not make and every other table stay as they were."""
+    R = _results()
+    old = ("main table\n\n| main |\n\nLayer dropping per noise bin (cfg 1)\n\n| d1 old |\n\n"
+           "Layer dropping per noise bin (cfg 2)\n\n| d2 old |\n\nLayer methods compared (old)\n\n| grid old |\n\n"
+           "FAD against latency at other sampler budgets (old)\n\n| lat old |\n")
+    runs = ("\nLayer methods compared (new)\n\n| grid new |\n\nLayer dropping per noise bin (cfg 1, new)\n\n"
+            "| d1 new |\n\nLayer dropping per noise bin (cfg 2, new)\n\n| d2 new |\n")
+    out = R.splice_runs(old, runs)
+    for gone in ("| d1 old |", "| d2 old |", "| grid old |"):
+        assert gone not in out
+    order = [out.index(t) for t in ("| main |", "| d1 new |", "| d2 new |", "| grid new |", "| lat old |")]
+    assert order == sorted(order), out
+    assert out.count("Layer dropping per noise bin") == 2
+    assert R.splice_runs(out, runs) == out  # splicing again changes nothing
+
+
+def test_latency_table_matches_bench_rows_of_run_paths_and_orders_by_model_then_steps():
+    R = _results()
+
+    def point(s, names):
+        ev = _doc("presto-clap", {R.Path(n).parent.name if n.endswith(".safetensors") else n: {"fad": 0.1 * s}
+                                  for n in names})
+        return {"eval": ev, "music": None, "n": 96,
+                "bench": {"rows": [{"model": n, "nfe": 2 * s - 1, "latency_s": s / 10} for n in names]}}
+
+    run = "/x/runs/presto-l-cfg/model.safetensors"
+    fl = {16: point(16, ["demo-teacher", "demo-l", run]), 8: point(8, ["demo-teacher", "demo-l", run]),
+          6: point(6, ["demo-teacher"])}
+    lines = R.latency_table(fl)
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines if l.startswith("| demo-") or l.startswith("| presto")]
+    assert [(r[0], r[1]) for r in rows] == [("demo-teacher", "6"), ("demo-teacher", "8"), ("demo-teacher", "16"),
+                                            ("demo-l", "8"), ("demo-l", "16"), ("presto-l-cfg", "8"), ("presto-l-cfg", "16")]
+    assert rows[-1][2:5] == ["31", "1.6", "1.6"]  # the run's bench row found through its system name
+    assert "(96 clips" in "\n".join(lines)
+
+
+def test_fad_latency_plot_is_written_atomically(tmp_path):
+    R = _results()
+    ev = _doc("presto-clap", {"demo-teacher": {"fad": 0.5}, "demo-l": {"fad": 0.6}})
+    fl = {8: {"eval": ev, "music": _doc("music", {"demo-teacher": {"fad": 40.0}}),
+              "bench": {"rows": [{"model": "demo-teacher", "latency_s": 0.5}, {"model": "demo-l", "latency_s": 0.4}]}},
+          16: {"eval": ev, "music": None, "bench": {"rows": [{"model": "demo-teacher", "latency_s": 1.0}]}}}
+    out = R.fad_latency_plot(fl, tmp_path / "docs" / "fad_latency.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list((tmp_path / "docs").glob("*.tmp.png"))

@@ -79,6 +79,10 @@ class PrestoLConfig(ASEConfig):
     budget_init: float = 0.0  # std of the seeded normal init of the budget rows below full depth (0: zeros)
     budget_lr_mult: float = 1.0  # learning-rate multiplier of the budget embedding and rescale
     self_teacher: float = 1.0  # alpha of L_st = ||D_drop - sg(D_full teacher)||^2 (0: off)
+    # [ours, issue 29] the CFG weight at which L_st compares student and teacher: 1 = unguided
+    # outputs (the paper's term); w > 1 = the guided outputs D(null) + w (D(c) - D(null)) the
+    # sampler uses at CFG w, so the dropped model is trained for the way it samples
+    self_teacher_cfg: float = 1.0
     denoise: float = 1.0  # weight of the ordinary denoising loss
 
 
@@ -99,7 +103,7 @@ def build_schedule(cfg: ASEConfig, depth_total: int, edm_cfg, mode: str,
 
 def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, sigma: Tensor,
                  noise: Tensor, cond: Cond | None, depths: Tensor, schedule: LayerSchedule, *,
-                 denoise: float = 1.0, self_teacher: float = 0.0
+                 denoise: float = 1.0, self_teacher: float = 0.0, self_teacher_cfg: float = 1.0
                  ) -> tuple[Tensor, dict[str, Tensor]]:
     """The layer-distillation objective, per sample, and its parts (METHOD.md section 4).
 
@@ -107,11 +111,29 @@ def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, 
     ``L_dn = lambda(sigma) mean|D_drop - x0|^2`` (ASE's and Presto-L's denoising loss) and, when
     ``self_teacher > 0``, ``L_st = lambda(sigma) mean|D_drop - sg(D_full teacher)|^2`` [ours: the
     same EDM weighting, so both terms share a scale]. Returns ``(denoise L_dn + alpha L_st)[B]``.
+
+    ``self_teacher_cfg = w != 1`` [ours, issue 29]: the self-teacher term compares *guided* outputs,
+    as the sampler uses them at CFG ``w``: ``lambda |G_drop - sg(G_full)|^2`` with
+    ``G = D(null) + w (D(c) - D(null))``, the student's two halves at the sample's own depth. Both
+    halves come from one 2B forward; the denoising term reuses the half its (possibly dropped)
+    condition selects, so it is exactly the ``w = 1`` term.
     """
     b = x0.shape[0]
     shape = (b,) + (1,) * (x0.dim() - 1)
     x_sigma = x0.float() + sigma.view(shape).float() * noise.float()
-    d_drop = forward_at_depths(student, x_sigma, sigma, cond, depths, schedule)
+    guided = self_teacher > 0 and self_teacher_cfg != 1.0 and cond is not None
+    if guided:
+        dev = x_sigma.device
+        halves = Cond.cat([cond.with_uncond(torch.zeros(b, dtype=torch.bool, device=dev)),
+                           cond.with_uncond(torch.ones(b, dtype=torch.bool, device=dev))])
+        sig = torch.as_tensor(sigma, dtype=torch.float32, device=dev).reshape(-1).expand(b)
+        both = forward_at_depths(student, torch.cat([x_sigma, x_sigma]), torch.cat([sig, sig]), halves,
+                                 torch.cat([depths, depths]), schedule)
+        d_c, d_u = both[:b], both[b:]
+        dropped = cond.uncond_flags().to(dev).view(shape)
+        d_drop = torch.where(dropped, d_u, d_c)  # the output at the training condition
+    else:
+        d_drop = forward_at_depths(student, x_sigma, sigma, cond, depths, schedule)
     lam = edm_weight(sigma, student.cfg.sigma_data)
     l_dn = lam * (d_drop - x0.float()).pow(2).flatten(1).mean(1)
     parts = {"loss_denoise": l_dn.detach()}
@@ -119,9 +141,15 @@ def layer_losses(student: EDMDenoiser, teacher: EDMDenoiser | None, x0: Tensor, 
     if self_teacher > 0:
         if teacher is None:
             raise ValueError("self_teacher > 0 needs the teacher")
-        with torch.no_grad():
-            d_full = teacher(x_sigma, sigma, cond).float()
-        l_st = lam * (d_drop - d_full).pow(2).flatten(1).mean(1)
+        if guided:
+            with torch.no_grad():
+                target = teacher.guided(x_sigma, sigma, cond, self_teacher_cfg).float()
+            ours = d_u + self_teacher_cfg * (d_c - d_u)
+        else:
+            with torch.no_grad():
+                target = teacher(x_sigma, sigma, cond).float()
+            ours = d_drop
+        l_st = lam * (ours - target).pow(2).flatten(1).mean(1)
         parts["loss_self_teacher"] = l_st.detach()
         total = total + self_teacher * l_st
     return total, parts

@@ -87,6 +87,12 @@ class LayerTask(DistillTask):
         lc = recipe.layers
         self.alpha = float(getattr(lc, "self_teacher", 0.0))
         self.w_denoise = float(getattr(lc, "denoise", 1.0))
+        self.st_cfg = float(getattr(lc, "self_teacher_cfg", 1.0))
+        if self.st_cfg <= 0:
+            raise PrestoError(f"layers.self_teacher_cfg must be > 0 (got {self.st_cfg:g})",
+                              "1 for the unguided self-teacher term, the sampler's CFG (e.g. 2) for guided")
+        if self.st_cfg != 1.0 and self.alpha == 0:
+            raise PrestoError("layers.self_teacher_cfg needs the self-teacher term (layers.self_teacher > 0)")
         if self.alpha < 0 or self.w_denoise < 0:
             raise PrestoError("layers.self_teacher and layers.denoise must be >= 0")
         if self.alpha == 0 and self.w_denoise == 0:
@@ -144,7 +150,7 @@ class LayerTask(DistillTask):
         with ctx.autocast():
             total, parts = layer_losses(self.student, self.teacher, x0, sigma, noise, cond, depths,
                                         self.schedule, denoise=self.w_denoise,
-                                        self_teacher=self.alpha)
+                                        self_teacher=self.alpha, self_teacher_cfg=self.st_cfg)
         loss = total.mean()
         gnorm = optimizer_step(self.opt, loss, [self.student], ctx, r.train.grad_clip, lr=lr, ema=self.ema)
         out = {"loss": float(loss.detach()), "grad_norm": gnorm, "lr": lr,
