@@ -18,6 +18,7 @@ clips, so it separates training choices that FAD cannot.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -32,6 +33,14 @@ from presto_cli.diffusion.layer_schedule import LayerSchedule
 from presto_cli.diffusion.layered import LayeredDenoiser
 from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def bin_sigmas(schedule: LayerSchedule, sigma_min: float, sigma_max: float, per_bin: int,
@@ -58,6 +67,9 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=1.0,
                     help="guidance weight: > 1 compares guided outputs (as sampled), D_null + w (D_c - D_null)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder of per-model results, keyed by the model's, the teacher's and the data's "
+                         "digests and the settings: a model scored before is not scored again")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
 
@@ -87,6 +99,24 @@ def main() -> None:
         models[f"untuned {mode}"] = LayeredDenoiser(teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
                                                                            ref_sched.depth_total, mode, 1))
 
+    def key_of(p: Path) -> str:  # everything a model's scores depend on
+        h = hashlib.sha256()
+        for part in (_digest(p), _digest(a.teacher), json.dumps([str(a.data.resolve()), n, a.per_bin, a.seed, a.cfg,
+                                                                 a.clip_seconds, _digest(a.data / "manifest.jsonl")])):
+            h.update(part.encode())
+        return h.hexdigest()[:32]
+
+    cached: dict[str, dict] = {}
+    keys: dict[str, str] = {}
+    if a.cache:
+        for p, name in zip(a.models, list(models)[:len(a.models)]):
+            keys[name] = key_of(p)
+            f = a.cache / f"{keys[name]}.json"
+            if f.is_file():
+                cached[name] = json.loads(f.read_text())
+        for name in cached:  # scored before: not run again
+            del models[name]
+
     def run(den, x, sig, c):
         return denoise_fn(den, c, a.cfg)(x, sig)
 
@@ -95,6 +125,7 @@ def main() -> None:
     sig_bins = bin_sigmas(ref_sched, cfg.sigma_min, cfg.sigma_max, a.per_bin, gen)
     noise = torch.randn((a.per_bin, *x0.shape), generator=gen)
     res: dict[str, dict] = {"teacher (full depth)": {"dn": [], "st": []}, **{k: {"dn": [], "st": []} for k in models}}
+    order = list(models)
     depths = []
     for b, sigmas in enumerate(sig_bins):
         acc = {k: [0.0, 0.0] for k in res}
@@ -115,6 +146,16 @@ def main() -> None:
         for k, (dn, st) in acc.items():
             res[k]["dn"].append(dn / len(sigmas))
             res[k]["st"].append(st / len(sigmas))
+    if a.cache:
+        a.cache.mkdir(parents=True, exist_ok=True)
+        for name, key in keys.items():
+            if name in res and name not in cached:
+                tmp = a.cache / f"{key}.json.tmp"
+                tmp.write_text(json.dumps(res[name]))
+                tmp.replace(a.cache / f"{key}.json")
+    # the command line's order, the untuned models last
+    res = {"teacher (full depth)": res["teacher (full depth)"],
+           **{k: (cached[k] if k in cached else res[k]) for k in list(keys or ()) + [k for k in order if k not in keys]}}
     doc = {"n": n, "per_bin": a.per_bin, "cfg": a.cfg, "depths_low_to_high_noise": depths,
            "bins_ln_sigma": ref_sched.bins, "results": res}
     w = max(len(k) for k in res)

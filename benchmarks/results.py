@@ -389,7 +389,8 @@ def layer_diag(a) -> list[dict] | None:
         print(f"$ python benchmarks/layer_diag.py --cfg {cfg:g} ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layer_diag.py"), "--teacher", str(teacher_run),
                         "--data", str(a.data), "--n", str(min(a.n, 120)), "--per-bin", "2", "--cfg", str(cfg),
-                        "--out", str(out), *map(str, layer_runs)], cwd=ROOT, check=True,
+                        "--out", str(out), "--cache", str(a.out / "layer_diag_cache"), *map(str, layer_runs)],
+                       cwd=ROOT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
         docs.append(json.loads(out.read_text()))
     return docs

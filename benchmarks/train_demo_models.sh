@@ -75,6 +75,9 @@ stage distill-layers recipes/demo/presto-l.yaml    presto-l-shift3 "$T" "$C" "la
 # ASE and Presto-L of the final chain: from teacher-tp
 stage distill-layers recipes/demo/ase.yaml         ase       "$TP" "$C"
 stage distill-layers recipes/demo/presto-l.yaml    presto-l  "$TP" "$C"
+# Presto-L with the self-teacher term on guided outputs (issue 29 item 4): scored beside demo-l by
+# results.py (FAD against latency, per-bin errors); not bundled
+stage distill-layers recipes/demo/presto-l-cfg.yaml presto-l-cfg "$TP" "$C"
 stage combine        recipes/demo/presto-ls.yaml   presto-ls "$T" "$C" "combine.layers=$OUT/presto-l-shift3/model.safetensors"
 # second phase of the bundled Presto-LS (the same regression onto teacher ODE trajectories); its pairs
 # are presto-s-regress's (same teacher, seed and settings), copied so they are not made twice
@@ -100,9 +103,10 @@ python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 # plus ASE, each trained GRID_SEEDS times (training seeds 0, 1, 2). With GRID_STEPS= (empty) every run
 # has the recipes' steps and seed 0 of ASE and of keep-last + self-teacher (= Presto-L) are the runs
 # above; GRID_STEPS=N (and GRID_BATCH=B) trains every cell N steps (batch B) instead: all 15 runs, so
-# the cells stay comparable. Default: 50 steps at batch 16 (about a minute per run on one thread).
-GRID_STEPS=${GRID_STEPS-50}  # the published grid: 50 steps at batch 16 per run (GRID_STEPS= for the recipes')
-GRID_BATCH=${GRID_BATCH-16}
+# the cells stay comparable. Default: the recipes' 300 steps at batch 32 (warm-up finished; 9-15 min
+# per run on one thread, the 13 new runs about 80 min on two cores).
+GRID_STEPS=${GRID_STEPS-}  # the published grid: the recipes' length (GRID_STEPS=50 GRID_BATCH=16: the old short grid)
+GRID_BATCH=${GRID_BATCH-}
 if [ "${GRID:-1}" = "1" ]; then
   for seed in $(seq 0 $(( ${GRID_SEEDS:-3} - 1 ))); do
     for cell in ase early-exit-no-st early-exit-st keep-last-no-st keep-last-st; do
