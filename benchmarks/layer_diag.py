@@ -26,21 +26,13 @@ from pathlib import Path
 
 import torch
 
-from presto_cli.data.latents import LatentDataset, latent_cache_dir
+from presto_cli.data.latents import LatentDataset, file_sha256, latent_cache_dir
 from presto_cli.diffusion.edm import denoise_fn, edm_weight
 from presto_cli.diffusion.artefact import load_teacher
 from presto_cli.diffusion.layer_schedule import LayerSchedule
 from presto_cli.diffusion.layered import LayeredDenoiser
 from presto_cli.text.cache import TextCache
 from presto_cli.text.encoders import build_text_encoder
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bin_sigmas(schedule: LayerSchedule, sigma_min: float, sigma_max: float, per_bin: int,
@@ -99,10 +91,12 @@ def main() -> None:
         models[f"untuned {mode}"] = LayeredDenoiser(teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
                                                                            ref_sched.depth_total, mode, 1))
 
+    setting = (file_sha256(a.teacher), json.dumps([str(a.data.resolve()), n, a.per_bin, a.seed, a.cfg, a.clip_seconds,
+                                                  file_sha256(a.data / "manifest.jsonl")])) if a.cache else ()
+
     def key_of(p: Path) -> str:  # everything a model's scores depend on
         h = hashlib.sha256()
-        for part in (_digest(p), _digest(a.teacher), json.dumps([str(a.data.resolve()), n, a.per_bin, a.seed, a.cfg,
-                                                                 a.clip_seconds, _digest(a.data / "manifest.jsonl")])):
+        for part in (file_sha256(p), *setting):
             h.update(part.encode())
         return h.hexdigest()[:32]
 
