@@ -4,7 +4,8 @@
 
 Writes presto_cli/assets/: demo-{codec,teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
 metadata), demo-captions.safetensors (the training captions every bundled model matches prompts
-against, stored once), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
+against, stored once), demo-latent-range.safetensors (the training latents' per-channel range that
+sampling clips x0 predictions to, stored once), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
 seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap,
 mel and music-feature embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
 <data>-heldout/ (not bundled).
@@ -100,6 +101,38 @@ def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetens
     return assets / name
 
 
+def share_latent_range(assets: Path, data: Path, name: str = "demo-latent-range.safetensors") -> Path:
+    """Store the training latents' range once (presto_cli/diffusion/latent_range.py): the bundled
+    teacher's, else measured on ``data``'s training split under the bundled codec; the bundled
+    models are rewritten without their copies (the pipeline reads ``name`` for every bundled model)."""
+    from presto_cli.diffusion.latent_range import PREFIX, LatentRange
+
+    rng = None
+    teacher = assets / "demo-teacher.safetensors"
+    if teacher.is_file():
+        tensors, meta = load_artefact(teacher)
+        rng = LatentRange.from_artefact(tensors, meta)
+    if rng is None:
+        from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+
+        cache = ensure_latent_cache(assets / "demo-codec.safetensors",
+                                    {"path": str(data), "sample_rate": 16000, "clip_seconds": 4.0}, "cpu")
+        ds = LatentDataset(cache, "train")
+        rng = LatentRange.measure((ds[i]["latents"] for i in range(len(ds))), source=str(data))
+    rng.save(assets / name)
+    for f in sorted(assets.glob("demo-*.safetensors")):
+        if f.name == name:
+            continue
+        tensors, meta = load_artefact(f)
+        if "latent_range" in meta or any(k.startswith(PREFIX) for k in tensors):
+            meta = {k: v for k, v in meta.items() if k not in ("latent_range", "codec_file", "codec_sha256")}
+            save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, meta)
+            print(f"{f.name}: latent range stored once, in {name}")
+    share_codec(assets)  # load_artefact put the shared codec back into the files rewritten above
+    print(f"latent range: {rng.channels} channels from {rng.n} training clips in {assets / name}")
+    return assets / name
+
+
 def share_codec(assets: Path, codec_name: str = "demo-codec.safetensors") -> list[str]:
     """Store the codec once: each bundled generator whose embedded codec equals ``codec_name``'s
     tensors is rewritten without them, pointing at that file (``io.load_artefact`` puts them back
@@ -178,6 +211,7 @@ def main() -> None:
     if not a.skip_models:
         bundle_models(a.runs, a.only)
     share_captions(ASSETS, a.data, keep=a.keep_captions)
+    share_latent_range(ASSETS, a.data)
     if not a.models_only:
         held = heldout_set(a.data)
         reference_stats(held)

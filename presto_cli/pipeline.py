@@ -19,6 +19,7 @@ from presto_cli.names import BUNDLED, check_model_arg
 ASSETS = Path(__file__).resolve().parent / "assets"
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
 BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
+BUNDLED_RANGE = "demo-latent-range.safetensors"  # the latent range of the training split they were trained on
 PRECISIONS = ("fp32", "bf16", "fp16")  # the DiT's weights and activations (the codec decodes in fp32)
 
 
@@ -82,6 +83,7 @@ class SampleSettings:
     cfg: float
     rho: float
     token_shift: bool = False  # cycle the DiT's token grid per network call (METHOD.md section 2)
+    x0_clip: bool = False  # clamp x0 predictions into the training latents' range (METHOD.md section 2)
 
 
 class Pipeline:
@@ -125,6 +127,9 @@ class Pipeline:
         self.default_rho = float(s.get("rho", self.edm_cfg.rho))
         self.default_token_shift = bool(s.get("token_shift", self.edm_cfg.token_shift))
         self.latent_channels = net.cfg.in_channels
+        self.latent_range = self._latent_range(tensors, meta, path)
+        # on by default wherever the model knows its training latents' range
+        self.default_x0_clip = bool(s.get("x0_clip", True)) and self.latent_range is not None
         self.max_frames = int(meta.get("max_frames", net.cfg.max_frames))
         if self.codec is not None:
             self.sample_rate = int(self.codec.sample_rate)
@@ -161,8 +166,22 @@ class Pipeline:
                               f"'{meta.get('text', 'minilm')}'", "re-export the model")
         return bank
 
+    def _latent_range(self, tensors, meta, path):
+        """The artefact's training-latent range; for a bundled model, the shared assets file."""
+        from presto_cli.diffusion.latent_range import LatentRange
+
+        rng = LatentRange.from_artefact(tensors, meta)
+        if rng is None and path is not None and Path(path).parent == ASSETS and Path(path).name in BUNDLED.values() \
+                and (ASSETS / BUNDLED_RANGE).is_file():
+            rng = LatentRange.load(ASSETS / BUNDLED_RANGE)
+        if rng is not None and rng.channels != self.latent_channels:
+            raise PrestoError(f"{path}: its latent range has {rng.channels} channels, the model "
+                              f"{self.latent_channels}", "re-export the model")
+        return rng
+
     # ------------------------------------------------------------------------------------
-    def settings(self, steps=None, sampler=None, cfg=None, rho=None, token_shift=None) -> SampleSettings:
+    def settings(self, steps=None, sampler=None, cfg=None, rho=None, token_shift=None,
+                 x0_clip=None) -> SampleSettings:
         from presto_cli.diffusion.samplers import SAMPLERS
 
         sampler = sampler or self.default_sampler
@@ -177,8 +196,12 @@ class Pipeline:
             raise PrestoError(f"a {self.kind} model has its guidance distilled in",
                               "leave --cfg unset (it runs one evaluation per step)")
         shift = self.default_token_shift if token_shift is None else bool(token_shift)
+        clip = self.default_x0_clip if x0_clip is None else bool(x0_clip)
+        if clip and self.latent_range is None:
+            raise PrestoError("this model does not know its training latents' range, so --x0-clip has no bounds",
+                              "leave --x0-clip unset, or re-export the model with `presto pretrain` (it stores the range)")
         return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho),
-                              shift)
+                              shift, clip)
 
     def nfe(self, steps=None, sampler=None, cfg=None) -> int:
         from presto_cli.diffusion.samplers import nfe
@@ -293,6 +316,10 @@ class Pipeline:
 
             net_cfg = self.denoiser.net.cfg
             fn = token_shifted(fn, int(net_cfg.patch), pass_offset=net_cfg.tempo_phase)
+        if s.x0_clip:
+            from presto_cli.diffusion.latent_range import x0_clipped
+
+            fn = x0_clipped(fn, self.latent_range)
         return fn
 
     @torch.no_grad()
@@ -300,16 +327,17 @@ class Pipeline:
                        duration=None, rho=None, progress: bool = False, callback=None,
                        match: bool | None = None, conditions: list | None = None,
                        token_shift: bool | None = None, bpm: float | None = None,
-                       key: int | str | None = None) -> torch.Tensor:
+                       key: int | str | None = None, x0_clip: bool | None = None) -> torch.Tensor:
         """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
         wording are replaced by their nearest training caption, when the model carries a caption bank);
         what each prompt was conditioned on is appended to ``conditions`` when a list is given;
-        ``bpm``/``key`` override a tempo/key written in the prompts (:meth:`encode_text`)."""
+        ``bpm``/``key`` override a tempo/key written in the prompts (:meth:`encode_text`); ``x0_clip``
+        (None: the model's default) clamps x0 predictions into the training latents' range."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
-        s = self.settings(steps, sampler, cfg, rho, token_shift)
+        s = self.settings(steps, sampler, cfg, rho, token_shift, x0_clip)
         frames = self.frames_for(duration)
         cond = self.encode_text(list(prompts), match, conditions, bpm, key)
         noise = PerSampleNoise(list(seeds), self.device)
@@ -330,11 +358,11 @@ class Pipeline:
                  duration=None, rho=None, progress: bool = False, callback=None,
                  match: bool | None = None, conditions: list | None = None,
                  token_shift: bool | None = None, bpm: float | None = None,
-                 key: int | str | None = None) -> torch.Tensor:
+                 key: int | str | None = None, x0_clip: bool | None = None) -> torch.Tensor:
         """Audio [B, audio_channels, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
-        ``match``, ``conditions``, ``bpm`` and ``key`` as in :meth:`sample_latents`."""
+        ``match``, ``conditions``, ``bpm``, ``key`` and ``x0_clip`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback, match, conditions, token_shift, bpm, key))
+                                               callback, match, conditions, token_shift, bpm, key, x0_clip))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

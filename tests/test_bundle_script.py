@@ -87,3 +87,25 @@ def test_keep_captions_keeps_the_bundled_bank_and_its_source(bundle, tmp_path):
     bundle.share_captions(assets, tmp_path / "other-corpus")
     m = load_artefact(assets / "demo-captions.safetensors")[1]
     assert m["caption_bank"]["captions"] == new.captions and m["source"] == str(tmp_path / "other-corpus")
+
+
+def test_latent_range_is_stored_once_from_the_bundled_teacher(bundle, tmp_path):
+    """share_latent_range: the bundled teacher's training-latent range goes to
+    demo-latent-range.safetensors and every bundled model is rewritten without its copy."""
+    from presto_cli.diffusion.latent_range import LatentRange
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    rng = LatentRange(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth")
+    t, info = rng.to_artefact()
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "teacher", "latent_range": info})
+    save_artefact(assets / "demo-s.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "presto-s", "latent_range": info})
+    bundle.share_latent_range(assets, tmp_path / "unused-corpus")
+    shared = LatentRange.load(assets / "demo-latent-range.safetensors")
+    assert torch.equal(shared.hi, rng.hi) and torch.equal(shared.lo, rng.lo) and shared.n == 12
+    for f in ("demo-teacher.safetensors", "demo-s.safetensors"):
+        tt, tm = load_artefact(assets / f)
+        assert "latent_range" not in tm and not any(k.startswith("latent_range.") for k in tt)
+        assert torch.equal(tt["dit.w"], torch.ones(2))

@@ -24,6 +24,12 @@ def test_bundled_model_generates(name):
     audio = pipe.generate(["an upbeat jazz trio with walking bass"], [0], steps=2, duration=0.5)
     assert audio.shape[0] == 1 and abs(audio.shape[-1] / pipe.sample_rate - 0.5) < 0.05
     assert np.isfinite(audio.numpy()).all() and float(audio.abs().max()) > 0
+    # every bundled model clips its x0 predictions to the demo corpus's training-latent range
+    # (assets/demo-latent-range.safetensors, stored once): its latents stay inside it
+    assert pipe.latent_range is not None and pipe.default_x0_clip
+    lat = pipe.sample_latents(["an upbeat jazz trio with walking bass"], [0], steps=2, duration=0.5)
+    hi, lo = pipe.latent_range.hi[:, None], pipe.latent_range.lo[:, None]
+    assert bool(((lat[0] <= hi + 1e-4) & (lat[0] >= lo - 1e-4)).all())  # the last step lands on a clipped x0
 
 
 def test_readme_first_command(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import ROOT, presto
 
@@ -25,6 +26,7 @@ def _gen(model, out, steps=None):
     x, sr = sf.read(str(out))
     meta = json.loads(out.with_suffix(out.suffix + ".json").read_text())
     assert sr == 16000 and abs(len(x) / sr - 0.5) < 0.05 and abs(x).max() > 0
+    assert meta["x0_clip"] is True  # every artefact of the chain knows its training latents' range
     return meta
 
 
@@ -35,6 +37,15 @@ def _same_caption_bank(student, teacher):
 
     a, b = (CaptionBank.from_artefact(*load_artefact(p)) for p in (student, teacher))
     return a is not None and b is not None and a.captions == b.captions and bool((a.pooled == b.pooled).all())
+
+
+def _same_latent_range(student, teacher):
+    """A student artefact carries its teacher's training-latent range (diffusion/latent_range.py)."""
+    from presto_cli.diffusion.latent_range import LatentRange
+    from presto_cli.io import load_artefact
+
+    a, b = (LatentRange.from_artefact(*load_artefact(p)) for p in (student, teacher))
+    return a is not None and b is not None and torch.equal(a.hi, b.hi) and torch.equal(a.lo, b.lo)
 
 
 def test_distill_steps_layers_and_combine(tiny_chain, tmp_path):
@@ -61,6 +72,7 @@ def test_distill_steps_layers_and_combine(tiny_chain, tmp_path):
     for student in (s, tmp_path / "ase" / "model.safetensors", tmp_path / "l" / "model.safetensors",
                     tmp_path / "ls" / "model.safetensors"):
         assert _same_caption_bank(student, tiny_chain["teacher"]), student
+        assert _same_latent_range(student, tiny_chain["teacher"]), student
 
 
 def test_resume_refuses_a_changed_teacher(tiny_chain, tmp_path):
@@ -238,3 +250,24 @@ def test_combine_continues_from_an_exported_presto_ls(tiny_chain, tmp_path):
     r = presto("combine", TINY / "presto-ls.yaml", *common, layers, *no_update,
                f"distill.init={tmp_path / 's' / 'model.safetensors'}", "--out", tmp_path / "bad", check=False)
     assert r.returncode == 1 and "'presto-s' artefact" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_teacher_stores_its_training_latents_range_and_generate_can_turn_the_clip_off(tiny_chain, tmp_path):
+    """`presto pretrain` stores the per-channel range of its training split's latents; `presto
+    generate` clips x0 predictions to it by default and records the choice; --no-x0-clip turns it off."""
+    from presto_cli.data.latents import LatentDataset, ensure_latent_cache
+    from presto_cli.diffusion.latent_range import LatentRange
+    from presto_cli.io import load_artefact
+
+    tensors, meta = load_artefact(tiny_chain["teacher"])
+    stored = LatentRange.from_artefact(tensors, meta)
+    ds = LatentDataset(ensure_latent_cache(tiny_chain["codec"], {"path": str(tiny_chain["data"]),
+                                                                 "clip_seconds": 1.0}))
+    want = LatentRange.measure(ds[i]["latents"] for i in range(len(ds)))
+    assert stored is not None and stored.n == len(ds) == meta["latent_range"]["n"]
+    assert torch.allclose(stored.hi, want.hi) and torch.allclose(stored.lo, want.lo)
+    on = _gen(tiny_chain["teacher"], tmp_path / "on.wav", 3)
+    presto("generate", "a lively funk groove", "-o", tmp_path / "off.wav", "--model", tiny_chain["teacher"],
+           "--seed", 3, "--duration", 0.5, "--steps", 3, "--no-x0-clip")
+    off = json.loads((tmp_path / "off.wav.json").read_text())
+    assert on["x0_clip"] is True and off["x0_clip"] is False

@@ -77,6 +77,7 @@ class EvalConfig:
     bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
+    x0_clip: str = "auto"  # clamp x0 predictions into the training latents' range: auto (the model's default) | on | off
     device: str = "auto"
     precision: str = ""  # the DiT's dtype when generating: fp32 | bf16 | fp16 ("" = the device's default)
     compile: bool = False  # torch.compile the DiT when generating
@@ -496,7 +497,16 @@ def _clip_keys(path: Path, pipe, s, frames: int, rows: list[dict], cfg: EvalConf
     digest = model_digest(path)
     settings = {"sampler": s.sampler, "steps": s.steps, "cfg": s.cfg, "rho": s.rho, "frames": int(frames),
                 "match": cfg.match, "token_shift": getattr(s, "token_shift", None)}
+    if getattr(s, "x0_clip", False):  # only when on: clips made before the option keep their keys
+        settings["x0_clip"] = True
     return [ClipCache.key(digest, r["prompt"], r["seed"], settings) for r in rows]
+
+
+def x0_clip_setting(cfg: EvalConfig) -> bool | None:
+    """``cfg.x0_clip`` as the pipeline takes it (None: the model's default)."""
+    if cfg.x0_clip not in ("auto", "on", "off"):
+        raise PrestoError(f"eval x0_clip must be auto, on or off, got {cfg.x0_clip!r}")
+    return None if cfg.x0_clip == "auto" else cfg.x0_clip == "on"
 
 
 def clip_cache_for(cfg: EvalConfig):
@@ -521,7 +531,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     pipe = load_pipeline(str(path), cfg.device, cfg.precision or None, cfg.compile)
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
-    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
+    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
+                      x0_clip=x0_clip_setting(cfg))
     duration = pipe.frames_for(cfg.duration or None) / pipe.frame_rate
     common = provenance(pipe, s, model, duration)
     if cfg.match not in ("auto", "on", "off"):
@@ -562,7 +573,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
         conds: list[dict] = []
         lat = pipe.sample_latents([rows[j]["prompt"] for j in chunk], [rows[j]["seed"] for j in chunk], s.steps,
                                   s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds,
-                                  token_shift=s.token_shift)
+                                  token_shift=s.token_shift, x0_clip=s.x0_clip)
         if keep_latents:
             from presto_cli.eval.texture import latents_to_db
 
@@ -701,7 +712,8 @@ def time_model(model: str, cfg: EvalConfig, n: int, rows: list[dict] | None = No
 
     set_cpu_threads_for(resolve_model(model), cfg.device)  # the threads generate_system will use
     pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
-    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None)
+    s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
+                      x0_clip=x0_clip_setting(cfg))
     nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
     cached = 0
     if rows is not None and clips is not None:

@@ -59,8 +59,10 @@ class DistillTask(Task):
         self.teacher_meta = meta
         self.teacher_path = str(teacher_path)
         self.teacher_sha256 = file_sha256(teacher_path)
-        # carried into the student's artefact: the codec and the caption bank (meta["caption_bank"] comes along)
-        self.codec_tensors = {k: v for k, v in tensors.items() if k.startswith(("codec.", "caption_bank."))}
+        # carried into the student's artefact: the codec, the caption bank and the training latents' range
+        # (meta["caption_bank"] and meta["latent_range"] come along with the teacher's metadata)
+        self.codec_tensors = {k: v for k, v in tensors.items()
+                              if k.startswith(("codec.", "caption_bank.", "latent_range."))}
         self.text = TextCache(build_text_encoder(meta.get("text", "minilm"), device=self.device))
         self._dataset = None
 

@@ -277,7 +277,20 @@ class TeacherTask(Task):
             if bank is not None:
                 bt, meta["caption_bank"] = bank.to_artefact()
                 tensors.update(bt)
+            rt, meta["latent_range"] = self.latent_range().to_artefact()
+            tensors.update(rt)
         save_artefact(path, tensors, meta)
+
+    def latent_range(self):
+        """The training split's per-channel latent range (diffusion/latent_range.py), measured once
+        per run: what sampling clips the denoiser's x0 predictions to."""
+        if not hasattr(self, "_range"):
+            from presto_cli.diffusion.latent_range import LatentRange
+
+            ds = self.make_dataset()
+            self._range = LatentRange.measure((ds[i]["latents"] for i in range(len(ds))),
+                                              source=str(self.recipe.data.path))
+        return self._range
 
     def caption_bank(self):
         """The training split's captions for nearest-caption matching (text/caption_bank.py), built
