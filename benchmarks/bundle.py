@@ -67,6 +67,20 @@ def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:
     return done
 
 
+def _store_once(assets: Path, name: str, prefix: str, meta_key: str, what: str) -> None:
+    """Rewrite every bundled model (but ``name``) without its ``prefix`` tensors and ``meta_key``
+    metadata, now kept once in ``name``; then share the codec again (load_artefact put it back)."""
+    for f in sorted(assets.glob("demo-*.safetensors")):
+        if f.name == name:
+            continue
+        tensors, meta = load_artefact(f)
+        if meta_key in meta or any(k.startswith(prefix) for k in tensors):
+            meta = {k: v for k, v in meta.items() if k not in (meta_key, "codec_file", "codec_sha256")}
+            save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith(prefix)}, meta)
+            print(f"{f.name}: {what} stored once, in {name}")
+    share_codec(assets)
+
+
 def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetensors", keep: bool = False) -> Path:
     """Store the caption bank once (presto_cli/text/caption_bank.py): the bundled teacher's, else one
     built from ``data``'s training split (``keep``: the bank already in ``name``, when there is one);
@@ -88,15 +102,7 @@ def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetens
         caps = [r["caption"] for r in rows if r.get("split", "train") == "train"]
         bank = CaptionBank.build(caps, build_text_encoder("minilm"))
     bank.save(assets / name, source=source)
-    for f in sorted(assets.glob("demo-*.safetensors")):
-        if f.name == name:
-            continue
-        tensors, meta = load_artefact(f)
-        if "caption_bank" in meta or any(k.startswith(PREFIX) for k in tensors):
-            meta = {k: v for k, v in meta.items() if k not in ("caption_bank", "codec_file", "codec_sha256")}
-            save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, meta)
-            print(f"{f.name}: caption bank stored once, in {name}")
-    share_codec(assets)  # load_artefact put the shared codec back into the files rewritten above
+    _store_once(assets, name, PREFIX, "caption_bank", "caption bank")
     print(f"caption bank: {len(bank)} captions in {assets / name} ({(assets / name).stat().st_size / 2**20:.1f} MiB)")
     return assets / name
 
@@ -120,15 +126,7 @@ def share_latent_range(assets: Path, data: Path, name: str = "demo-latent-range.
         ds = LatentDataset(cache, "train")
         rng = LatentRange.measure((ds[i]["latents"] for i in range(len(ds))), source=str(data))
     rng.save(assets / name)
-    for f in sorted(assets.glob("demo-*.safetensors")):
-        if f.name == name:
-            continue
-        tensors, meta = load_artefact(f)
-        if "latent_range" in meta or any(k.startswith(PREFIX) for k in tensors):
-            meta = {k: v for k, v in meta.items() if k not in ("latent_range", "codec_file", "codec_sha256")}
-            save_artefact(f, {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}, meta)
-            print(f"{f.name}: latent range stored once, in {name}")
-    share_codec(assets)  # load_artefact put the shared codec back into the files rewritten above
+    _store_once(assets, name, PREFIX, "latent_range", "latent range")
     print(f"latent range: {rng.channels} channels from {rng.n} training clips in {assets / name}")
     return assets / name
 

@@ -3,7 +3,7 @@ and the cold-start benchmark.
 
 Each clip ``x.wav`` has a JSON sidecar ``x.wav.json`` saying how it was made (STYLE.md "outputs
 carry their provenance"): ``file``, ``prompt``, ``seed``, then :func:`provenance`'s keys (model,
-kind, sampler, steps, cfg, rho, token_shift, x0_clip, duration, NFE, device, precision, compile, channels, version), plus any extra a caller adds
+kind, sampler, steps, cfg, rho, token_shift, x0_clip, cfg_interval, duration, NFE, device, precision, compile, channels, version), plus any extra a caller adds
 (eval adds ``style``). A clip is both files or neither.
 """
 from __future__ import annotations
@@ -20,8 +20,10 @@ def provenance(pipe, settings, model: str, duration: float, normalize: bool = Fa
             "sampler": settings.sampler, "cfg": settings.cfg, "rho": settings.rho,
             "token_shift": bool(getattr(settings, "token_shift", False)),
             "x0_clip": bool(getattr(settings, "x0_clip", False)),
+            "cfg_interval": list(getattr(settings, "cfg_interval", None) or []) or None,
             "duration": round(duration, 4), "sample_rate": pipe.sample_rate,
-            "nfe": pipe.nfe(settings.steps, settings.sampler, settings.cfg), "normalize": normalize,
+            "nfe": pipe.nfe(settings.steps, settings.sampler, settings.cfg,
+                                                          cfg_interval=getattr(settings, "cfg_interval", None) or ()), "normalize": normalize,
             "device": str(pipe.device), "precision": getattr(pipe, "precision", "fp32"),
             "compile": bool(getattr(pipe, "compiled", False)), "channels": getattr(pipe, "audio_channels", 1),
             "presto_version": __version__}

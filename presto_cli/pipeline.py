@@ -84,6 +84,7 @@ class SampleSettings:
     rho: float
     token_shift: bool = False  # cycle the DiT's token grid per network call (METHOD.md section 2)
     x0_clip: bool = False  # clamp x0 predictions into the training latents' range (METHOD.md section 2)
+    cfg_interval: tuple | None = None  # guide only where lo < sigma <= hi (None: at every sigma)
 
 
 class Pipeline:
@@ -126,6 +127,8 @@ class Pipeline:
         self.default_cfg = float(s.get("cfg", self.edm_cfg.cfg))
         self.default_rho = float(s.get("rho", self.edm_cfg.rho))
         self.default_token_shift = bool(s.get("token_shift", self.edm_cfg.token_shift))
+        interval = s.get("cfg_interval", self.edm_cfg.cfg_interval)
+        self.default_cfg_interval = tuple(float(v) for v in interval) if interval else None
         self.latent_channels = net.cfg.in_channels
         self.latent_range = self._latent_range(tensors, meta, path)
         # on by default wherever the model knows its training latents' range
@@ -181,7 +184,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------
     def settings(self, steps=None, sampler=None, cfg=None, rho=None, token_shift=None,
-                 x0_clip=None) -> SampleSettings:
+                 x0_clip=None, cfg_interval=None) -> SampleSettings:
+        """The sampling settings: each argument, or the model's default where it is None
+        (``cfg_interval``: ``(lo, hi)``, or ``()`` for guidance at every sigma)."""
         from presto_cli.diffusion.samplers import SAMPLERS
 
         sampler = sampler or self.default_sampler
@@ -200,14 +205,23 @@ class Pipeline:
         if clip and self.latent_range is None:
             raise PrestoError("this model does not know its training latents' range, so --x0-clip has no bounds",
                               "leave --x0-clip unset, or re-export the model with `presto pretrain` (it stores the range)")
+        if cfg_interval is None:
+            interval = self.default_cfg_interval
+        else:
+            from presto_cli.diffusion.edm import check_cfg_interval
+
+            interval = check_cfg_interval(cfg_interval) if len(cfg_interval) else None
         return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho),
-                              shift, clip)
+                              shift, clip, interval)
 
-    def nfe(self, steps=None, sampler=None, cfg=None) -> int:
-        from presto_cli.diffusion.samplers import nfe
+    def nfe(self, steps=None, sampler=None, cfg=None, cfg_interval=None) -> int:
+        from presto_cli.diffusion.samplers import get_sigmas, nfe
 
-        s = self.settings(steps, sampler, cfg)
-        return nfe(s.sampler, s.steps, s.cfg != 1.0)
+        s = self.settings(steps, sampler, cfg, cfg_interval=cfg_interval)
+        sig = None
+        if s.cfg_interval is not None:
+            sig = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho)
+        return nfe(s.sampler, s.steps, s.cfg != 1.0, sig, s.cfg_interval)
 
     def frames_for(self, duration: float | None) -> int:
         if duration is None:
@@ -310,7 +324,7 @@ class Pipeline:
         from presto_cli.diffusion.layered import LayeredDenoiser
 
         den = self.denoiser if self.schedule is None else LayeredDenoiser(self.denoiser, self.schedule)
-        fn = denoise_fn(den, cond, s.cfg)
+        fn = denoise_fn(den, cond, s.cfg, s.cfg_interval)
         if s.token_shift:
             from presto_cli.diffusion.edm import token_shifted
 
@@ -327,17 +341,19 @@ class Pipeline:
                        duration=None, rho=None, progress: bool = False, callback=None,
                        match: bool | None = None, conditions: list | None = None,
                        token_shift: bool | None = None, bpm: float | None = None,
-                       key: int | str | None = None, x0_clip: bool | None = None) -> torch.Tensor:
+                       key: int | str | None = None, x0_clip: bool | None = None,
+                       cfg_interval: tuple | None = None) -> torch.Tensor:
         """Latents [B, C, F]; ``match``: see :meth:`conditions` (None: prompts unlike every training
         wording are replaced by their nearest training caption, when the model carries a caption bank);
         what each prompt was conditioned on is appended to ``conditions`` when a list is given;
         ``bpm``/``key`` override a tempo/key written in the prompts (:meth:`encode_text`); ``x0_clip``
-        (None: the model's default) clamps x0 predictions into the training latents' range."""
+        (None: the model's default) clamps x0 predictions into the training latents' range;
+        ``cfg_interval`` as in :meth:`settings`."""
         from presto_cli.diffusion.samplers import SAMPLERS, PerSampleNoise, get_sigmas
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
-        s = self.settings(steps, sampler, cfg, rho, token_shift, x0_clip)
+        s = self.settings(steps, sampler, cfg, rho, token_shift, x0_clip, cfg_interval)
         frames = self.frames_for(duration)
         cond = self.encode_text(list(prompts), match, conditions, bpm, key)
         noise = PerSampleNoise(list(seeds), self.device)
@@ -358,11 +374,13 @@ class Pipeline:
                  duration=None, rho=None, progress: bool = False, callback=None,
                  match: bool | None = None, conditions: list | None = None,
                  token_shift: bool | None = None, bpm: float | None = None,
-                 key: int | str | None = None, x0_clip: bool | None = None) -> torch.Tensor:
+                 key: int | str | None = None, x0_clip: bool | None = None,
+                 cfg_interval: tuple | None = None) -> torch.Tensor:
         """Audio [B, audio_channels, T]; ``callback(info)`` is called after each sampler step (``info["i"]``);
-        ``match``, ``conditions``, ``bpm``, ``key`` and ``x0_clip`` as in :meth:`sample_latents`."""
+        ``match``, ``conditions``, ``bpm``, ``key``, ``x0_clip`` and ``cfg_interval`` as in :meth:`sample_latents`."""
         return self.decode(self.sample_latents(prompts, seeds, steps, sampler, cfg, duration, rho, progress,
-                                               callback, match, conditions, token_shift, bpm, key, x0_clip))
+                                               callback, match, conditions, token_shift, bpm, key, x0_clip,
+                                               cfg_interval))
 
 
 _CACHE: dict[tuple, Pipeline] = {}

@@ -85,7 +85,8 @@ def test_stage_export_load_pipeline_and_exact_resume(tmp_path):
 
     den, meta, tensors = load_teacher(straight)
     assert meta["kind"] == "teacher" and meta["text"] == "hash" and meta["frames"] == 1
-    assert meta["sampler"] == {"name": "heun", "steps": 18, "cfg": 1.0, "rho": 7.0, "token_shift": False}
+    assert meta["sampler"] == {"name": "heun", "steps": 18, "cfg": 1.0, "rho": 7.0, "token_shift": False,
+                               "cfg_interval": []}
     assert not any(k.startswith("codec.") for k in tensors)  # toy data: no codec
     ema = {k: v for k, v in a["task"]["ema"].items()}
     for k, v in den.net.state_dict().items():

@@ -90,6 +90,9 @@ def eval_cmd(
     x0_clip: Optional[bool] = typer.Option(None, "--x0-clip/--no-x0-clip", help="Clamp the denoiser's x0 "
                                            "predictions into the training latents' range (default: on for "
                                            "models that store it; METHOD.md section 2)."),
+    cfg_interval: Optional[str] = typer.Option(None, "--cfg-interval", help="Guide only where LO < sigma <= HI "
+                                               "(\"0,2\"; \"all\": every sigma; default: the model's; METHOD.md "
+                                               "section 2)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: the DiT's dtype when "
                                             "generating (default: fp32 on CPU, bf16 on CUDA)."),
@@ -129,7 +132,7 @@ def eval_cmd(
              "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device,
              "precision": precision, "compile": compile_,
              "match": None if match is None else ("on" if match else "off"),
-             "x0_clip": None if x0_clip is None else ("on" if x0_clip else "off")}
+             "x0_clip": None if x0_clip is None else ("on" if x0_clip else "off"), "cfg_interval": cfg_interval}
     merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
     if merged.get("models") and not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):
         merged["run_dir"] = str(_new_run_dir())  # generated clips are kept, with the results and report

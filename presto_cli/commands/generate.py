@@ -163,6 +163,8 @@ def generate_cmd(
     rho: Optional[float] = typer.Option(None, "--rho", help="Karras schedule rho (default: the model's)."),
     token_shift: Optional[bool] = typer.Option(None, "--token-shift/--no-token-shift", help="Shift the DiT's token "
                                                "grid by one frame per network call (default: the model's)."),
+    cfg_interval: Optional[str] = typer.Option(None, "--cfg-interval", help="Guide only where LO < sigma <= HI "
+                                               "(\"0,2\"; \"all\": every sigma; default: the model's)."),
     x0_clip: Optional[bool] = typer.Option(None, "--x0-clip/--no-x0-clip", help="Clamp the denoiser's x0 predictions "
                                            "into the training latents' range (default: on for models that store it)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed (picked and printed when absent)."),
@@ -229,7 +231,9 @@ def generate_cmd(
     set_cpu_threads_for(model_path, dev)
     pipe = load_pipeline(str(model_path), dev, precision, compile_)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
-        s = pipe.settings(steps, sampler, cfg, rho, token_shift, x0_clip)
+        from presto_cli.diffusion.edm import parse_cfg_interval
+
+        s = pipe.settings(steps, sampler, cfg, rho, token_shift, x0_clip, parse_cfg_interval(cfg_interval))
         dur = pipe.frames_for(duration) / pipe.frame_rate
     except PrestoError as e:
         raise PrestoUsageError(e.message, e.hint) from None
@@ -254,7 +258,8 @@ def generate_cmd(
                 conds: list[dict] = []
                 audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
                                       s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds,
-                                      token_shift=s.token_shift, bpm=bpm, key=key, x0_clip=s.x0_clip)
+                                      token_shift=s.token_shift, bpm=bpm, key=key, x0_clip=s.x0_clip,
+                                      cfg_interval=s.cfg_interval or ())
                 ignored = _ignored_tempo_key(conds)
                 if ignored and not as_json and "tempo/key" not in said:
                     said.add("tempo/key")

@@ -10,7 +10,7 @@ Classifier-free guidance uses the DiT's learned null condition:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -44,6 +44,9 @@ class EDMConfig:
     sampler: Literal["euler", "heun", "dpmpp_2m", "fewstep"] = "heun"
     steps: int = 32  # inference steps (sigmas before the final 0)
     token_shift: bool = False  # inference default: shift the token grid by one frame per network call
+    # inference default: guide only where lo < sigma <= hi ([lo, hi]; [] = at every sigma; METHOD.md
+    # section 2, "Guidance interval")
+    cfg_interval: list = field(default_factory=list)
 
     def validate(self) -> None:
         if not (self.sigma_data > 0 and self.p_std > 0):
@@ -61,6 +64,8 @@ class EDMConfig:
             raise PrestoError(f"edm.steps must be >= 1, got {self.steps}")
         if self.rho <= 0:
             raise PrestoError(f"edm.rho must be > 0, got {self.rho}")
+        if self.cfg_interval:
+            check_cfg_interval(self.cfg_interval, "edm.cfg_interval")
 
 
 @dataclass
@@ -169,14 +174,56 @@ def cfg_guided(forward, x: Tensor, sigma: Tensor | float, cond: Cond, w: float |
     return d_u + w * (d_c - d_u)
 
 
-def denoise_fn(denoiser, cond: Cond | None, w: float = 1.0):
+def check_cfg_interval(interval, what: str = "--cfg-interval") -> tuple[float, float]:
+    """``(lo, hi)`` from a 2-sequence with 0 <= lo < hi, else one clear error."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise PrestoError(f"{what} must be two noise levels LO,HI, got {interval!r}",
+                          "e.g. 0,2: guidance only where 0 < sigma <= 2") from None
+    if not (0.0 <= lo < hi):
+        raise PrestoError(f"{what} needs 0 <= LO < HI, got {lo:g},{hi:g}", "e.g. 0,2")
+    return lo, hi
+
+
+def parse_cfg_interval(text: str | None) -> tuple | None:
+    """``--cfg-interval``'s text: None (unset: the model's default), ``()`` for ``all`` (guidance at
+    every sigma), else ``(lo, hi)`` from ``LO,HI``."""
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    if t in ("all", "none", ""):
+        return ()
+    return check_cfg_interval(t.split(","))
+
+
+def in_cfg_interval(sigma, interval: tuple[float, float] | None):
+    """Where guidance applies: ``lo < sigma <= hi`` (Kynkäänniemi et al. 2024), everywhere for None."""
+    if interval is None:
+        return torch.ones_like(torch.as_tensor(sigma), dtype=torch.bool)
+    s = torch.as_tensor(sigma)
+    return (s > interval[0]) & (s <= interval[1])
+
+
+def denoise_fn(denoiser, cond: Cond | None, w: float = 1.0, interval: tuple[float, float] | None = None):
     """``model_fn(x, sigma) -> D`` for the samplers: guided when ``w != 1`` (and there is a
-    condition), else one plain forward. Every sampling path (generate, eval, bench, tests) uses it."""
+    condition), else one plain forward. Every sampling path (generate, eval, bench, tests) uses it.
+    ``interval`` ``(lo, hi)``: guided only for samples with ``lo < sigma <= hi``, one plain forward
+    (half the cost) elsewhere (METHOD.md section 2, "Guidance interval")."""
 
     def model_fn(x: Tensor, sigma: Tensor, **net_kwargs) -> Tensor:
-        if cond is not None and w != 1.0:
+        if cond is None or w == 1.0:
+            return denoiser(x, sigma, cond, **net_kwargs)
+        if interval is None:
             return denoiser.guided(x, sigma, cond, w, **net_kwargs)
-        return denoiser(x, sigma, cond, **net_kwargs)
+        inside = in_cfg_interval(_as_batch(sigma, x.shape[0], x.device), interval)
+        if bool(inside.all()):
+            return denoiser.guided(x, sigma, cond, w, **net_kwargs)
+        plain = denoiser(x, sigma, cond, **net_kwargs)
+        if not bool(inside.any()):
+            return plain
+        guided = denoiser.guided(x, sigma, cond, w, **net_kwargs)
+        return torch.where(inside.view((-1,) + (1,) * (x.dim() - 1)), guided, plain)
 
     return model_fn
 

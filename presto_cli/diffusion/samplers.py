@@ -187,10 +187,30 @@ def run_sampler(name: str, model_fn: ModelFn, x: Tensor, sigmas: Tensor,
     return get_sampler(name)(model_fn, x, sigmas, noise=noise, callback=callback, disable=disable)
 
 
-def nfe(sampler: str, steps: int, cfg: bool) -> int:
-    """Network evaluations per clip: Heun 2N - 1, the others N; CFG doubles (a batch of 2)."""
+def call_sigmas(sampler: str, sigmas: Tensor) -> list[float]:
+    """The noise level of every network call the sampler makes on schedule ``sigmas``, in order:
+    one per step at sigma_i, and Heun's corrector at sigma_{i+1} wherever sigma_{i+1} > 0."""
+    get_sampler(sampler)
+    s = [float(v) for v in sigmas]
+    calls = []
+    for i in range(len(s) - 1):
+        calls.append(s[i])
+        if sampler == "heun" and s[i + 1] > 0:
+            calls.append(s[i + 1])
+    return calls
+
+
+def nfe(sampler: str, steps: int, cfg: bool, sigmas: Tensor | None = None,
+        interval: tuple[float, float] | None = None) -> int:
+    """Network evaluations per clip: Heun 2N - 1, the others N; CFG doubles (a batch of 2), only
+    at the calls inside ``interval`` (``lo < sigma <= hi`` on schedule ``sigmas``) when one is given."""
     get_sampler(sampler)
     if steps < 1:
         raise PrestoError(f"steps must be >= 1, got {steps}")
     n = 2 * steps - 1 if sampler == "heun" else steps
-    return n * (2 if cfg else 1)
+    if not cfg:
+        return n
+    if interval is None or sigmas is None:
+        return 2 * n
+    calls = call_sigmas(sampler, sigmas)
+    return len(calls) + sum(interval[0] < c <= interval[1] for c in calls)

@@ -53,6 +53,11 @@ def check_eval_options(cfg) -> None:
         raise V.PrestoUsageError(f"--n must be at least 0, got {cfg.n}", "0 takes every prompt or file")
     if cfg.batch_size < 1:
         raise V.PrestoUsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    try:
+        parse_cfg_interval(cfg.cfg_interval or None)
+        x0_clip_setting(cfg)
+    except PrestoError as e:
+        raise PrestoUsageError(e.message, e.hint) from None
 
 
 @dataclass
@@ -78,6 +83,7 @@ class EvalConfig:
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
     x0_clip: str = "auto"  # clamp x0 predictions into the training latents' range: auto (the model's default) | on | off
+    cfg_interval: str = ""  # guide only where LO < sigma <= HI: "LO,HI", "all" (every sigma), "" (the model's default)
     device: str = "auto"
     precision: str = ""  # the DiT's dtype when generating: fp32 | bf16 | fp16 ("" = the device's default)
     compile: bool = False  # torch.compile the DiT when generating
@@ -499,7 +505,15 @@ def _clip_keys(path: Path, pipe, s, frames: int, rows: list[dict], cfg: EvalConf
                 "match": cfg.match, "token_shift": getattr(s, "token_shift", None)}
     if getattr(s, "x0_clip", False):  # only when on: clips made before the option keep their keys
         settings["x0_clip"] = True
+    if getattr(s, "cfg_interval", None):  # likewise only when set
+        settings["cfg_interval"] = list(s.cfg_interval)
     return [ClipCache.key(digest, r["prompt"], r["seed"], settings) for r in rows]
+
+
+def parse_cfg_interval(text):
+    from presto_cli.diffusion.edm import parse_cfg_interval as parse
+
+    return parse(text)
 
 
 def x0_clip_setting(cfg: EvalConfig) -> bool | None:
@@ -532,7 +546,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
-                      x0_clip=x0_clip_setting(cfg))
+                      x0_clip=x0_clip_setting(cfg), cfg_interval=parse_cfg_interval(cfg.cfg_interval or None))
     duration = pipe.frames_for(cfg.duration or None) / pipe.frame_rate
     common = provenance(pipe, s, model, duration)
     if cfg.match not in ("auto", "on", "off"):
@@ -573,7 +587,8 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
         conds: list[dict] = []
         lat = pipe.sample_latents([rows[j]["prompt"] for j in chunk], [rows[j]["seed"] for j in chunk], s.steps,
                                   s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds,
-                                  token_shift=s.token_shift, x0_clip=s.x0_clip)
+                                  token_shift=s.token_shift, x0_clip=s.x0_clip,
+                                  cfg_interval=s.cfg_interval or ())
         if keep_latents:
             from presto_cli.eval.texture import latents_to_db
 
@@ -713,8 +728,8 @@ def time_model(model: str, cfg: EvalConfig, n: int, rows: list[dict] | None = No
     set_cpu_threads_for(resolve_model(model), cfg.device)  # the threads generate_system will use
     pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
-                      x0_clip=x0_clip_setting(cfg))
-    nfe = pipe.nfe(s.steps, s.sampler, s.cfg)
+                      x0_clip=x0_clip_setting(cfg), cfg_interval=parse_cfg_interval(cfg.cfg_interval or None))
+    nfe = pipe.nfe(s.steps, s.sampler, s.cfg, cfg_interval=s.cfg_interval or ())
     cached = 0
     if rows is not None and clips is not None:
         keys = _clip_keys(resolve_model(model), pipe, s, pipe.frames_for(cfg.duration or None), rows, cfg)

@@ -320,7 +320,7 @@ def teacher_meta(recipe: TeacherRecipe, frames: int, kind: str = "teacher") -> d
     meta = {"kind": kind, "name": recipe.name, "model": recipe_to_dict(recipe.model),
             "edm": recipe_to_dict(e), "text": recipe.text,
             "sampler": {"name": e.sampler, "steps": e.steps, "cfg": e.cfg, "rho": e.rho,
-                        "token_shift": e.token_shift},
+                        "token_shift": e.token_shift, "cfg_interval": list(e.cfg_interval)},
             "frames": int(frames), "max_frames": int(recipe.model.max_frames)}
     if is_toy_path(recipe.data.path):
         meta["toy"] = recipe.data.path
