@@ -237,7 +237,8 @@ class Pipeline:
         """What each prompt is conditioned on: ``{"condition": text, "match_similarity": cosine to the
         nearest training caption, or None}``. ``match`` None (default): the nearest training caption
         when the prompt is unlike every training wording (below the bank's threshold; see
-        text/caption_bank.py), else the prompt; True: always the nearest caption; False: the prompt."""
+        text/caption_bank.py), else the prompt; True: always the nearest caption; False: the prompt.
+        A prompt whose nearest caption lies below the bank's floor is kept as written either way."""
         return self._conditions(prompts, match)[0]
 
     def _conditions(self, prompts: list[str], match: bool | None):
@@ -252,7 +253,8 @@ class Pipeline:
         with torch.no_grad():
             enc = self.text(list(prompts))
         idx, sim = self.bank.match(enc[2])
-        return [{"condition": self.bank.captions[i] if (match or s < self.bank.threshold) else p,
+        floor = self.bank.floor  # a prompt no caption is near is kept as written, with --match too
+        return [{"condition": self.bank.captions[i] if (match or s < self.bank.threshold) and s >= floor else p,
                  "match_similarity": round(float(s), 4)} for p, i, s in zip(prompts, idx, sim)], enc
 
     @staticmethod

@@ -113,3 +113,47 @@ def test_generate_conditions_on_the_nearest_training_caption(tiny_chain, tmp_pat
     r = presto("generate", "x", "-o", tmp_path / "e.wav", "--model", tmp_path / "nobank.safetensors", *args[2:],
                "--match", check=False)
     assert r.returncode == 2 and "no caption bank" in r.stderr and not (tmp_path / "e.wav").exists()
+
+
+def test_a_prompt_no_caption_is_near_is_kept_as_written(monkeypatch):
+    """The floor (text/caption_bank.py MATCH_FLOOR, per encoder): a prompt whose nearest caption is
+    less similar than it is kept as written, by default and with --match; one between the floor and
+    the bank's threshold is matched; one above the threshold is kept. Known cosines: unit vectors
+    in the first two axes of the encoder's space."""
+    from presto_cli.pipeline import bundled_models, load_pipeline
+    from presto_cli.text.caption_bank import MATCH_FLOOR, CaptionBank
+
+    if "demo-s" not in bundled_models():
+        pytest.skip("demo-s is not bundled in this build")
+    pipe = load_pipeline("demo-s", "cpu")
+    dim = pipe.bank.pooled.shape[1]
+    e = torch.eye(dim)[:2]
+    floor = MATCH_FLOOR["minilm"]
+    bank = CaptionBank(["caption a", "caption b"], e.clone(), "minilm", threshold=0.9)
+    assert bank.floor == floor and CaptionBank(["x"], e[:1].clone(), "hash").floor == 0.0
+
+    def query(c):  # cosine c with caption a, sqrt(1 - c^2) along an axis no caption uses
+        v = torch.zeros(dim)
+        v[0], v[2] = c, (1 - c * c) ** 0.5
+        return v
+
+    cos = {"far prompt": floor - 0.05, "near-ish prompt": floor + 0.05, "close prompt": 0.95}
+    monkeypatch.setattr(pipe, "bank", bank)
+    monkeypatch.setattr(pipe, "text", lambda ps: (None, None, torch.stack([query(cos[p]) for p in ps])))
+    auto = {p: c["condition"] for p, c in zip(cos, pipe.conditions(list(cos)))}
+    assert auto == {"far prompt": "far prompt", "near-ish prompt": "caption a", "close prompt": "close prompt"}
+    forced = {p: c["condition"] for p, c in zip(cos, pipe.conditions(list(cos), match=True))}
+    assert forced == {"far prompt": "far prompt", "near-ish prompt": "caption a", "close prompt": "caption a"}
+
+
+def test_bundled_bank_keeps_sounds_the_corpus_lacks_and_matches_descriptions():
+    """On the bundled MiniLM bank: a prompt about a sound the corpus lacks stays as written; a
+    plain-language description of a corpus style is rewritten to a caption."""
+    from presto_cli.pipeline import bundled_models, load_pipeline
+
+    if "demo-s" not in bundled_models():
+        pytest.skip("demo-s is not bundled in this build")
+    pipe = load_pipeline("demo-s", "cpu")
+    dog, lounge = pipe.conditions(["a dog barking", "four people playing violins and a cello in a fancy concert room"])
+    assert dog["condition"] == "a dog barking" and dog["match_similarity"] < pipe.bank.floor
+    assert lounge["condition"] in pipe.bank.captions

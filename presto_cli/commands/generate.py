@@ -267,7 +267,15 @@ def generate_cmd(
                                   f"{' and '.join(ignored)} {'are' if len(ignored) > 1 else 'is'} ignored "
                                   "(recorded in the sidecar as asked, not used)", markup=False, highlight=False,
                                   soft_wrap=True)
+                floor = pipe.bank.floor if pipe.bank is not None else 0.0
                 for c, j in zip(conds, chunk):
+                    sim = c.get("match_similarity")
+                    if (sim is not None and sim < floor and match is not False and not as_json
+                            and ("far", j["prompt"]) not in said):
+                        said.add(("far", j["prompt"]))
+                        console.print(f"{j['prompt']!r}: no training caption is near it (cosine {sim:.2f} < "
+                                      f"{floor:.2f}), so it is used as written; the model may not know it",
+                                      markup=False, highlight=False, soft_wrap=True)
                     if c["condition"] != j["prompt"] and not as_json and c["condition"] not in said:
                         said.add(c["condition"])
                         console.print(f"{j['prompt']!r} -> nearest training caption {c['condition']!r} "

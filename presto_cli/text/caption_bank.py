@@ -7,7 +7,8 @@ of the bundled paraphrase set, 99% of the held-out prompts). So a generator arte
 *caption bank*: the unique captions of its training split (at most ``MAX_CAPTIONS``, a seeded
 subsample beyond that) with their pooled text-encoder vectors, and sampling conditions on the
 caption nearest to the prompt by cosine similarity (a retrieval form of prompt rewriting) when the
-prompt is unlike the training wordings: its nearest caption is less similar than ``threshold``, the
+prompt is unlike the training wordings but near enough to one of them (at least :data:`MATCH_FLOOR`:
+a prompt about something the corpus does not hold is no match for any caption and is kept as written): its nearest caption is less similar than ``threshold``, the
 ``OOD_QUANTILE`` quantile of the training captions' own nearest-neighbour similarities (each
 caption against the others). A prompt as close to a training caption as 95% of them are to each
 other is in the model's vocabulary and kept as written, details (tempo, key, instruments)
@@ -29,11 +30,19 @@ from torch import Tensor
 
 from presto_cli.errors import PrestoError
 
-__all__ = ["CaptionBank", "MAX_CAPTIONS", "PREFIX"]
+__all__ = ["CaptionBank", "MATCH_FLOOR", "MAX_CAPTIONS", "PREFIX"]
 
 MAX_CAPTIONS = 4096
 PREFIX = "caption_bank."
 OOD_QUANTILE = 0.05
+# A prompt whose nearest caption is less similar than this is about something the training set does not
+# hold ("a dog barking" against the demo corpus: 0.33; a user's "a slow low drone" against 28 captions
+# of other moods: 0.19): no caption stands in for it, so it is kept as written, with --match too.
+# Per text encoder (cosines are not comparable across encoders); chosen on benchmarks/paraphrase_dev.jsonl
+# (every one of its 70 descriptions has a nearest caption at 0.42 or more, of its own style for 87%)
+# and 16 prompts of sounds the corpus lacks (0.33-0.64; below 0.40: barking, white noise, didgeridoo,
+# spoken word); METHOD.md section 2, "Nearest-caption matching".
+MATCH_FLOOR = {"minilm": 0.40}
 
 
 @dataclass
@@ -63,6 +72,12 @@ class CaptionBank:
             (torch.arange(min(chunk, n - a)), torch.arange(a, min(a + chunk, n))), torch.tensor(-2.0)).max(1).values
             for a in range(0, n, chunk)])
         return round(float(nn.quantile(quantile)), 4)
+
+    @property
+    def floor(self) -> float:
+        """The cosine below which no caption stands in for a prompt (:data:`MATCH_FLOOR`; 0 for
+        an encoder without one)."""
+        return float(MATCH_FLOOR.get(self.text, 0.0))
 
     def __len__(self) -> int:
         return len(self.captions)
