@@ -46,6 +46,35 @@ def bin_sigmas(schedule: LayerSchedule, sigma_min: float, sigma_max: float, per_
     return out
 
 
+def cache_setting(teacher: Path, data: Path, n: int, per_bin: int, seed: int, cfg: float,
+                  clip_seconds: float) -> tuple[str, str]:
+    """What every model's cached scores depend on besides the model: the teacher's bytes, the data
+    (folder, manifest bytes) and the measurement's settings."""
+    return (file_sha256(teacher), json.dumps([str(Path(data).resolve()), n, per_bin, seed, cfg, clip_seconds,
+                                              file_sha256(Path(data) / "manifest.jsonl")]))
+
+
+def result_key(model: Path, setting: tuple[str, ...]) -> str:
+    """The cache key of one model's scores: its bytes and ``setting`` (:func:`cache_setting`)."""
+    h = hashlib.sha256()
+    for part in (file_sha256(model), *setting):
+        h.update(part.encode())
+    return h.hexdigest()[:32]
+
+
+def read_cached(folder: Path, key: str) -> dict | None:
+    f = Path(folder) / f"{key}.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def write_cached(folder: Path, key: str, result: dict) -> None:
+    """Atomically: a killed run leaves the entry whole or absent, never half-written."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = Path(folder) / f"{key}.json.tmp"
+    tmp.write_text(json.dumps(result))
+    tmp.replace(Path(folder) / f"{key}.json")
+
+
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -91,23 +120,16 @@ def main() -> None:
         models[f"untuned {mode}"] = LayeredDenoiser(teacher, LayerSchedule(ref_sched.bins, ref_sched.depths,
                                                                            ref_sched.depth_total, mode, 1))
 
-    setting = (file_sha256(a.teacher), json.dumps([str(a.data.resolve()), n, a.per_bin, a.seed, a.cfg, a.clip_seconds,
-                                                  file_sha256(a.data / "manifest.jsonl")])) if a.cache else ()
-
-    def key_of(p: Path) -> str:  # everything a model's scores depend on
-        h = hashlib.sha256()
-        for part in (file_sha256(p), *setting):
-            h.update(part.encode())
-        return h.hexdigest()[:32]
-
+    setting = (cache_setting(a.teacher, a.data, n, a.per_bin, a.seed, a.cfg, a.clip_seconds)
+               if a.cache else ())
     cached: dict[str, dict] = {}
     keys: dict[str, str] = {}
     if a.cache:
         for p, name in zip(a.models, list(models)[:len(a.models)]):
-            keys[name] = key_of(p)
-            f = a.cache / f"{keys[name]}.json"
-            if f.is_file():
-                cached[name] = json.loads(f.read_text())
+            keys[name] = result_key(p, setting)
+            hit = read_cached(a.cache, keys[name])
+            if hit is not None:
+                cached[name] = hit
         for name in cached:  # scored before: not run again
             del models[name]
 
@@ -141,12 +163,9 @@ def main() -> None:
             res[k]["dn"].append(dn / len(sigmas))
             res[k]["st"].append(st / len(sigmas))
     if a.cache:
-        a.cache.mkdir(parents=True, exist_ok=True)
         for name, key in keys.items():
             if name in res and name not in cached:
-                tmp = a.cache / f"{key}.json.tmp"
-                tmp.write_text(json.dumps(res[name]))
-                tmp.replace(a.cache / f"{key}.json")
+                write_cached(a.cache, key, res[name])
     # the command line's order, the untuned models last
     res = {"teacher (full depth)": res["teacher (full depth)"],
            **{k: (cached[k] if k in cached else res[k]) for k in list(keys or ()) + [k for k in order if k not in keys]}}
