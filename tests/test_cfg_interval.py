@@ -82,3 +82,17 @@ def test_bundled_teacher_interval_ends():
     assert torch.equal(pipe.sample_latents(*args, cfg=2.0, duration=0.5, cfg_interval=(100.0, 200.0)), plain)
     assert pipe.nfe(3, "heun", 2.0, cfg_interval=(100.0, 200.0)) == 5
     assert pipe.nfe(3, "heun", 2.0, cfg_interval=(0.0, 1000.0)) == pipe.nfe(3, "heun", 2.0, cfg_interval=()) == 10
+
+
+def test_presto_s_real_score_follows_the_interval():
+    """distill.cfg_interval: the DMD real score is guided only for the samples whose sigma lies in
+    the interval (a student of the teacher sampled with --cfg-interval)."""
+    from presto_cli.distill.presto_s import DistillConfig, real_score
+
+    x = torch.zeros(3, 1, 2)
+    out = real_score(_Fake(), x, torch.tensor([0.5, 3.0, 2.0]), object(), 2.0, (0.0, 2.0))
+    assert out[:, 0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert real_score(_Fake(), x, torch.tensor([0.5, 3.0, 2.0]), object(), 2.0)[:, 0, 0].tolist() == [1.0] * 3
+    with pytest.raises(PrestoError):
+        DistillConfig(cfg_interval=[2.0, 1.0]).validate()
+    DistillConfig(cfg_interval=[0.0, 2.0]).validate()

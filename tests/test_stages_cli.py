@@ -271,3 +271,19 @@ def test_teacher_stores_its_training_latents_range_and_generate_can_turn_the_cli
            "--seed", 3, "--duration", 0.5, "--steps", 3, "--no-x0-clip")
     off = json.loads((tmp_path / "off.wav.json").read_text())
     assert on["x0_clip"] is True and off["x0_clip"] is False
+
+
+def test_distill_steps_with_a_guidance_interval(tiny_chain, tmp_path):
+    """distill.cfg_interval from the command line: the run trains (DMD and the regression
+    trajectories guided only in the interval) and the artefact records it."""
+    from presto_cli.io import read_artefact_meta
+
+    common = _common(tiny_chain)
+    presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=2", "distill.cfg=2",
+           "distill.cfg_interval=[0,2]", "distill.reg_weight=1", "distill.reg_pairs=4", "distill.reg_steps=4",
+           "--out", tmp_path / "s")
+    meta = read_artefact_meta(tmp_path / "s" / "model.safetensors")
+    assert meta["distill"]["cfg_interval"] == [0, 2] and meta["real_score_cfg"] == 2.0
+    r = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=2", "distill.cfg_interval=[2,1]",
+               "--out", tmp_path / "bad", check=False)
+    assert r.returncode != 0 and "distill.cfg_interval needs 0 <= LO < HI" in r.stderr

@@ -62,6 +62,9 @@ class DistillConfig:
     teacher: str = ""  # teacher artefact (.safetensors); "" -> data.teacher
     init: str = ""  # artefact to start the generator from (continue a distillation): Presto-S for distill-steps, Presto-LS for combine; "" -> the teacher (combine: combine.layers)
     cfg: float | None = None  # real-score CFG weight w; None -> the teacher's inference w
+    # real-score guidance only where lo < sigma <= hi ([lo, hi]; [] = every sigma), the regression
+    # trajectories' too: a student of the teacher sampled with --cfg-interval (METHOD.md section 2)
+    cfg_interval: list = field(default_factory=list)
     update_ratio: int = 5  # r: fake-score updates per generator update [paper]
     nu1: float = 3e-3  # GAN weight in the generator loss [DMD2]
     nu2: float = 1e-2  # GAN weight in the fake-score loss [DMD2]
@@ -113,6 +116,10 @@ class DistillConfig:
             raise PrestoError(f"distill.ema must lie in [0, 1), got {self.ema}")
         if self.cfg is not None and self.cfg < 0:
             raise PrestoError(f"distill.cfg must be >= 0, got {self.cfg}")
+        if self.cfg_interval:
+            from presto_cli.diffusion.edm import check_cfg_interval
+
+            check_cfg_interval(self.cfg_interval, "distill.cfg_interval")
         if not 0.0 <= self.p_pooled_only <= 1.0:
             raise PrestoError(f"distill.p_pooled_only must lie in [0, 1], got {self.p_pooled_only}")
 
@@ -138,12 +145,18 @@ def _bshape(x: Tensor) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def real_score(teacher: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Cond, w: float) -> Tensor:
-    """``CFG_w(mu_real)(x; sigma, c)`` in float32; w == 1 is a plain (half-cost) call."""
+def real_score(teacher: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Cond, w: float,
+               interval: tuple[float, float] | None = None) -> Tensor:
+    """``CFG_w(mu_real)(x; sigma, c)`` in float32; w == 1 is a plain (half-cost) call; with
+    ``interval`` ``(lo, hi)`` guided only for the samples whose sigma lies in (lo, hi]."""
     x = x.float()
     if abs(w - 1.0) < 1e-12:
         return teacher(x, sigma, cond).float()
-    return teacher.guided(x, sigma, cond, w).float()
+    if interval is None:
+        return teacher.guided(x, sigma, cond, w).float()
+    from presto_cli.diffusion.edm import denoise_fn
+
+    return denoise_fn(teacher, cond, w, interval)(x, sigma).float()
 
 
 @torch.no_grad()
@@ -210,6 +223,7 @@ class PrestoS:
         self.dcfg = dcfg
         self.ocfg = ocfg
         self.w = float(w)
+        self.cfg_interval = tuple(float(v) for v in dcfg.cfg_interval) if dcfg.cfg_interval else None
         device = next(teacher.parameters()).device
         self.device = device
         # real score: frozen. Copies are made before any dtype change.
@@ -355,7 +369,7 @@ class PrestoS:
         sigma = self.sigma(self.p_dmd, rng, "gen/dmd_sigma", b)
         with torch.no_grad():
             x_s = x_hat.detach() + sigma.view(_bshape(x_hat)) * rng.randn("gen/dmd_eps", shape)
-            m_r = real_score(self.teacher, x_s, sigma, cond, self.w)
+            m_r = real_score(self.teacher, x_s, sigma, cond, self.w, self.cfg_interval)
             m_f = self.fake(x_s, sigma, cond).float()
             g = self.dcfg.dmd_sign * dmd_gradient(m_r, m_f, x_hat)
         l_dmd = dmd_loss(x_hat, g)

@@ -37,10 +37,11 @@ def trajectory_grid(points: Tensor, steps: int, sigma_min: float, sigma_max: flo
 
 @torch.no_grad()
 def teacher_trajectories(teacher: EDMDenoiser, noise: Tensor, cond: Cond | None, w: float,
-                         points: Tensor, steps: int, rho: float) -> tuple[Tensor, Tensor]:
+                         points: Tensor, steps: int, rho: float,
+                         interval: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
     """``(states [B, n, ...], ends [B, ...])``: the guided (``w``) teacher's ODE from
     ``points[0] * noise`` (``points[0]`` must be the grid's sigma_max) and its state at each of the
-    ``n`` few-step ``points``."""
+    ``n`` few-step ``points`` (``interval``: guided only where lo < sigma <= hi)."""
     cfg = teacher.cfg
     pts = points.float().cpu()
     if abs(float(pts[0]) - float(cfg.sigma_max)) > 1e-3 * float(cfg.sigma_max):
@@ -55,7 +56,7 @@ def teacher_trajectories(teacher: EDMDenoiser, noise: Tensor, cond: Cond | None,
             states[k] = info["x"].clone()
 
     dev = next(teacher.parameters()).device
-    end = sample_heun(denoise_fn(teacher, cond, w), noise.to(dev).float() * grid[0], grid.to(dev),
+    end = sample_heun(denoise_fn(teacher, cond, w, interval), noise.to(dev).float() * grid[0], grid.to(dev),
                       callback=grab)
     if any(s is None for s in states):
         raise RuntimeError("a few-step point fell off the trajectory grid")

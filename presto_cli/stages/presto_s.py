@@ -180,6 +180,8 @@ class PrestoSTask(DistillTask):
         key = {"teacher_sha256": self.teacher_sha256, "pairs": d.reg_pairs, "steps": d.reg_steps,
                "w": m.w, "points": [round(float(p), 6) for p in points], "seed": r.seed, "shape": list(shape),
                "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest()}
+        if m.cfg_interval is not None:  # only when set: trajectories cached before the option stay valid
+            key["cfg_interval"] = list(m.cfg_interval)
         if bool(torch.isfinite(tempo_t).any()) or bool((keys_t >= 0).any()):
             key["tempo_key_sha256"] = hashlib.sha256(json.dumps([tempo, keys]).encode()).hexdigest()
         path = self.run_dir / "reg_pairs.safetensors"
@@ -193,7 +195,8 @@ class PrestoSTask(DistillTask):
             states, ends, t0, bs = [], [], time.time(), 16
             for a in range(0, d.reg_pairs, bs):
                 cond = self.text(captions[a:a + bs], self.device, tempo_t[a:a + bs], keys_t[a:a + bs])
-                st, en = teacher_trajectories(m.teacher, noise[a:a + bs], cond, m.w, points, d.reg_steps, m.rho)
+                st, en = teacher_trajectories(m.teacher, noise[a:a + bs], cond, m.w, points, d.reg_steps, m.rho,
+                                              m.cfg_interval)
                 states.append(st.half().cpu())
                 ends.append(en.half().cpu())
                 done = min(a + bs, d.reg_pairs)
