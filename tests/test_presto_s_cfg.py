@@ -74,9 +74,9 @@ def test_generator_step_uses_the_guided_real_score_and_the_fake_score_the_captio
                  OptimConfig(lr_gen=1e-4, lr_fake=0.0, weight_decay=0.0, ema=0.0), w=w)
     seen: dict = {}
 
-    def spy(teacher, x, sigma, cond, w_):
-        seen.update(x=x.clone(), sigma=sigma.clone(), cond=cond, w=w_)
-        return real_score(teacher, x, sigma, cond, w_)
+    def spy(teacher, x, sigma, cond, w_, interval=None):
+        seen.update(x=x.clone(), sigma=sigma.clone(), cond=cond, w=w_, interval=interval)
+        return real_score(teacher, x, sigma, cond, w_, interval)
 
     fake_conds = []
     ps.fake.register_forward_pre_hook(lambda mod, args: fake_conds.append(args[2]))
@@ -84,7 +84,7 @@ def test_generator_step_uses_the_guided_real_score_and_the_fake_score_the_captio
     ctx = Context(0, torch.device("cpu"), "fp32", 32)
     batch = BatchSource(ToyDataset("toy:gmm2d", 256, 0), 0, ctx).batch(0)
     m = ps.train_step(batch["latents"], t.task.text(batch["caption"], "cpu"), ctx)
-    assert m["gen_step"] == 1.0 and seen["w"] == w
+    assert m["gen_step"] == 1.0 and seen["w"] == w and seen["interval"] is None  # every sigma by default
     assert not bool(seen["cond"].uncond_flags().any())  # the caption, not the null condition
     d_c, d_u = branches(t.denoiser, seen["x"], seen["sigma"], seen["cond"])
     want = (w - 1.0) * float((d_c - d_u).abs().mean())
