@@ -20,10 +20,11 @@ def provenance(pipe, settings, model: str, duration: float, normalize: bool = Fa
             "sampler": settings.sampler, "cfg": settings.cfg, "rho": settings.rho,
             "token_shift": bool(getattr(settings, "token_shift", False)),
             "x0_clip": bool(getattr(settings, "x0_clip", False)),
-            "cfg_interval": list(getattr(settings, "cfg_interval", None) or []) or None,
+            "cfg_interval": list(getattr(settings, "cfg_interval", ())) or None,
             "duration": round(duration, 4), "sample_rate": pipe.sample_rate,
             "nfe": pipe.nfe(settings.steps, settings.sampler, settings.cfg,
-                                                          cfg_interval=getattr(settings, "cfg_interval", None) or ()), "normalize": normalize,
+                            cfg_interval=getattr(settings, "cfg_interval", ())),
+            "normalize": normalize,
             "device": str(pipe.device), "precision": getattr(pipe, "precision", "fp32"),
             "compile": bool(getattr(pipe, "compiled", False)), "channels": getattr(pipe, "audio_channels", 1),
             "presto_version": __version__}

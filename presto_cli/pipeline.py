@@ -84,7 +84,7 @@ class SampleSettings:
     rho: float
     token_shift: bool = False  # cycle the DiT's token grid per network call (METHOD.md section 2)
     x0_clip: bool = False  # clamp x0 predictions into the training latents' range (METHOD.md section 2)
-    cfg_interval: tuple | None = None  # guide only where lo < sigma <= hi (None: at every sigma)
+    cfg_interval: tuple = ()  # (lo, hi): guide only where lo < sigma <= hi; (): at every sigma
 
 
 class Pipeline:
@@ -128,7 +128,7 @@ class Pipeline:
         self.default_rho = float(s.get("rho", self.edm_cfg.rho))
         self.default_token_shift = bool(s.get("token_shift", self.edm_cfg.token_shift))
         interval = s.get("cfg_interval", self.edm_cfg.cfg_interval)
-        self.default_cfg_interval = tuple(float(v) for v in interval) if interval else None
+        self.default_cfg_interval = tuple(float(v) for v in interval) if interval else ()
         self.latent_channels = net.cfg.in_channels
         self.latent_range = self._latent_range(tensors, meta, path)
         # on by default wherever the model knows its training latents' range
@@ -210,7 +210,7 @@ class Pipeline:
         else:
             from presto_cli.diffusion.edm import check_cfg_interval
 
-            interval = check_cfg_interval(cfg_interval) if len(cfg_interval) else None
+            interval = check_cfg_interval(cfg_interval) if len(cfg_interval) else ()
         return SampleSettings(sampler, steps, float(cfg), float(rho if rho is not None else self.default_rho),
                               shift, clip, interval)
 
@@ -219,9 +219,9 @@ class Pipeline:
 
         s = self.settings(steps, sampler, cfg, cfg_interval=cfg_interval)
         sig = None
-        if s.cfg_interval is not None:
+        if s.cfg_interval:
             sig = get_sigmas(s.sampler, s.steps, self.edm_cfg.sigma_min, self.edm_cfg.sigma_max, s.rho)
-        return nfe(s.sampler, s.steps, s.cfg != 1.0, sig, s.cfg_interval)
+        return nfe(s.sampler, s.steps, s.cfg != 1.0, sig, s.cfg_interval or None)
 
     def frames_for(self, duration: float | None) -> int:
         if duration is None:
@@ -326,7 +326,7 @@ class Pipeline:
         from presto_cli.diffusion.layered import LayeredDenoiser
 
         den = self.denoiser if self.schedule is None else LayeredDenoiser(self.denoiser, self.schedule)
-        fn = denoise_fn(den, cond, s.cfg, s.cfg_interval)
+        fn = denoise_fn(den, cond, s.cfg, s.cfg_interval or None)
         if s.token_shift:
             from presto_cli.diffusion.edm import token_shifted
 

@@ -259,7 +259,7 @@ def generate_cmd(
                 audio = pipe.generate([j["prompt"] for j in chunk], [j["seed"] for j in chunk], s.steps,
                                       s.sampler, s.cfg, dur, s.rho, callback=on_step, match=match, conditions=conds,
                                       token_shift=s.token_shift, bpm=bpm, key=key, x0_clip=s.x0_clip,
-                                      cfg_interval=s.cfg_interval or ())
+                                      cfg_interval=s.cfg_interval)
                 ignored = _ignored_tempo_key(conds)
                 if ignored and not as_json and "tempo/key" not in said:
                     said.add("tempo/key")

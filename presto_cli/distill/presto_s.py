@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from presto_cli.diffusion.edm import Cond, EDMDenoiser, drop_tokens, edm_weight
+from presto_cli.diffusion.edm import Cond, EDMDenoiser, denoise_fn, drop_tokens, edm_weight
 from presto_cli.distill.discriminator import DiscriminatorHead, lsgan_d_loss, lsgan_g_loss
 from presto_cli.diffusion.schedules import fewstep_points
 from presto_cli.distill.noise import SigmaDist
@@ -149,14 +149,7 @@ def real_score(teacher: EDMDenoiser, x: Tensor, sigma: Tensor, cond: Cond, w: fl
                interval: tuple[float, float] | None = None) -> Tensor:
     """``CFG_w(mu_real)(x; sigma, c)`` in float32; w == 1 is a plain (half-cost) call; with
     ``interval`` ``(lo, hi)`` guided only for the samples whose sigma lies in (lo, hi]."""
-    x = x.float()
-    if abs(w - 1.0) < 1e-12:
-        return teacher(x, sigma, cond).float()
-    if interval is None:
-        return teacher.guided(x, sigma, cond, w).float()
-    from presto_cli.diffusion.edm import denoise_fn
-
-    return denoise_fn(teacher, cond, w, interval)(x, sigma).float()
+    return denoise_fn(teacher, cond, float(w), interval)(x.float(), sigma).float()
 
 
 @torch.no_grad()

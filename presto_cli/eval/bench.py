@@ -162,7 +162,7 @@ def _summarise(e: dict, settings: BenchSettings) -> dict:
     lat = statistics.median(total)
     q = statistics.quantiles(total, n=4) if len(total) >= 2 else [lat, lat, lat]
     return {"kind": pipe.kind, "sampler": s.sampler, "steps": s.steps, "cfg": s.cfg,
-            "nfe": int(pipe.nfe(s.steps, s.sampler, s.cfg, cfg_interval=s.cfg_interval or ())), "audio_seconds": round(dur, 4),
+            "nfe": int(pipe.nfe(s.steps, s.sampler, s.cfg, cfg_interval=s.cfg_interval)), "audio_seconds": round(dur, 4),
             "latency_s": lat, "latency_mean_s": statistics.fmean(total), "latency_min_s": min(total),
             "latency_iqr_s": [q[0], q[2]],
             "model_s": statistics.median(e["model_t"]),

@@ -511,6 +511,7 @@ def _clip_keys(path: Path, pipe, s, frames: int, rows: list[dict], cfg: EvalConf
 
 
 def parse_cfg_interval(text):
+    """edm.parse_cfg_interval, imported when called (this module loads without torch)."""
     from presto_cli.diffusion.edm import parse_cfg_interval as parse
 
     return parse(text)
@@ -588,7 +589,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
         lat = pipe.sample_latents([rows[j]["prompt"] for j in chunk], [rows[j]["seed"] for j in chunk], s.steps,
                                   s.sampler, s.cfg, duration, s.rho, match=match, conditions=conds,
                                   token_shift=s.token_shift, x0_clip=s.x0_clip,
-                                  cfg_interval=s.cfg_interval or ())
+                                  cfg_interval=s.cfg_interval)
         if keep_latents:
             from presto_cli.eval.texture import latents_to_db
 
@@ -729,7 +730,7 @@ def time_model(model: str, cfg: EvalConfig, n: int, rows: list[dict] | None = No
     pipe = load_pipeline(str(resolve_model(model)), cfg.device, cfg.precision or None, cfg.compile)
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
                       x0_clip=x0_clip_setting(cfg), cfg_interval=parse_cfg_interval(cfg.cfg_interval or None))
-    nfe = pipe.nfe(s.steps, s.sampler, s.cfg, cfg_interval=s.cfg_interval or ())
+    nfe = pipe.nfe(s.steps, s.sampler, s.cfg, cfg_interval=s.cfg_interval)
     cached = 0
     if rows is not None and clips is not None:
         keys = _clip_keys(resolve_model(model), pipe, s, pipe.frames_for(cfg.duration or None), rows, cfg)
