@@ -87,6 +87,10 @@ def main() -> None:
     ap.add_argument("--runs-only", action="store_true",
                     help="score only the tables made from training runs (layer grid, per-bin errors, FAD against "
                          "latency) and put them into README.md, keeping every other table as it is")
+    ap.add_argument("--tables", default="grid,latency,recipes",
+                    help="with --runs-only: which run-scored tables to rescore (grid: the layer grid and "
+                         "per-bin errors; latency: FAD against latency; recipes: the distillation recipes "
+                         "compared); the others stay as they are in README.md")
     ap.add_argument("--jobs", type=int, default=1,
                     help="quality evaluations run at once (one thread each); the benches always run alone, last")
     ap.add_argument("--render-only", action="store_true",
@@ -109,17 +113,6 @@ def main() -> None:
     if a.runs_only:
         return runs_only(a, common, t0)
 
-    prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
-
-    def prompt_set(k: int) -> list[str]:
-        if k == 0:
-            return ["--prompts", str(A / "heldout_prompts.jsonl")]
-        f = a.out / f"heldout_prompts_seed{k}.jsonl"
-        f.write_text("".join(json.dumps({**r, "seed": int(r["seed"]) + 1000 * k}) + "\n" for r in prompts))
-        return ["--prompts", str(f)]
-
-    def sfx(k: int) -> str:
-        return "" if k == 0 else f"_seed{k}"
 
     every = [x for m in ("demo-teacher", "demo-s", "demo-ase", "demo-l", "demo-ls") for x in ("--model", m)]
     # the main evaluation also scores latent texture (against the bundled held-out texture reference)
@@ -129,10 +122,10 @@ def main() -> None:
         JOB_ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     pool = ThreadPoolExecutor(max(1, a.jobs))  # independent evaluations; no task submits another
     later = lambda *args: pool.submit(presto, *args)  # noqa: E731
-    ev_f = [later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(0), "--out", str(a.out / "eval.json"),
+    ev_f = [later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_args(a, 0), "--out", str(a.out / "eval.json"),
                   "--report", str(a.out / "report.html"))]
     for k in range(1, a.seeds):
-        ev_f.append(later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_set(k),
+        ev_f.append(later("eval", *every, "--n", str(a.n), "--device", a.device, *prompt_args(a, k),
                           "--audio-dir", str(a.out / f"eval{sfx(k)}_audio"), "--out", str(a.out / f"eval{sfx(k)}.json")))
     real_dir = a.out / "real_train"
     real_f = tk_f = None
@@ -154,18 +147,20 @@ def main() -> None:
     para_w = later("eval", *every, "--prompts", str(A / "paraphrase_prompts.jsonl"), "--n", str(n_para),
                    *common[2:-2], "--metrics", "adherence", "--device", a.device, "--no-match",
                    "--audio-dir", str(a.out / "paraphrase_written_audio"), "--out", str(a.out / "eval_paraphrase_written.json"))
-    held_w = later("eval", *every, *prompt_set(0), "--n", str(a.n), *common[2:-2], "--metrics", "adherence",
+    held_w = later("eval", *every, *prompt_args(a, 0), "--n", str(a.n), *common[2:-2], "--metrics", "adherence",
                    "--device", a.device, "--no-match", "--audio-dir", str(a.out / "heldout_written_audio"),
                    "--out", str(a.out / "eval_heldout_written.json"))
     notes_f = pool.submit(notes_eval, a, every, common)
     has_grid = bool(grid_models(a))
     grid_f = pool.submit(grid_eval, a, common)
     lat_f = latency_submit(a, common, pool) if has_grid else {}
+    rec_f = pool.submit(recipes_eval, a, common)
     ev = [f.result() for f in ev_f]
     real = real_f.result() if real_f else None
     steps = {s: f.result() for s, f in steps_f.items()}
     extra = {"tempo_key_real": tk_f.result() if tk_f else None, "paraphrase": para_f.result(),
-             "notes": notes_f.result(), "paraphrase_written": para_w.result(), "heldout_written": held_w.result()}
+             "notes": notes_f.result(), "paraphrase_written": para_w.result(), "heldout_written": held_w.result(),
+             "recipes": rec_f.result()}
     grid = grid_f.result()
     music = music_eval(a, ev, real_dir if real else None)
     pool.shutdown()
@@ -185,6 +180,21 @@ def main() -> None:
     write_readme(table)
     print(table)
     print(f"done in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def prompt_args(a, k: int) -> list[str]:
+    """``--prompts`` of seed set ``k``: the bundled held-out prompts, their seeds + 1000 k."""
+    A = ROOT / "presto_cli" / "assets"
+    if k == 0:
+        return ["--prompts", str(A / "heldout_prompts.jsonl")]
+    prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
+    f = a.out / f"heldout_prompts_seed{k}.jsonl"
+    f.write_text("".join(json.dumps({**r, "seed": int(r["seed"]) + 1000 * k}) + "\n" for r in prompts))
+    return ["--prompts", str(f)]
+
+
+def sfx(k: int) -> str:
+    return "" if k == 0 else f"_seed{k}"
 
 
 def link_split(corpus: Path, split: str, n: int, folder: Path, manifest: Path | None = None) -> int:
@@ -330,6 +340,110 @@ def latency_collect(a, lat_f: dict) -> dict:
     return {s: {**doc, "bench": latency_bench(a, s, models)} for s, (models, doc) in done.items()}
 
 
+# Distillation recipes compared [issue 29 items 5, 6]: a run of another recipe (runs/<name>) beside the
+# bundled model it is compared with, when the run is on this machine
+RECIPE_RUNS = (
+    ("presto-s-paper", "demo-s", "Presto-S as the paper trains it (`recipes/demo/presto-s-paper.yaml`: DMD + GAN "
+     "from the teacher, r = 5, no regression, 5200 iterations) beside the bundled hybrid demo-s"),
+    ("presto-ls-bsim2", "demo-ls", "demo-ls given demo-s's two backward-simulation phases "
+     "(`recipes/demo/presto-ls-bsim.yaml`, 600 + 600 iterations from the bundled demo-ls) beside demo-ls"),
+)
+
+
+def recipe_runs(a) -> list[dict]:
+    return [{"name": name, "path": str(a.runs / name / "model.safetensors"), "base": base, "what": what}
+            for name, base, what in RECIPE_RUNS if (a.runs / name / "model.safetensors").is_file()]
+
+
+def final_d_gap(run_dir: Path, tail: int = 400) -> float | None:
+    """Mean d_real − d_fake (``d_gap``) over a run's last ``tail`` iterations (its metrics.jsonl)."""
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r.get("d_gap"), (int, float)) and isinstance(r.get("step"), int):
+            rows.append(r)
+    if not rows:
+        return None
+    last = max(r["step"] for r in rows)
+    vals = [r["d_gap"] for r in rows if r["step"] > last - tail]
+    return statistics.fmean(vals)
+
+
+def recipes_eval(a, common: list[str]) -> dict | None:
+    """Each recipe run, the bundled model it is compared with and the teacher: FAD under both
+    embedders, adherence and latent texture on every seed set of the held-out prompts."""
+    runs = recipe_runs(a)
+    if not runs:
+        return None
+    models = list(dict.fromkeys(["demo-teacher"] + [m for r in runs for m in (r["base"], r["path"])]))
+    ms = [x for m in models for x in ("--model", m)]
+    ref = music_reference(a)
+    docs, music = [], []
+    for k in range(a.seeds):
+        ev = presto("eval", *ms, *common[2:-2], "--metrics", "fad,adherence,texture", "--n", str(a.n),
+                    "--device", a.device, *prompt_args(a, k), "--audio-dir", str(a.out / f"recipes{sfx(k)}_audio"),
+                    "--out", str(a.out / f"eval_recipes{sfx(k)}.json"))
+        docs.append(ev)
+        if ref is not None:
+            dirs = [x for sy in ev["systems"] for x in ("--gen", sy["audio_dir"])]
+            music.append(presto("eval", *dirs, "--ref", ref, "--embedder", "music", "--metrics", "fad",
+                                "--out", str(a.out / f"eval_recipes_music{sfx(k)}.json")))
+    for r in runs:
+        r["d_gap"] = final_d_gap(Path(r["path"]).parent)
+    return {"eval": docs, "music": music or None, "runs": runs, "n": a.n}
+
+
+def recipes_table(rec: dict) -> list[str]:
+    """Each recipe run under the bundled model it is compared with: FAD under both embedders (mean ±
+    sd over seed sets, and the means' ratio to the teacher's), adherence, latent frame change and
+    median level against real, and the discriminator's final d_real − d_fake."""
+    from presto_cli.eval.evaluate import system_name
+
+    ev, music = rec["eval"], rec.get("music") or []
+    teacher = _agg(ev, "demo-teacher")
+    tmus = _agg(music, "demo-teacher") if music else {}
+
+    def tex(name, key):
+        vals = [((((_sys(d).get(name) or {}).get("scores") or {}).get("texture") or {}).get(key)) for d in ev]
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        if not vals:
+            return None
+        return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
+
+    def ratio(v, t):
+        return f"{v[0] / t[0]:.2f}x" if v and t and t[0] else "–"
+
+    lines = ["", f"Distillation recipes compared [issue 29]: each run of another recipe under the bundled model it is "
+             f"compared with ({rec['n']} clips of the held-out prompts per model and seed set, {len(ev)} seed sets, "
+             "mean ± sd; 4 steps, x0 clipping as each model's default). FAD ratios are of the means to the "
+             "teacher's on the same clips; frame change is the latent texture ratio to real (1 = real) and p50 "
+             "the median level's difference from real in dB; d_gap is the run's discriminator d_real − d_fake "
+             "over its last 400 iterations (near 0: the head sits at chance). " + match_note(ev[:1]), "",
+             "| model | FAD (presto-clap) ↓ | × teacher | FAD (music) ↓ | × teacher | adherence | frame change × | "
+             "p50 dB ± | d_gap |", "|---|---|---|---|---|---|---|---|---|"]
+    order = ["demo-teacher"]
+    for r in rec["runs"]:
+        order += [r["base"], system_name(r["path"])]
+    gaps = {system_name(r["path"]): r.get("d_gap") for r in rec["runs"]}
+    whats = {system_name(r["path"]): r["what"] for r in rec["runs"]}
+    for name in dict.fromkeys(order):
+        sc = _agg(ev, name)
+        if not sc:
+            continue
+        mu = _agg(music, name).get("fad") if music else None
+        lines.append(f"| {name} | {_pm(sc.get('fad'))} | {ratio(sc.get('fad'), teacher.get('fad'))} | {_pm(mu)} | "
+                     f"{ratio(mu, tmus.get('fad'))} | {_pm(sc.get('adherence'))} | {_pm(tex(name, 'frame_change_ratio'))} "
+                     f"| {_pm(tex(name, 'level_p50_diff_db'), 2)} | {_f(gaps.get(name))} |")
+    lines += [""] + [f"- {n}: {w}." for n, w in whats.items()]
+    return lines
+
+
 def notes_eval(a, every: list[str], common: list[str]) -> dict:
     """Do the notes move? Each model generates the 14 canonical style captions (seeds 0-13); the
     tonal change (mean chroma distance over 0.5 s) and the chroma peak share (the strongest pitch
@@ -399,7 +513,7 @@ def layer_diag(a) -> list[dict] | None:
 # Tables scored from training runs (runs/demo: the grid, per-bin diagnostics) or from them with
 # the FAD-against-latency points: when this machine cannot produce one, the previous one is kept.
 RUN_SECTIONS = ("Layer methods compared", "FAD against latency at other sampler budgets",
-                "Layer dropping per noise bin")
+                "Layer dropping per noise bin", "Distillation recipes compared")
 CARRIED = ("The tables below were not rescored by this run (the training runs they are scored from, "
            "`runs/demo/grid/` and the layer runs, were not on its machine); they are carried over from "
            "the previous `make results`.")
@@ -621,6 +735,8 @@ def render_runs(a, grid=None, diag=None, extra=None) -> list[str]:
         lines += grid_table(grid)
     if extra.get("fad_latency"):
         lines += latency_table(extra["fad_latency"])
+    if extra.get("recipes"):
+        lines += recipes_table(extra["recipes"])
     if isinstance(diag, dict):  # one document (older summaries)
         diag = [diag]
     for dg in diag or []:
@@ -733,22 +849,30 @@ def splice_runs(old_block: str, runs_table: str) -> str:
 
 
 def runs_only(a, common: list[str], t0: float) -> None:
-    """--runs-only: the grid's per-bin errors (and FAD with --grid-n), the per-bin tables and FAD
-    against latency, spliced into README.md in place of the old ones."""
+    """--runs-only: the grid's per-bin errors (and FAD with --grid-n), the per-bin tables, FAD
+    against latency and the distillation recipes compared (those --tables names), spliced into
+    README.md in place of the old ones."""
+    tables = {t.strip() for t in a.tables.split(",") if t.strip()}
+    unknown = tables - {"grid", "latency", "recipes"}
+    if unknown:
+        raise SystemExit(f"--tables: unknown {', '.join(sorted(unknown))} (grid, latency, recipes)")
     pool = ThreadPoolExecutor(max(1, a.jobs))
     if a.jobs > 1:
         JOB_ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    grid_f = pool.submit(grid_eval, a, common)
-    lat_f = latency_submit(a, common, pool)
-    grid = grid_f.result()
-    diag = layer_diag(a)
+    grid_f = pool.submit(grid_eval, a, common) if "grid" in tables else None
+    lat_f = latency_submit(a, common, pool) if "latency" in tables else {}
+    rec_f = pool.submit(recipes_eval, a, common) if "recipes" in tables else None
+    grid = grid_f.result() if grid_f else None
+    diag = layer_diag(a) if "grid" in tables else None
     pool.shutdown(wait=True)
     if grid is not None and diag:
         grid["per_bin"] = diag[0]
         grid["per_bin_cfg"] = diag[1:]
-    extra = {"fad_latency": latency_collect(a, lat_f)}
+    extra = {"fad_latency": latency_collect(a, lat_f) if lat_f else None,
+             "recipes": rec_f.result() if rec_f else None}
     (a.out / "runs_summary.json").write_text(json.dumps({"grid": grid, "layer_diag": diag, "extra": extra}, indent=2))
-    fad_latency_plot(extra["fad_latency"], ROOT / "docs" / "fad_latency.png")
+    if extra["fad_latency"]:
+        fad_latency_plot(extra["fad_latency"], ROOT / "docs" / "fad_latency.png")
     table = "\n".join(render_runs(a, grid, diag, extra))
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -8,6 +8,9 @@ from typing import Iterable
 
 from presto_cli.errors import PrestoError, PrestoUsageError
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
+BUNDLED_RANGE = "demo-latent-range.safetensors"  # the latent range of the training split they were trained on
 BUNDLED = {  # bundled name -> file in presto_cli/assets (presto_cli.pipeline re-exports it)
     "demo-teacher": "demo-teacher.safetensors",
     "demo-s": "demo-s.safetensors",
@@ -15,6 +18,19 @@ BUNDLED = {  # bundled name -> file in presto_cli/assets (presto_cli.pipeline re
     "demo-l": "demo-l.safetensors",
     "demo-ls": "demo-ls.safetensors",
 }
+
+
+def is_bundled_file(path, assets: Path | None = None) -> bool:
+    """Whether ``path`` (a symlink to one included) is one of the bundled models' files in
+    ``assets`` (default: the package's), which share one caption bank and one latent range
+    (benchmarks/bundle.py stores each once)."""
+    if path is None:
+        return False
+    try:
+        p, a = Path(path).resolve(), Path(assets or ASSETS).resolve()
+    except OSError:
+        return False
+    return p.parent == a and p.name in BUNDLED.values()
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

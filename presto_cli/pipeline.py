@@ -14,12 +14,9 @@ import torch
 
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, sub_state
-from presto_cli.names import BUNDLED, check_model_arg
+from presto_cli.names import ASSETS, BUNDLED, BUNDLED_CAPTIONS, BUNDLED_RANGE, check_model_arg, is_bundled_file
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
-BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
-BUNDLED_RANGE = "demo-latent-range.safetensors"  # the latent range of the training split they were trained on
 PRECISIONS = ("fp32", "bf16", "fp16")  # the DiT's weights and activations (the codec decodes in fp32)
 
 
@@ -161,8 +158,7 @@ class Pipeline:
         from presto_cli.text.caption_bank import CaptionBank
 
         bank = CaptionBank.from_artefact(tensors, meta)
-        if bank is None and path is not None and Path(path).parent == ASSETS and Path(path).name in BUNDLED.values() \
-                and (ASSETS / BUNDLED_CAPTIONS).is_file():
+        if bank is None and is_bundled_file(path, ASSETS) and (ASSETS / BUNDLED_CAPTIONS).is_file():
             bank = CaptionBank.load(ASSETS / BUNDLED_CAPTIONS)
         if bank is not None and bank.text and bank.text != meta.get("text", "minilm"):
             raise PrestoError(f"{path}: its caption bank was encoded with '{bank.text}', the model uses "
@@ -174,8 +170,7 @@ class Pipeline:
         from presto_cli.diffusion.latent_range import LatentRange
 
         rng = LatentRange.from_artefact(tensors, meta)
-        if rng is None and path is not None and Path(path).parent == ASSETS and Path(path).name in BUNDLED.values() \
-                and (ASSETS / BUNDLED_RANGE).is_file():
+        if rng is None and is_bundled_file(path, ASSETS) and (ASSETS / BUNDLED_RANGE).is_file():
             rng = LatentRange.load(ASSETS / BUNDLED_RANGE)
         if rng is not None and rng.channels != self.latent_channels:
             raise PrestoError(f"{path}: its latent range has {rng.channels} channels, the model "

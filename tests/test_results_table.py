@@ -222,3 +222,50 @@ def test_fad_latency_plot_is_written_atomically(tmp_path):
           16: {"eval": ev, "music": None, "bench": {"rows": [{"model": "demo-teacher", "latency_s": 1.0}]}}}
     out = R.fad_latency_plot(fl, tmp_path / "docs" / "fad_latency.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list((tmp_path / "docs").glob("*.tmp.png"))
+
+
+def test_recipes_table_ratios_to_the_teacher_and_the_runs_final_d_gap(tmp_path):
+    """Issue 29 items 5-6: each recipe run under the bundled model it is compared with; FAD ratios are
+    of the seed-set means to the teacher's; d_gap is the mean over the run's last 400 iterations."""
+    R = _results()
+    run = tmp_path / "runs" / "presto-s-paper"
+    run.mkdir(parents=True)
+    # d_gap 0.1 up to step 600, then 0.5: the last 400 iterations (601-1000) hold only 0.5 ...
+    rows = [{"step": s, "d_gap": 0.1 if s <= 600 else 0.5} for s in range(10, 1001, 10)]
+    rows.insert(3, {"step": 35, "event": "checkpoint"})  # ... and lines without d_gap are skipped
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    assert abs(R.final_d_gap(run) - 0.5) < 1e-12
+    assert abs(R.final_d_gap(run, tail=500) - (10 * 0.1 + 40 * 0.5) / 50) < 1e-12
+    assert R.final_d_gap(tmp_path) is None
+
+    def tex(fc, p50):
+        return {"frame_change_ratio": fc, "level_p50_diff_db": p50}
+
+    def ev(t, s, p):
+        return {"embedder": {"name": "presto-clap"}, "systems": [
+            {"name": "demo-teacher", "scores": {"fad": t, "adherence": 0.9, "texture": tex(1.2, -2.0)}},
+            {"name": "demo-s", "scores": {"fad": s, "adherence": 0.8, "texture": tex(1.3, -1.0)}},
+            {"name": "presto-s-paper", "scores": {"fad": p, "adherence": 0.85, "texture": tex(1.5, -15.0)}}]}
+
+    def mus(t, s, p):
+        return {"systems": [{"name": n, "scores": {"fad": v}} for n, v in
+                            (("demo-teacher", t), ("demo-s", s), ("presto-s-paper", p))]}
+
+    rec = {"n": 96, "eval": [ev(0.10, 0.13, 0.09), ev(0.12, 0.15, 0.11)], "music": [mus(20, 30, 26), mus(22, 32, 28)],
+           "runs": [{"name": "presto-s-paper", "path": str(run / "model.safetensors"), "base": "demo-s",
+                     "what": "the paper's recipe", "d_gap": 0.5}]}
+    text = "\n".join(R.recipes_table(rec))
+    assert text.lstrip("\n").startswith("Distillation recipes compared")
+    rows = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ") and "---" not in l}
+    # presto-clap: 0.10 / 0.11 = 0.91x, 0.14 / 0.11 = 1.27x; music: 27 / 21 = 1.29x, 31 / 21 = 1.48x
+    assert "| 0.91x |" in rows["presto-s-paper"] and "| 1.29x |" in rows["presto-s-paper"]
+    assert "| 1.27x |" in rows["demo-s"] and "| 1.48x |" in rows["demo-s"]
+    assert "| 1.00x |" in rows["demo-teacher"]
+    assert rows["presto-s-paper"].rstrip(" |").endswith("0.5") and rows["demo-s"].rstrip(" |").endswith("–")
+    assert "1.5" in rows["presto-s-paper"] and "-15" in rows["presto-s-paper"]
+    order = [text.index(f"| {n} |") for n in ("demo-teacher", "demo-s", "presto-s-paper")]
+    assert order == sorted(order)
+    # the section is run-scored: --runs-only splices it in place of an old one and keeps the rest
+    old = "main\n\n| main |\n\nDistillation recipes compared (old)\n\n| rec old |\n"
+    out = R.splice_runs(old, text)
+    assert "| rec old |" not in out and "| main |" in out and out.count("Distillation recipes compared") == 1

@@ -287,3 +287,43 @@ def test_distill_steps_with_a_guidance_interval(tiny_chain, tmp_path):
     r = presto("distill-steps", TINY / "presto-s.yaml", *common, "train.steps=2", "distill.cfg_interval=[2,1]",
                "--out", tmp_path / "bad", check=False)
     assert r.returncode != 0 and "distill.cfg_interval needs 0 <= LO < HI" in r.stderr
+
+
+def test_a_student_of_a_bundled_teacher_carries_the_shared_caption_bank_and_latent_range(tiny_chain, tmp_path,
+                                                                                          monkeypatch):
+    """The bundled models' files lack the caption bank and the latent range, which bundle.py stores
+    once in assets/ for all of them. A model distilled from the bundled teacher (through a symlink
+    too) must still carry both, or it loses nearest-caption matching and x0 clipping; a copy of the
+    same file outside assets/ is not a bundled model and gets neither."""
+    from typer.testing import CliRunner
+
+    from presto_cli import names
+    from presto_cli.cli import app
+    from presto_cli.diffusion.latent_range import LatentRange
+    from presto_cli.io import load_artefact, save_artefact
+    from presto_cli.text.caption_bank import CaptionBank
+
+    tensors, meta = load_artefact(tiny_chain["teacher"])
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    CaptionBank.from_artefact(tensors, meta).save(assets / names.BUNDLED_CAPTIONS)
+    LatentRange.from_artefact(tensors, meta).save(assets / names.BUNDLED_RANGE)
+    bare = ({k: v for k, v in tensors.items() if not k.startswith(("caption_bank.", "latent_range."))},
+            {k: v for k, v in meta.items() if k not in ("caption_bank", "latent_range")})
+    save_artefact(assets / "demo-teacher.safetensors", *bare)
+    save_artefact(tmp_path / "copy.safetensors", *bare)
+    (tmp_path / "link.safetensors").symlink_to(assets / "demo-teacher.safetensors")
+    monkeypatch.setattr(names, "ASSETS", assets)
+
+    def distil(teacher, out):
+        common = [a for a in _common(tiny_chain) if not a.startswith("data.teacher=")]
+        r = CliRunner().invoke(app, ["distill-steps", str(TINY / "presto-s.yaml"), *common, f"data.teacher={teacher}",
+                                     "train.steps=2", "--out", str(out), "--quiet"])
+        assert r.exit_code == 0, r.output
+        return out / "model.safetensors"
+
+    student = distil(tmp_path / "link.safetensors", tmp_path / "s")
+    assert _same_caption_bank(student, assets / names.BUNDLED_CAPTIONS)  # the shared files, as stored (fp16)
+    assert _same_latent_range(student, assets / names.BUNDLED_RANGE)
+    other = load_artefact(distil(tmp_path / "copy.safetensors", tmp_path / "s_copy"))
+    assert CaptionBank.from_artefact(*other) is None and LatentRange.from_artefact(*other) is None

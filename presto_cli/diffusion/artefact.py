@@ -23,7 +23,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu",
 
     Distillation stages start from this (the tensors hold the embedded codec, if any).
     """
-    tensors, meta = load_artefact(path)
+    tensors, meta = with_bundled_shared(path, *load_artefact(path))
     if "model" not in meta or not any(k.startswith("dit.") for k in tensors):
         raise PrestoError(f"{path} is a '{meta.get('kind')}' artefact without DiT weights",
                           "pass a teacher made by `presto pretrain`")
@@ -32,6 +32,27 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu",
     edm = dataclass_from_dict(EDMConfig, meta.get("edm", {}), "edm")
     den = EDMDenoiser(net, edm).to(device).eval()
     return den, meta, tensors
+
+
+def with_bundled_shared(path, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+    """A bundled model's file lacks the caption bank and the latent range, which benchmarks/bundle.py
+    stores once in assets/ for all of them: fold them back in, so a model distilled from a bundled
+    teacher carries both (nearest-caption matching and x0 clipping) as one distilled from a run's
+    teacher does. Any other file, or one that has them, is returned as it is."""
+    from presto_cli.names import ASSETS, BUNDLED_CAPTIONS, BUNDLED_RANGE, is_bundled_file
+
+    if not is_bundled_file(path):
+        return tensors, meta
+    tensors, meta = dict(tensors), dict(meta)
+    for name, prefix, key in ((BUNDLED_CAPTIONS, "caption_bank.", "caption_bank"),
+                              (BUNDLED_RANGE, "latent_range.", "latent_range")):
+        if any(k.startswith(prefix) for k in tensors) or not (ASSETS / name).is_file():
+            continue
+        shared, shared_meta = load_artefact(ASSETS / name)
+        tensors.update({k: v for k, v in shared.items() if k.startswith(prefix)})
+        if key in shared_meta:
+            meta[key] = shared_meta[key]
+    return tensors, meta
 
 
 def load_layered(path: str | Path, device: torch.device | str = "cpu"
