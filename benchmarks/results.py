@@ -421,7 +421,7 @@ def recipes_table(rec: dict) -> list[str]:
 
     lines = ["", f"Distillation recipes compared [issue 29]: each run of another recipe under the bundled model it is "
              f"compared with ({rec['n']} clips of the held-out prompts per model and seed set, {len(ev)} seed sets, "
-             "mean ± sd; 4 steps, x0 clipping as each model's default). FAD ratios are of the means to the "
+             f"mean ± sd; 4 steps, x0 clipping as each model's default; {time.strftime('%Y-%m-%d')}). FAD ratios are of the means to the "
              "teacher's on the same clips; frame change is the latent texture ratio to real (1 = real) and p50 "
              "the median level's difference from real in dB; d_gap is the run's discriminator d_real − d_fake "
              "over its last 400 iterations (near 0: the head sits at chance). " + match_note(ev[:1]), "",
