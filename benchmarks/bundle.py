@@ -31,12 +31,14 @@ RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "dem
 # teacher-head2d2 from its export), teacher-tempo-key.yaml (teacher-tk), teacher-tempo-phase.yaml
 # (teacher-tp); presto-s-regress.yaml, presto-s-dmd.yaml, presto-s-bsim.yaml (run twice: presto-s-bsim,
 # then presto-s-bsim2), presto-s-head.yaml, presto-s-tp.yaml; presto-ls-regress.yaml, presto-ls-dmd.yaml,
-# presto-ls-head.yaml, presto-ls-tp.yaml
+# presto-ls-head.yaml, presto-ls-tp.yaml, presto-ls-bsim.yaml (run twice: presto-ls-bsim, then
+# presto-ls-bsim2)
 LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3", "teacher-head2d", "teacher-head2d2",
                      "teacher-tk", "teacher-tp"],
          "presto-s": ["presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2", "presto-s-head",
                       "presto-s-tp"],
-         "presto-ls": ["presto-ls-regress", "presto-ls-dmd", "presto-ls-head", "presto-ls-tp"]}
+         "presto-ls": ["presto-ls-regress", "presto-ls-dmd", "presto-ls-head", "presto-ls-tp", "presto-ls-bsim",
+                       "presto-ls-bsim2"]}
 
 
 def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:

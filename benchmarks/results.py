@@ -345,8 +345,9 @@ def latency_collect(a, lat_f: dict) -> dict:
 RECIPE_RUNS = (
     ("presto-s-paper", "demo-s", "Presto-S as the paper trains it (`recipes/demo/presto-s-paper.yaml`: DMD + GAN "
      "from the teacher, r = 5, no regression, 5200 iterations) beside the bundled hybrid demo-s"),
-    ("presto-ls-bsim2", "demo-ls", "demo-ls given demo-s's two backward-simulation phases "
-     "(`recipes/demo/presto-ls-bsim.yaml`, 600 + 600 iterations from the bundled demo-ls) beside demo-ls"),
+    ("presto-ls-tp", "demo-ls", "demo-ls before demo-s's two backward-simulation phases were added to it "
+     "(the bundled demo-ls is presto-ls-bsim2: `recipes/demo/presto-ls-bsim.yaml`, 600 + 600 iterations from "
+     "presto-ls-tp), so S and LS are compared on the same phases"),
 )
 
 

@@ -96,7 +96,22 @@ stage combine        recipes/demo/presto-ls-head.yaml presto-ls-head "$TK" "$C" 
 # Presto-L's schedule; bundled as demo-ls
 reuse_pairs presto-s-tp presto-ls-tp
 stage combine        recipes/demo/presto-ls-tp.yaml presto-ls-tp "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-head/model.safetensors"
+# demo-ls given demo-s's two backward-simulation phases (presto-ls-bsim.yaml twice, 2 x 600 iterations
+# from presto-ls-tp, about 1 h on one thread; their 256 trajectories are presto-s-tp's: same teacher,
+# seed and settings); the second run is bundled as demo-ls (METHOD.md section 3)
+reuse_pairs presto-s-tp presto-ls-bsim
+reuse_pairs presto-s-tp presto-ls-bsim2
+stage combine        recipes/demo/presto-ls-bsim.yaml presto-ls-bsim "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-tp/model.safetensors"
+stage combine        recipes/demo/presto-ls-bsim.yaml presto-ls-bsim2 "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-bsim/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
+
+# Presto-S as the paper trains it (issue 29; PAPER=0 skips it), scored by benchmarks/results.py
+# ("Distillation recipes compared"), not bundled: DMD + GAN from teacher-tp, r = 5, no regression,
+# 5200 iterations, about 3 h on one CPU thread
+if [ "${PAPER:-1}" = "1" ]; then
+  stage distill-steps  recipes/demo/presto-s-paper.yaml presto-s-paper "$TP" "$C"
+fi
+
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block
 # choice {early exit, keep-last} x the self-teacher term {on, off}, all with the budget embedding,
