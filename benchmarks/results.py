@@ -189,7 +189,12 @@ def prompt_args(a, k: int) -> list[str]:
         return ["--prompts", str(A / "heldout_prompts.jsonl")]
     prompts = [json.loads(l) for l in (A / "heldout_prompts.jsonl").read_text().splitlines() if l.strip()]
     f = a.out / f"heldout_prompts_seed{k}.jsonl"
-    f.write_text("".join(json.dumps({**r, "seed": int(r["seed"]) + 1000 * k}) + "\n" for r in prompts))
+    text = "".join(json.dumps({**r, "seed": int(r["seed"]) + 1000 * k}) + "\n" for r in prompts)
+    # called again from another thread while an eval reads the file: write once, atomically
+    if not f.is_file() or f.read_text() != text:
+        from presto_cli.io import atomic_write_text
+
+        atomic_write_text(f, text)
     return ["--prompts", str(f)]
 
 
@@ -410,13 +415,6 @@ def recipes_table(rec: dict) -> list[str]:
     teacher = _agg(ev, "demo-teacher")
     tmus = _agg(music, "demo-teacher") if music else {}
 
-    def tex(name, key):
-        vals = [((((_sys(d).get(name) or {}).get("scores") or {}).get("texture") or {}).get(key)) for d in ev]
-        vals = [v for v in vals if isinstance(v, (int, float))]
-        if not vals:
-            return None
-        return (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
-
     def ratio(v, t):
         return f"{v[0] / t[0]:.2f}x" if v and t and t[0] else "–"
 
@@ -438,9 +436,10 @@ def recipes_table(rec: dict) -> list[str]:
         if not sc:
             continue
         mu = _agg(music, name).get("fad") if music else None
+        tx = _texture_agg(ev, name)
         lines.append(f"| {name} | {_pm(sc.get('fad'))} | {ratio(sc.get('fad'), teacher.get('fad'))} | {_pm(mu)} | "
-                     f"{ratio(mu, tmus.get('fad'))} | {_pm(sc.get('adherence'))} | {_pm(tex(name, 'frame_change_ratio'))} "
-                     f"| {_pm(tex(name, 'level_p50_diff_db'), 2)} | {_f(gaps.get(name))} |")
+                     f"{ratio(mu, tmus.get('fad'))} | {_pm(sc.get('adherence'))} | {_pm(tx.get('frame_change_ratio'))} "
+                     f"| {_pm(tx.get('level_p50_diff_db'), 2)} | {_f(gaps.get(name))} |")
     lines += [""] + [f"- {n}: {w}." for n, w in whats.items()]
     return lines
 
@@ -895,14 +894,16 @@ TEMPO_KEY_COLS = (("tempo_acc1", "tempo ±4%"), ("tempo_acc2", "tempo ±4% ×2/�
                   ("key_relative", "key relative"), ("key_parallel", "key parallel"))
 
 
+def _texture_agg(ev: list[dict], name: str) -> dict:
+    """The nested texture scores of ``name``, mean ± sd over the seed sets as _agg does."""
+    return _agg([{"systems": [{"name": name, "scores": ((_sys(d).get(name) or {}).get("scores") or {})
+                               .get("texture") or {}}]} for d in ev], name)
+
+
 def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | None) -> list[str]:
     """Latent texture (ratios to the real held-out latents; the token grid is the boundary ratio
     itself, real 0.97) and tempo/key accuracy against the asked values, with the estimators' own
     accuracy on real held-out clips (their labels) as the ceiling."""
-    def texture(name):  # the nested texture scores, mean ± sd over the seed sets as _agg does
-        return _agg([{"systems": [{"name": name, "scores": ((_sys(d).get(name) or {}).get("scores") or {})
-                                   .get("texture") or {}}]} for d in ev], name)
-
     if not any(((_sys(ev[0]).get(n) or {}).get("scores") or {}).get("texture") for n in names):
         return []
     tref = ev[0].get("texture_reference") or {}
@@ -920,7 +921,7 @@ def texture_tempo_key_table(ev: list[dict], names: list[str], real_tk: dict | No
              "| model | " + " | ".join(h for _, h in TEXTURE_COLS + TEMPO_KEY_COLS) + " |",
              "|---|" + "---|" * (len(TEXTURE_COLS) + len(TEMPO_KEY_COLS))]
     for name in names:
-        t, sc = texture(name), _agg(ev, name)
+        t, sc = _texture_agg(ev, name), _agg(ev, name)
         lines.append(f"| {name} | " + " | ".join(_pm(t.get(k)) for k, _ in TEXTURE_COLS) + " | "
                      + " | ".join(_pm(sc.get(k)) for k, _ in TEMPO_KEY_COLS) + " |")
     if ceil:
