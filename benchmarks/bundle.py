@@ -69,6 +69,28 @@ def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:
     return done
 
 
+def save_unless_unchanged(path: Path, save) -> bool:
+    """``save(tmp)`` writes a new version of ``path``; it replaces ``path`` only when its tensors or
+    metadata (the ``created`` stamp aside) differ, so rebundling leaves unchanged shared files as
+    they were in git. Returns whether ``path`` was rewritten."""
+    import os
+
+    import torch
+
+    tmp = path.with_name(path.stem + ".new" + path.suffix)
+    save(tmp)
+    if path.is_file():
+        (t_old, m_old), (t_new, m_new) = load_artefact(path), load_artefact(tmp)
+        strip = lambda m: {k: v for k, v in m.items() if k != "created"}  # noqa: E731
+        if (strip(m_old) == strip(m_new) and t_old.keys() == t_new.keys()
+                and all(t_old[k].dtype == t_new[k].dtype and torch.equal(t_old[k], t_new[k]) for k in t_old)):
+            tmp.unlink()
+            print(f"{path.name}: unchanged, not rewritten")
+            return False
+    os.replace(tmp, path)
+    return True
+
+
 def _store_once(assets: Path, name: str, prefix: str, meta_key: str, what: str) -> None:
     """Rewrite every bundled model (but ``name``) without its ``prefix`` tensors and ``meta_key``
     metadata, now kept once in ``name``; then share the codec again (load_artefact put it back)."""
@@ -103,7 +125,7 @@ def share_captions(assets: Path, data: Path, name: str = "demo-captions.safetens
         rows = [json.loads(l) for l in (data / "manifest.jsonl").read_text().splitlines() if l.strip()]
         caps = [r["caption"] for r in rows if r.get("split", "train") == "train"]
         bank = CaptionBank.build(caps, build_text_encoder("minilm"))
-    bank.save(assets / name, source=source)
+    save_unless_unchanged(assets / name, lambda p: bank.save(p, source=source))
     _store_once(assets, name, PREFIX, "caption_bank", "caption bank")
     print(f"caption bank: {len(bank)} captions in {assets / name} ({(assets / name).stat().st_size / 2**20:.1f} MiB)")
     return assets / name
@@ -127,7 +149,7 @@ def share_latent_range(assets: Path, data: Path, name: str = "demo-latent-range.
                                     {"path": str(data), "sample_rate": 16000, "clip_seconds": 4.0}, "cpu")
         ds = LatentDataset(cache, "train")
         rng = LatentRange.measure((ds[i]["latents"] for i in range(len(ds))), source=str(data))
-    rng.save(assets / name)
+    save_unless_unchanged(assets / name, rng.save)
     _store_once(assets, name, PREFIX, "latent_range", "latent range")
     print(f"latent range: {rng.channels} channels from {rng.n} training clips in {assets / name}")
     return assets / name

@@ -109,3 +109,33 @@ def test_latent_range_is_stored_once_from_the_bundled_teacher(bundle, tmp_path):
         tt, tm = load_artefact(assets / f)
         assert "latent_range" not in tm and not any(k.startswith("latent_range.") for k in tt)
         assert torch.equal(tt["dit.w"], torch.ones(2))
+
+
+def test_rebundling_leaves_unchanged_shared_files_as_they_were(bundle, tmp_path):
+    """The caption bank and the latent range are rewritten only when their content changes: a second
+    bundling with the same content keeps the file's bytes (no new ``created`` stamp in git)."""
+    from presto_cli.diffusion.latent_range import LatentRange
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    rng = LatentRange(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth")
+    t, info = rng.to_artefact()
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "teacher", "latent_range": info})
+    bundle.share_latent_range(assets, tmp_path / "unused-corpus")
+    f = assets / "demo-latent-range.safetensors"
+    meta = load_artefact(f)[1]
+    meta["created"] = "2000-01-01T00:00:00Z"  # an old stamp: any rewrite would replace it
+    save_artefact(f, load_artefact(f)[0], meta)
+    before = f.read_bytes()
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
+                  {"kind": "teacher", "latent_range": info})  # the same range again
+    bundle.share_latent_range(assets, tmp_path / "unused-corpus")
+    assert f.read_bytes() == before and not list(assets.glob("*.new.*"))
+    # a changed range is written
+    t2, info2 = LatentRange(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth").to_artefact()
+    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t2},
+                  {"kind": "teacher", "latent_range": info2})
+    bundle.share_latent_range(assets, tmp_path / "unused-corpus")
+    assert torch.equal(LatentRange.load(f).hi, torch.tensor([1.0, 3.0]))
+    assert load_artefact(f)[1]["created"] != "2000-01-01T00:00:00Z"
