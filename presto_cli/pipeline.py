@@ -14,7 +14,7 @@ import torch
 
 from presto_cli.errors import PrestoError
 from presto_cli.io import load_artefact, load_state_strict, sub_state
-from presto_cli.names import ASSETS, BUNDLED, BUNDLED_CAPTIONS, BUNDLED_RANGE, check_model_arg, is_bundled_file
+from presto_cli.names import ASSETS, BUNDLED, check_model_arg
 
 GENERATOR_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls")
 PRECISIONS = ("fp32", "bf16", "fp16")  # the DiT's weights and activations (the codec decodes in fp32)
@@ -90,6 +90,7 @@ class Pipeline:
         """``precision`` (fp32 | bf16 | fp16; None: the device's default) casts the DiT's weights,
         so it computes in that dtype (norms and the EDM preconditioning stay in fp32);
         ``compile`` wraps the DiT in ``torch.compile`` (compiled on its first call)."""
+        from presto_cli.diffusion.artefact import with_bundled_shared
         from presto_cli.diffusion.edm import EDMConfig, EDMDenoiser
         from presto_cli.models.dit import DiTConfig, DiT
         from presto_cli.recipes import dataclass_from_dict
@@ -97,6 +98,8 @@ class Pipeline:
 
         self.path = path
         self.meta = meta
+        # a bundled model's caption bank and latent range live once in the assets folder
+        tensors, meta = with_bundled_shared(path, tensors, meta, ASSETS)
         self.kind = meta.get("kind")
         if self.kind not in GENERATOR_KINDS:
             raise PrestoError(f"{path} is a '{self.kind}' artefact, not a generator",
@@ -154,24 +157,20 @@ class Pipeline:
                                   f"{str(e).splitlines()[0] if str(e) else ''}", "run without --compile") from None
 
     def _caption_bank(self, tensors, meta, path):
-        """The artefact's caption bank; for a bundled model, the shared assets/demo-captions file."""
+        """The artefact's caption bank (a bundled model's: the shared assets/demo-captions file)."""
         from presto_cli.text.caption_bank import CaptionBank
 
         bank = CaptionBank.from_artefact(tensors, meta)
-        if bank is None and is_bundled_file(path, ASSETS) and (ASSETS / BUNDLED_CAPTIONS).is_file():
-            bank = CaptionBank.load(ASSETS / BUNDLED_CAPTIONS)
         if bank is not None and bank.text and bank.text != meta.get("text", "minilm"):
             raise PrestoError(f"{path}: its caption bank was encoded with '{bank.text}', the model uses "
                               f"'{meta.get('text', 'minilm')}'", "re-export the model")
         return bank
 
     def _latent_range(self, tensors, meta, path):
-        """The artefact's training-latent range; for a bundled model, the shared assets file."""
+        """The artefact's training-latent range (a bundled model's: the shared assets file)."""
         from presto_cli.diffusion.latent_range import LatentRange
 
         rng = LatentRange.from_artefact(tensors, meta)
-        if rng is None and is_bundled_file(path, ASSETS) and (ASSETS / BUNDLED_RANGE).is_file():
-            rng = LatentRange.load(ASSETS / BUNDLED_RANGE)
         if rng is not None and rng.channels != self.latent_channels:
             raise PrestoError(f"{path}: its latent range has {rng.channels} channels, the model "
                               f"{self.latent_channels}", "re-export the model")

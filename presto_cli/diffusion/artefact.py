@@ -34,21 +34,24 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu",
     return den, meta, tensors
 
 
-def with_bundled_shared(path, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+def with_bundled_shared(path, tensors: dict[str, Tensor], meta: dict, assets=None
+                        ) -> tuple[dict[str, Tensor], dict]:
     """A bundled model's file lacks the caption bank and the latent range, which benchmarks/bundle.py
-    stores once in assets/ for all of them: fold them back in, so a model distilled from a bundled
-    teacher carries both (nearest-caption matching and x0 clipping) as one distilled from a run's
-    teacher does. Any other file, or one that has them, is returned as it is."""
-    from presto_cli.names import ASSETS, BUNDLED_CAPTIONS, BUNDLED_RANGE, is_bundled_file
+    stores once in ``assets`` (default: the package's assets/) for all of them: fold them back in,
+    so a model distilled from a bundled teacher carries both (nearest-caption matching and x0
+    clipping) as one distilled from a run's teacher does, and the pipeline finds them where every
+    other model keeps them. Any other file, or one that has them, is returned as it is."""
+    from presto_cli import names
 
-    if not is_bundled_file(path):
+    assets = Path(assets or names.ASSETS)
+    if not names.is_bundled_file(path, assets):
         return tensors, meta
     tensors, meta = dict(tensors), dict(meta)
-    for name, prefix, key in ((BUNDLED_CAPTIONS, "caption_bank.", "caption_bank"),
-                              (BUNDLED_RANGE, "latent_range.", "latent_range")):
-        if any(k.startswith(prefix) for k in tensors) or not (ASSETS / name).is_file():
+    for name, prefix, key in ((names.BUNDLED_CAPTIONS, "caption_bank.", "caption_bank"),
+                              (names.BUNDLED_RANGE, "latent_range.", "latent_range")):
+        if any(k.startswith(prefix) for k in tensors) or not (assets / name).is_file():
             continue
-        shared, shared_meta = load_artefact(ASSETS / name)
+        shared, shared_meta = load_artefact(assets / name)
         tensors.update({k: v for k, v in shared.items() if k.startswith(prefix)})
         if key in shared_meta:
             meta[key] = shared_meta[key]
