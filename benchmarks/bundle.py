@@ -25,7 +25,9 @@ from presto_cli.io import atomic_write_text, load_artefact, save_artefact  # noq
 from presto_cli.pipeline import ASSETS  # noqa: E402
 
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
-        "presto-ls": "demo-ls", "clap": "demo-clap"}
+        "presto-ls": "demo-ls", "clap": "demo-clap",
+        # recipes/demo/autoencoder-bass.yaml: the codec with a bass band, for the next chain (issue 30)
+        "autoencoder-bass": "demo-codec-bass"}
 # later phases of the same model replace the run above them (the last one present wins):
 # recipes/demo/teacher-shift{1,2,3}.yaml, teacher-head2d.yaml (run twice: teacher-head2d, then
 # teacher-head2d2 from its export), teacher-tempo-key.yaml (teacher-tk), teacher-tempo-phase.yaml

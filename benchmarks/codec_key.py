@@ -10,7 +10,10 @@ estimators of ``presto eval --metrics tempo,key`` (presto_cli/eval/tempo_key.py)
   magnitude at hop 256, ``n_fft`` N, the filterbank's non-negative pseudo-inverse giving the linear
   magnitude (as the codec's vocoder prior does); ``gl-mel1024`` is the codec's own analysis;
 * ``gl-lin1024``: Griffin-Lim from the full 1024-point linear magnitude (no mel): what the STFT
-  window alone loses; ``-fmin30``: filters from 30 Hz; ``-256bins``: 256 mel bins.
+  window alone loses; ``-fmin30``: filters from 30 Hz; ``-256bins``/``-192bins``: more mel bins;
+* ``gl-bass<N>-<note>+mel<M>``: the bass-band representation of the mel codec (``bass_n_fft``):
+  one filter per semitone from E1 (41 Hz) to ``note`` on an N-point STFT, then M HTK-mel filters
+  from there at n_fft 1024; each part is Griffin-Lim'd at its own window and the two are summed.
 
 Reported per version: key exact and MIREX score against the labels, key agreement with the real
 clip's estimate (the loss itself, estimator errors aside), tempo within 4%, the tonic offset
@@ -37,6 +40,7 @@ from presto_cli.audio import load_audio  # noqa: E402
 from presto_cli.codec.base import load_codec  # noqa: E402
 from presto_cli.codec.losses import mel_filterbank  # noqa: E402
 from presto_cli.codec.vae import hann_window, istft_same, stft_same  # noqa: E402
+from presto_cli.dsp import midi_hz, note_filterbank  # noqa: E402
 from presto_cli.eval import tempo_key as TK  # noqa: E402
 
 SR, HOP, N_MELS = 16000, 256, 128
@@ -70,6 +74,20 @@ def gl_from_mel(x: torch.Tensor, n_fft: int, f_min: float, linear: bool = False,
     return griffin_lim(mag, n_fft)
 
 
+BASS_LOW = 28  # E1
+SPLITS = {"C4": 60, "C5": 72, "C6": 84}  # the bass band's top note
+
+
+def gl_split(x: torch.Tensor, bass_fft: int, top: int, n_mels: int) -> torch.Tensor:
+    """Griffin-Lim of the bass band (``bass_fft`` points) plus that of the mel filters above it."""
+    out = 0
+    for n_fft, fb in ((bass_fft, torch.from_numpy(note_filterbank(SR, bass_fft, BASS_LOW, top)).float()),
+                      (1024, mel_filterbank(SR, 1024, n_mels, float(midi_hz(top - 1)), None))):
+        mag = stft_same(x, n_fft, HOP, hann_window(n_fft)).abs()
+        out = out + griffin_lim(torch.linalg.pinv(fb).clamp_min(0.0) @ (fb @ mag), n_fft)
+    return out
+
+
 def bass_chroma(x: np.ndarray) -> np.ndarray:
     frames = TK._frames(x, TK.KEY_N_FFT, TK.KEY_HOP)
     p = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
@@ -77,7 +95,8 @@ def bass_chroma(x: np.ndarray) -> np.ndarray:
 
 
 VERSIONS = ("real", "codec", "gl-lin1024", "gl-mel1024", "gl-mel2048", "gl-mel4096", "gl-mel2048-fmin30",
-            "gl-mel4096-fmin30", "gl-mel4096-fmin30-256bins")
+            "gl-mel4096-fmin30", "gl-mel4096-fmin30-256bins", "gl-mel1024-192bins", "gl-bass4096-C4+mel95",
+            "gl-bass4096-C5+mel83", "gl-bass2048-C5+mel83", "gl-bass4096-C6+mel72")
 
 
 def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
@@ -88,10 +107,14 @@ def rebuild(name: str, x: torch.Tensor, codec) -> np.ndarray:
         return codec.decode(codec.encode(x[None]))[0, 0].numpy()
     if name == "gl-lin1024":
         return gl_from_mel(x, 1024, 0.0, linear=True)[0].numpy()
-    parts = name.split("-")  # gl, mel<N>[, fmin30][, 256bins]
+    parts = name.split("-")  # gl, mel<N>[, fmin30][, <M>bins] | gl, bass<N>, <note>+mel<M>
+    if parts[1].startswith("bass"):
+        top, mels = parts[2].split("+mel")
+        return gl_split(x, int(parts[1][4:]), SPLITS[top], int(mels))[0].numpy()
     n_fft = int(parts[1][3:])
+    bins = [int(p[:-4]) for p in parts[2:] if p.endswith("bins")]
     return gl_from_mel(x, n_fft, 30.0 if "fmin30" in parts else 0.0,
-                       n_mels=256 if "256bins" in parts else N_MELS)[0].numpy()
+                       n_mels=bins[0] if bins else N_MELS)[0].numpy()
 
 
 def summarise(rows: list[dict], recs: list[dict], versions=VERSIONS) -> dict:

@@ -34,6 +34,26 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax
     return np.clip(np.minimum(up, down), 0.0, None)
 
 
+def midi_hz(note) -> np.ndarray:
+    """Frequency (Hz) of a (fractional) MIDI note number, A4 = 69 = 440 Hz."""
+    return 440.0 * 2.0 ** ((np.asarray(note, dtype=np.float64) - 69.0) / 12.0)
+
+
+def note_filterbank(sample_rate: int, n_fft: int, lo_note: float, hi_note: float,
+                    per_semitone: int = 1) -> np.ndarray:
+    """Triangular filters ``[n, n_fft // 2 + 1]`` centred on equal-tempered pitches from MIDI note
+    ``lo_note`` to ``hi_note`` (``per_semitone`` filters per semitone), each reaching the centres of
+    its neighbours (unit peak), float64. A filter narrower than the STFT's bin spacing is widened
+    to one bin on each side, so every filter sees at least the bins next to its centre."""
+    step = 1.0 / per_semitone
+    edges = midi_hz(np.arange(lo_note - step, hi_note + 1.5 * step, step))
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    df = freqs[1]
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    lo, hi = np.minimum(lo, mid - df), np.maximum(hi, mid + df)
+    return np.clip(np.minimum((freqs[None] - lo) / (mid - lo), (hi - freqs[None]) / (hi - mid)), 0.0, None)
+
+
 def _frames(x: np.ndarray) -> np.ndarray:
     """Centred Hann frames ``[T, N_FFT]`` of a 1-D float64 signal (zero padding)."""
     pad = N_FFT // 2

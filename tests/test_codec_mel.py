@@ -224,3 +224,111 @@ def test_spectrogram_grid_draws_notes_that_change_and_a_drone_that_does_not(tmp_
         return float(np.abs(np.diff(panel, axis=1)).mean())
 
     assert change_over_time(top) > 2 * change_over_time(bottom)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bass band (issue 30 item 4): bass notes a semitone apart reach different channels
+
+BASS = dict(kind="mel-vocos", sample_rate=SR, n_fft=1024, hop_length=256, n_mels=40, width=32, depth=1,
+            mlp_ratio=2.0, bass_n_fft=4096, bass_notes=[28, 72])
+
+
+def _tone(hz: float, seconds: float = 2.0, amp: float = 0.3) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    return (amp * torch.sin(2 * math.pi * hz * t)).float()[None, None]
+
+
+def test_bass_band_puts_bass_notes_a_semitone_apart_in_their_own_channels():
+    from presto_cli.dsp import midi_hz
+
+    codec = mel_codec(**BASS)
+    assert codec.channels == 45 + 40 and codec.cfg.n_bass == 45
+    peaks = {}
+    for note in (33, 34, 40, 41, 52, 53, 71):  # A1 55 Hz .. B4 494 Hz
+        lm = codec.log_mel(_tone(float(midi_hz(note))))[0, :, 20:-20].mean(-1)
+        peaks[note] = int(lm.argmax())
+        assert peaks[note] == note - 28, (note, peaks[note])  # channel k = MIDI note 28 + k
+        # the bass STFT is scaled to the synthesis window: a sinusoid peaks near A·sum(w)/2 of the
+        # 1024-point window (log 0.3·512/2 = 4.34; wide filters sum a few bins: measured 4.4-5.0), not 4x
+        # higher (+1.39) as the raw 4096 STFT gives
+        assert abs(float(lm.max()) - math.log(0.3 * 512 / 2)) < 0.8, (note, float(lm.max()))
+    # the plain 128-bin mel at n_fft 1024 cannot tell these semitones apart
+    plain = mel_codec(**{**BASS, "bass_n_fft": 0, "n_mels": 128})
+    same = [int(plain.log_mel(_tone(float(midi_hz(n))))[0, :, 20:-20].mean(-1).argmax()) for n in (40, 41)]
+    assert same[0] == same[1], same
+    # a tone above the band lands in the mel part, after the band's channels
+    lm = codec.log_mel(_tone(2000.0))[0, :, 20:-20].mean(-1)
+    assert int(lm.argmax()) >= 45
+
+
+def test_bass_band_codec_decodes_and_its_artefact_keeps_the_band(tmp_path):
+    from presto_cli.codec import load_codec
+
+    codec = mel_codec(**BASS)
+    x = torch.from_numpy(note_sequence([55.0, 82.41, 110.0, 164.81]))[None, None]
+    loss, _, recon = reconstruction_losses(codec, x, None, CodecLossConfig(stft_sizes=[512, 256],
+                                                                        mel_sizes=[512]))
+    assert torch.isfinite(loss) and recon.shape[-1] == codec.pad_audio(x).shape[-1]
+    export_codec(codec, tmp_path / "bass.safetensors", x, x, eval_split="train", png_clips=1)
+    loaded = load_codec(tmp_path / "bass.safetensors")
+    assert loaded.cfg.bass_n_fft == 4096 and list(loaded.cfg.bass_notes) == [28, 72]
+    with torch.no_grad():
+        z = loaded.encode(x)
+        assert z.shape[1] == 85 and torch.allclose(z, codec.encode(x), atol=1e-5)
+        assert torch.isfinite(loaded.decode(z)).all()
+
+
+@pytest.mark.parametrize("over, needle", [
+    (dict(bass_n_fft=512), "bass_n_fft"),          # shorter than n_fft
+    (dict(bass_n_fft=4000), "bass_n_fft"),         # not a multiple of the hop
+    (dict(bass_notes=[60, 40]), "bass_notes"),     # highest first
+    (dict(bass_notes=[28]), "bass_notes"),         # one note
+    (dict(f_min=30.0), "f_min"),                   # the mel part starts where the band ends
+    (dict(bass_notes=[28, 120]), "f_max"),         # top note above Nyquist
+])
+def test_bad_bass_band_settings_are_refused_with_the_key_named(over, needle):
+    from presto_cli.errors import PrestoError
+
+    with pytest.raises(PrestoError, match=needle):
+        mel_codec(**{**BASS, **over})
+
+
+def _peak_offset_semitones(y: np.ndarray, f0: float) -> float:
+    """Where the strongest peak within half an octave of ``f0`` lies, in semitones from ``f0``."""
+    seg = y[4000:-4000]
+    n = 1 << 18
+    spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), n))
+    freqs = np.fft.rfftfreq(n, 1 / SR)
+    band = (freqs > f0 / 1.5) & (freqs < f0 * 1.5)
+    return float(12 * np.log2(freqs[band][np.argmax(spec[band])] / f0))
+
+
+def test_bass_phase_prior_plays_a_bass_note_at_its_pitch_not_on_the_stft_grid():
+    """With the head's residuals at zero, a steady phase prior makes every synthesis bin advance at
+    its own centre, so a bass note comes back on the 1024-point grid (15.6 Hz steps: G2 98 Hz and
+    C3 130.8 Hz come back at 93.75 and 125 Hz, -0.77 and -0.79 semitone; measured). The bass phase
+    prior advances the bins the band covers at the loudest band filter's pitch (measured: -0.07)."""
+    for hz in (98.0, 130.81):
+        off = {}
+        for bass_phase in (True, False):
+            codec = mel_codec(**{**BASS, "n_fft": 1024, "bass_n_fft": 2048, "bass_phase_prior": bass_phase})
+            with torch.no_grad():
+                codec.head.weight.zero_()
+                codec.head.bias.zero_()
+                off[bass_phase] = _peak_offset_semitones(codec.decode(codec.encode(_tone(hz)))[0, 0].numpy(), hz)
+        assert abs(off[True]) < 0.2 and off[False] < -0.6, (hz, off)
+
+
+def test_bass_phase_prior_is_the_steady_prior_where_the_band_is_silent():
+    codec = mel_codec(**BASS)
+    silent = torch.full((2, codec.cfg.n_bass, 30), math.log(codec.cfg.log_floor))
+    assert torch.allclose(codec.pitch_phase(silent), codec.steady_phase(30, "cpu")[None].expand(2, -1, -1),
+                          atol=1e-4)
+    # a loud note moves only the bins its filter lies on, to its own pitch
+    loud = silent.clone()
+    loud[:, 40 - 28] = 2.0  # E2, 82.4 Hz
+    f = codec.bin_frequencies(loud)
+    centre = torch.arange(f.shape[1]) * SR / codec.n_fft
+    moved = (f[0, :, 5] - centre).abs() > 1e-3
+    assert moved.any() and torch.allclose(f[0, moved, 5], torch.tensor(82.41), atol=0.05)
+    assert int(moved.nonzero().max()) * SR / codec.n_fft < 82.41 + 2 * SR / codec.n_fft
