@@ -89,6 +89,17 @@ def test_keep_captions_keeps_the_bundled_bank_and_its_source(bundle, tmp_path):
     assert m["caption_bank"]["captions"] == new.captions and m["source"] == str(tmp_path / "other-corpus")
 
 
+def _model_with_range(path: Path, hi, kind: str = "teacher"):
+    """A bundled model file carrying a training-latent range (hi ``hi``, lo [-1, 0.5], 12 clips);
+    returns the range."""
+    from presto_cli.diffusion.latent_range import LatentRange
+
+    rng = LatentRange(torch.tensor(hi), torch.tensor([-1.0, 0.5]), 12, "data/synth")
+    t, info = rng.to_artefact()
+    save_artefact(path, {"dit.w": torch.ones(2), **t}, {"kind": kind, "latent_range": info})
+    return rng
+
+
 def test_latent_range_is_stored_once_from_the_bundled_teacher(bundle, tmp_path):
     """share_latent_range: the bundled teacher's training-latent range goes to
     demo-latent-range.safetensors and every bundled model is rewritten without its copy."""
@@ -96,12 +107,8 @@ def test_latent_range_is_stored_once_from_the_bundled_teacher(bundle, tmp_path):
 
     assets = tmp_path / "assets"
     assets.mkdir()
-    rng = LatentRange(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth")
-    t, info = rng.to_artefact()
-    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
-                  {"kind": "teacher", "latent_range": info})
-    save_artefact(assets / "demo-s.safetensors", {"dit.w": torch.ones(2), **t},
-                  {"kind": "presto-s", "latent_range": info})
+    rng = _model_with_range(assets / "demo-teacher.safetensors", [1.0, 2.0])
+    _model_with_range(assets / "demo-s.safetensors", [1.0, 2.0], "presto-s")
     bundle.share_latent_range(assets, tmp_path / "unused-corpus")
     shared = LatentRange.load(assets / "demo-latent-range.safetensors")
     assert torch.equal(shared.hi, rng.hi) and torch.equal(shared.lo, rng.lo) and shared.n == 12
@@ -118,24 +125,18 @@ def test_rebundling_leaves_unchanged_shared_files_as_they_were(bundle, tmp_path)
 
     assets = tmp_path / "assets"
     assets.mkdir()
-    rng = LatentRange(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth")
-    t, info = rng.to_artefact()
-    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
-                  {"kind": "teacher", "latent_range": info})
+    _model_with_range(assets / "demo-teacher.safetensors", [1.0, 2.0])
     bundle.share_latent_range(assets, tmp_path / "unused-corpus")
     f = assets / "demo-latent-range.safetensors"
     meta = load_artefact(f)[1]
     meta["created"] = "2000-01-01T00:00:00Z"  # an old stamp: any rewrite would replace it
     save_artefact(f, load_artefact(f)[0], meta)
     before = f.read_bytes()
-    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t},
-                  {"kind": "teacher", "latent_range": info})  # the same range again
+    _model_with_range(assets / "demo-teacher.safetensors", [1.0, 2.0])  # the same range again
     bundle.share_latent_range(assets, tmp_path / "unused-corpus")
     assert f.read_bytes() == before and not list(assets.glob("*.new.*"))
     # a changed range is written
-    t2, info2 = LatentRange(torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.5]), 12, "data/synth").to_artefact()
-    save_artefact(assets / "demo-teacher.safetensors", {"dit.w": torch.ones(2), **t2},
-                  {"kind": "teacher", "latent_range": info2})
+    _model_with_range(assets / "demo-teacher.safetensors", [1.0, 3.0])
     bundle.share_latent_range(assets, tmp_path / "unused-corpus")
     assert torch.equal(LatentRange.load(f).hi, torch.tensor([1.0, 3.0]))
     assert load_artefact(f)[1]["created"] != "2000-01-01T00:00:00Z"
