@@ -67,8 +67,8 @@ class MelCodecConfig:
     bass_notes: tuple[float, float] = (28.0, 72.0)  # bass band's lowest and highest MIDI note (E1 41 Hz, C5 523 Hz)
     bass_bins_per_semitone: int = 1  # bass-band filters per semitone
     # with a bass band and phase_prior: the synthesis bins the band covers advance their phase at the
-    # band's magnitude-weighted frequency, not at their centre (else a bass note comes back on the
-    # n_fft grid: 15.6 Hz steps at 1024 points, measured to 0.02 semitone)
+    # pitch of the loudest band filter on them, not at their centre (else a bass note comes back on
+    # the n_fft grid: 15.6 Hz steps at 1024 points, measured to 0.02 semitone)
     bass_phase_prior: bool = True
 
     @property
@@ -125,7 +125,7 @@ class MelCodecConfig:
         if self.bass_n_fft:
             if self.bass_n_fft < self.n_fft or self.bass_n_fft % self.hop_length:
                 raise bad(f"model.bass_n_fft ({self.bass_n_fft}) must be at least n_fft ({self.n_fft}) "
-                          f"and a multiple of hop_length ({self.hop_length})", "e.g. bass_n_fft: 4096; "
+                          f"and a multiple of hop_length ({self.hop_length})", "e.g. bass_n_fft: 2048; "
                           "0 turns the bass band off")
             if len(self.bass_notes) != 2 or not 0 < self.bass_notes[0] < self.bass_notes[1]:
                 raise bad(f"model.bass_notes must be [lowest, highest] MIDI notes, lowest first, got "
@@ -160,9 +160,9 @@ class MelVocosCodec(Codec):
                 note_filterbank(cfg.sample_rate, n, lo, hi, cfg.bass_bins_per_semitone)).float()
             self.register_buffer("bass_window", hann_window(cfg.bass_n_fft), persistent=False)
             self.register_buffer("bass_fb", note_fb(cfg.bass_n_fft), persistent=False)
-            synth_fb = torch.cat([note_fb(cfg.n_fft), self.mel_fb])
             # the band's filters on the synthesis bins, and each filter's centre frequency
             self.register_buffer("bass_synth_fb", note_fb(cfg.n_fft), persistent=False)
+            synth_fb = torch.cat([self.bass_synth_fb, self.mel_fb])
             notes = torch.arange(cfg.n_bass, dtype=torch.float64) / cfg.bass_bins_per_semitone + lo
             self.register_buffer("bass_hz", torch.from_numpy(midi_hz(notes.numpy())).float(), persistent=False)
         # a fixed first guess of the linear magnitude: the filterbank's non-negative pseudo-inverse
