@@ -64,14 +64,18 @@ def griffin_lim(mag: torch.Tensor, n_fft: int, iters: int = GL_ITERS, momentum: 
     return istft_same(mag * angles, n_fft, HOP, w)
 
 
-def gl_from_mel(x: torch.Tensor, n_fft: int, f_min: float, linear: bool = False,
-                n_mels: int = N_MELS) -> torch.Tensor:
-    w = hann_window(n_fft)
-    mag = stft_same(x, n_fft, HOP, w).abs()
-    if not linear:
-        fb = mel_filterbank(SR, n_fft, n_mels, f_min, None)
+def gl_from_filters(x: torch.Tensor, n_fft: int, fb: torch.Tensor | None) -> torch.Tensor:
+    """Griffin-Lim of the ``n_fft``-point magnitude seen through filterbank ``fb`` (its non-negative
+    pseudo-inverse, as the codec's vocoder prior), or of the full magnitude when ``fb`` is None."""
+    mag = stft_same(x, n_fft, HOP, hann_window(n_fft)).abs()
+    if fb is not None:
         mag = torch.linalg.pinv(fb).clamp_min(0.0) @ (fb @ mag)
     return griffin_lim(mag, n_fft)
+
+
+def gl_from_mel(x: torch.Tensor, n_fft: int, f_min: float, linear: bool = False,
+                n_mels: int = N_MELS) -> torch.Tensor:
+    return gl_from_filters(x, n_fft, None if linear else mel_filterbank(SR, n_fft, n_mels, f_min, None))
 
 
 BASS_LOW = 28  # E1
@@ -80,12 +84,9 @@ SPLITS = {"C4": 60, "C5": 72, "C6": 84}  # the bass band's top note
 
 def gl_split(x: torch.Tensor, bass_fft: int, top: int, n_mels: int) -> torch.Tensor:
     """Griffin-Lim of the bass band (``bass_fft`` points) plus that of the mel filters above it."""
-    out = 0
-    for n_fft, fb in ((bass_fft, torch.from_numpy(note_filterbank(SR, bass_fft, BASS_LOW, top)).float()),
-                      (1024, mel_filterbank(SR, 1024, n_mels, float(midi_hz(top - 1)), None))):
-        mag = stft_same(x, n_fft, HOP, hann_window(n_fft)).abs()
-        out = out + griffin_lim(torch.linalg.pinv(fb).clamp_min(0.0) @ (fb @ mag), n_fft)
-    return out
+    bass = torch.from_numpy(note_filterbank(SR, bass_fft, BASS_LOW, top)).float()
+    return (gl_from_filters(x, bass_fft, bass)
+            + gl_from_filters(x, 1024, mel_filterbank(SR, 1024, n_mels, float(midi_hz(top - 1)), None)))
 
 
 def bass_chroma(x: np.ndarray) -> np.ndarray:

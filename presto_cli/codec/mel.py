@@ -163,6 +163,10 @@ class MelVocosCodec(Codec):
             # the band's filters on the synthesis bins, and each filter's centre frequency
             self.register_buffer("bass_synth_fb", note_fb(cfg.n_fft), persistent=False)
             synth_fb = torch.cat([self.bass_synth_fb, self.mel_fb])
+            # the synthesis bins the band's filters touch are 0 .. bass_bins - 1; which filters touch each
+            self.bass_bins = int((self.bass_synth_fb > 0).any(0).nonzero().max()) + 1
+            self.register_buffer("bass_on_bin", (self.bass_synth_fb[:, : self.bass_bins] > 0)[None, :, :, None],
+                                 persistent=False)
             notes = torch.arange(cfg.n_bass, dtype=torch.float64) / cfg.bass_bins_per_semitone + lo
             self.register_buffer("bass_hz", torch.from_numpy(midi_hz(notes.numpy())).float(), persistent=False)
         # a fixed first guess of the linear magnitude: the filterbank's non-negative pseudo-inverse
@@ -267,12 +271,10 @@ class MelVocosCodec(Codec):
         refined by a parabola through its log magnitude and its neighbours' (a bass note between
         two bins gives both its own frequency); for the other bins, and where the band is silent,
         the bin's centre."""
-        w = self.bass_synth_fb  # [n_bass, n_freq]
-        b, j, t = bass_log_mel.shape
-        n_freq = w.shape[1]
-        centre = torch.arange(n_freq, device=w.device, dtype=torch.float32) * (self.sample_rate / self.n_fft)
+        b, _, t = bass_log_mel.shape
+        n_freq, covered = self.n_fft // 2 + 1, self.bass_bins
+        centre = torch.arange(n_freq, device=bass_log_mel.device, dtype=torch.float32) * (self.sample_rate / self.n_fft)
         out = centre[None, :, None].expand(b, n_freq, t).clone()
-        covered = int((w > 0).any(0).nonzero().max()) + 1  # the band's bins are 0 .. covered - 1
         # parabolic peak offset of every filter, in filter steps, from its neighbours' log magnitudes
         lm = bass_log_mel
         left = torch.cat([lm[:, :1], lm[:, :-1]], dim=1)
@@ -281,8 +283,7 @@ class MelVocosCodec(Codec):
         delta = torch.where(curve < 0, 0.5 * (left - right) / curve.clamp(max=-1e-6), torch.zeros_like(lm))
         pitch = self.bass_hz[None, :, None] * torch.pow(2.0, delta.clamp(-0.5, 0.5) /
                                                        (12.0 * self.cfg.bass_bins_per_semitone))
-        on_bin = (w[:, :covered] > 0)[None, :, :, None]  # [1, n_bass, covered, 1]
-        score = torch.where(on_bin, lm[:, :, None, :], torch.full_like(lm[:, :, None, :], -torch.inf))
+        score = torch.where(self.bass_on_bin, lm[:, :, None, :], torch.full_like(lm[:, :, None, :], -torch.inf))
         best, idx = score.max(dim=1)  # [B, covered, frames]
         f = torch.gather(pitch, 1, idx)  # f[b, k, t] = pitch[b, idx[b, k, t], t]
         audible = best > math.log(self.cfg.log_floor) + 2.0
