@@ -1,5 +1,6 @@
 """Typed recipes: unknown keys, wrong types, base includes, dotted overrides."""
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,13 @@ def test_unknown_stage(tmp_path):
 def test_overrides_create_nested():
     d = apply_overrides({"a": {"b": 1}}, ["a.c.d=2", "e=hello"])
     assert d == {"a": {"b": 1, "c": {"d": 2}}, "e": "hello"}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_loads(path):
+    """Each recipe under recipes/ (the demo chain's phases included) resolves its base chain and
+    passes validation: an unknown key, a wrong type or a missing base fails here, not hours into a
+    `make demo-models` run."""
+    r = load_recipe(str(path))
+    assert r.stage and r.name
