@@ -25,22 +25,26 @@ from presto_cli.io import atomic_write_text, load_artefact, save_artefact  # noq
 from presto_cli.pipeline import ASSETS  # noqa: E402
 
 RUNS = {"autoencoder": "demo-codec", "teacher": "demo-teacher", "presto-s": "demo-s", "ase": "demo-ase", "presto-l": "demo-l",
-        "presto-ls": "demo-ls", "clap": "demo-clap",
-        # recipes/demo/autoencoder-bass.yaml: the codec with a bass band, for the next chain (issue 30)
-        "autoencoder-bass": "demo-codec-bass"}
+        "presto-ls": "demo-ls", "clap": "demo-clap"}
 # later phases of the same model replace the run above them (the last one present wins):
 # recipes/demo/teacher-shift{1,2,3}.yaml, teacher-head2d.yaml (run twice: teacher-head2d, then
 # teacher-head2d2 from its export), teacher-tempo-key.yaml (teacher-tk), teacher-tempo-phase.yaml
 # (teacher-tp); presto-s-regress.yaml, presto-s-dmd.yaml, presto-s-bsim.yaml (run twice: presto-s-bsim,
 # then presto-s-bsim2), presto-s-head.yaml, presto-s-tp.yaml; presto-ls-regress.yaml, presto-ls-dmd.yaml,
 # presto-ls-head.yaml, presto-ls-tp.yaml, presto-ls-bsim.yaml (run twice: presto-ls-bsim, then
-# presto-ls-bsim2)
-LATER = {"teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3", "teacher-head2d", "teacher-head2d2",
-                     "teacher-tk", "teacher-tp"],
+# presto-ls-bsim2); then the chain on the bass-band codec (autoencoder-bass.yaml): teacher-bass.yaml,
+# teacher-bass2.yaml, presto-s-bass.yaml, presto-s-bass-reg.yaml, presto-s-bass2.yaml, presto-s-bass3.yaml,
+# presto-ls-bass-reg.yaml, presto-ls-bass.yaml, presto-ls-bass2.yaml, and ASE and Presto-L distilled from
+# teacher-bass2 (ase-bass, presto-l-bass)
+LATER = {"autoencoder": ["autoencoder-bass"],
+         "teacher": ["teacher-shift1", "teacher-shift2", "teacher-shift3", "teacher-head2d", "teacher-head2d2",
+                     "teacher-tk", "teacher-tp", "teacher-bass", "teacher-bass2"],
          "presto-s": ["presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2", "presto-s-head",
-                      "presto-s-tp"],
+                      "presto-s-tp", "presto-s-bass", "presto-s-bass-reg", "presto-s-bass2", "presto-s-bass3"],
+         "ase": ["ase-bass"],
+         "presto-l": ["presto-l-bass"],
          "presto-ls": ["presto-ls-regress", "presto-ls-dmd", "presto-ls-head", "presto-ls-tp", "presto-ls-bsim",
-                       "presto-ls-bsim2"]}
+                       "presto-ls-bsim2", "presto-ls-bass-reg", "presto-ls-bass", "presto-ls-bass2"]}
 
 
 def bundle_models(runs: Path, only: list[str] | None = None) -> list[str]:

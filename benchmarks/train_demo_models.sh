@@ -21,10 +21,13 @@ stage() {  # stage CMD RECIPE NAME [overrides...]
   echo "== $name"
   $P "$cmd" "$recipe" "data.path=$DATA" "$dev" "$@" --out "$OUT/$name" --resume
 }
-# The codec: the bundled one (presto_cli/assets/demo-codec.safetensors, its held-out numbers in
-# README) unless RETRAIN_CODEC=1 (about an hour on one CPU thread).
+# The codec: the bundled one (presto_cli/assets/demo-codec.safetensors, the bass-band codec of
+# recipes/demo/autoencoder-bass.yaml, its held-out numbers in README) unless RETRAIN_CODEC=1 (about an
+# hour on one CPU thread). The bundled chain's teacher phases up to teacher-tp were trained on the
+# codec before it (recipes/demo/autoencoder.yaml, in git history as demo-codec.safetensors before the
+# chain moved); run from scratch, this script trains them on the bass-band codec too.
 if [ "${RETRAIN_CODEC:-0}" = "1" ] || [ ! -f presto_cli/assets/demo-codec.safetensors ]; then
-  stage pretrain       recipes/demo/autoencoder.yaml autoencoder
+  stage pretrain       recipes/demo/autoencoder-bass.yaml autoencoder
 else
   mkdir -p "$OUT/autoencoder"
   [ -f "$OUT/autoencoder/model.safetensors" ] || cp presto_cli/assets/demo-codec.safetensors "$OUT/autoencoder/model.safetensors"
@@ -103,6 +106,34 @@ reuse_pairs presto-s-tp presto-ls-bsim
 reuse_pairs presto-s-tp presto-ls-bsim2
 stage combine        recipes/demo/presto-ls-bsim.yaml presto-ls-bsim "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-tp/model.safetensors"
 stage combine        recipes/demo/presto-ls-bsim.yaml presto-ls-bsim2 "$TP" "$C" "combine.layers=$OUT/presto-l/model.safetensors" "distill.init=$OUT/presto-ls-bsim/model.safetensors"
+# The chain moved onto the bass-band codec (issue 30 item 4; recipes/demo/autoencoder-bass.yaml, bundled
+# as demo-codec): the teacher fine-tuned onto its latents twice (teacher-bass, teacher-bass2); Presto-S
+# continued onto them (presto-s-bass onto teacher-bass, then a regression phase and two DMD + GAN +
+# anchor phases onto teacher-bass2), Presto-LS the same from presto-ls-bsim2 (its regression phase and
+# two DMD phases); ASE and Presto-L distilled from teacher-bass2 from scratch. The last phase of each is
+# bundled (METHOD.md section 3, "The chain moved onto the bass-band codec").
+mkdir -p "$OUT/autoencoder-bass"
+[ -f "$OUT/autoencoder-bass/model.safetensors" ] || cp "$OUT/autoencoder/model.safetensors" "$OUT/autoencoder-bass/model.safetensors"
+CB="data.codec=$OUT/autoencoder-bass/model.safetensors"
+TB="data.teacher=$OUT/teacher-bass2/model.safetensors"
+stage pretrain       recipes/demo/teacher-bass.yaml  teacher-bass  "$CB" "init=$OUT/teacher-tp/model.safetensors"
+stage pretrain       recipes/demo/teacher-bass2.yaml teacher-bass2 "$CB" "init=$OUT/teacher-bass/model.safetensors"
+stage distill-steps  recipes/demo/presto-s-bass.yaml  presto-s-bass  "data.teacher=$OUT/teacher-bass/model.safetensors" "$CB" "distill.init=$OUT/presto-s-tp/model.safetensors"
+# presto-s-bass drew its keys at random: a regression phase onto teacher-bass2's trajectories (corpus
+# captions with their keys) before the last DMD phase; Presto-LS gets the same two phases
+stage distill-steps  recipes/demo/presto-s-bass-reg.yaml presto-s-bass-reg "$TB" "$CB" "distill.init=$OUT/presto-s-bass/model.safetensors"
+stage distill-steps  recipes/demo/presto-s-bass2.yaml presto-s-bass2 "$TB" "$CB" "distill.init=$OUT/presto-s-bass-reg/model.safetensors"
+stage distill-layers recipes/demo/ase.yaml           ase-bass      "$TB" "$CB"
+stage distill-layers recipes/demo/presto-l.yaml      presto-l-bass "$TB" "$CB"
+reuse_pairs presto-s-bass-reg presto-ls-bass-reg
+stage combine        recipes/demo/presto-ls-bass-reg.yaml presto-ls-bass-reg "$TB" "$CB" "combine.layers=$OUT/presto-l-bass/model.safetensors" "distill.init=$OUT/presto-ls-bsim2/model.safetensors"
+reuse_pairs presto-s-bass2 presto-ls-bass
+stage combine        recipes/demo/presto-ls-bass.yaml presto-ls-bass "$TB" "$CB" "combine.layers=$OUT/presto-l-bass/model.safetensors" "distill.init=$OUT/presto-ls-bass-reg/model.safetensors"
+# the last phase run again from its own export, for both (as presto-s-bsim2 was), on presto-s-bass2's trajectories
+reuse_pairs presto-s-bass2 presto-s-bass3
+reuse_pairs presto-s-bass2 presto-ls-bass2
+stage distill-steps  recipes/demo/presto-s-bass3.yaml presto-s-bass3 "$TB" "$CB" "distill.init=$OUT/presto-s-bass2/model.safetensors"
+stage combine        recipes/demo/presto-ls-bass2.yaml presto-ls-bass2 "$TB" "$CB" "combine.layers=$OUT/presto-l-bass/model.safetensors" "distill.init=$OUT/presto-ls-bass/model.safetensors"
 python benchmarks/bundle.py --runs "$OUT" --data "$DATA"
 
 # Presto-S as the paper trains it (issue 29; PAPER=0 skips it), scored by benchmarks/results.py
@@ -115,8 +146,8 @@ fi
 
 # The layer-method comparison scored by benchmarks/results.py (GRID=0 skips it): a 2x2 of the block
 # choice {early exit, keep-last} x the self-teacher term {on, off}, all with the budget embedding,
-# plus ASE, each trained GRID_SEEDS times (training seeds 0, 1, 2). With GRID_STEPS= (empty) every run
-# has the recipes' steps and seed 0 of ASE and of keep-last + self-teacher (= Presto-L) are the runs
+# plus ASE, each distilled from teacher-bass2 GRID_SEEDS times (training seeds 0, 1, 2). With GRID_STEPS= (empty) every run
+# has the recipes' steps and seed 0 of ASE and of keep-last + self-teacher (= Presto-L) are ase-bass and presto-l-bass
 # above; GRID_STEPS=N (and GRID_BATCH=B) trains every cell N steps (batch B) instead: all 15 runs, so
 # the cells stay comparable. Default: the recipes' 300 steps at batch 32 (warm-up finished; 9-15 min
 # per run on one thread, the 13 new runs about 80 min on two cores).
@@ -127,12 +158,12 @@ if [ "${GRID:-1}" = "1" ]; then
     for cell in ase early-exit-no-st early-exit-st keep-last-no-st keep-last-st; do
       d="grid/$cell/seed$seed"
       if [ -z "${GRID_STEPS:-}" ] && [ "$seed" = 0 ] && { [ "$cell" = ase ] || [ "$cell" = keep-last-st ]; }; then
-        main=$([ "$cell" = ase ] && echo ase || echo presto-l)
+        main=$([ "$cell" = ase ] && echo ase-bass || echo presto-l-bass)
         mkdir -p "$OUT/grid/$cell"
         [ -e "$OUT/$d" ] || ln -s "../../$main" "$OUT/$d"
         continue
       fi
-      args=("$TP" "$C" "seed=$seed")
+      args=("$TB" "$CB" "seed=$seed")
       [ -n "${GRID_STEPS:-}" ] && args+=("train.steps=$GRID_STEPS")
       [ -n "${GRID_BATCH:-}" ] && args+=("train.batch_size=$GRID_BATCH")
       if [ "$cell" = ase ]; then

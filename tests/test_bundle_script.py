@@ -32,9 +32,9 @@ def _run(runs: Path, name: str, value: float, kind: str) -> None:
 
 def test_last_phase_wins_and_only_limits_what_is_written(bundle, tmp_path):
     runs = tmp_path / "runs"
-    # every Presto-S phase the demo trains, in order, each with its own weight value; presto-s-tp last
+    # every Presto-S phase the demo trains, in order, each with its own weight value; presto-s-bass3 last
     phases = ["presto-s", "presto-s-regress", "presto-s-dmd", "presto-s-bsim", "presto-s-bsim2", "presto-s-head",
-              "presto-s-tp"]
+              "presto-s-tp", "presto-s-bass", "presto-s-bass-reg", "presto-s-bass2", "presto-s-bass3"]
     assert bundle.LATER["presto-s"] == phases[1:]
     for i, ph in enumerate(phases):
         _run(runs, ph, 1.0 + i, "presto-s")
@@ -46,15 +46,15 @@ def test_last_phase_wins_and_only_limits_what_is_written(bundle, tmp_path):
     assert not (assets / "demo-teacher.safetensors").exists()  # --only: the teacher is not touched
     tensors, meta = load_artefact(assets / "demo-s.safetensors")
     assert meta["bundled_as"] == "demo-s"
-    assert meta["source_run"] == str(runs / "presto-s-tp")
-    assert tensors["w"].dtype == torch.float16 and torch.all(tensors["w"] == 7.0)
+    assert meta["source_run"] == str(runs / "presto-s-bass3")
+    assert tensors["w"].dtype == torch.float16 and torch.all(tensors["w"] == 11.0)
     assert tensors["step"].dtype == torch.int64  # integer buffers keep their type
 
     # a missing later phase falls back to the one before it
-    (runs / "presto-s-tp" / "model.safetensors").unlink()
+    (runs / "presto-s-bass3" / "model.safetensors").unlink()
     bundle.bundle_models(runs, only=["presto-s"])
     tensors, meta = load_artefact(assets / "demo-s.safetensors")
-    assert meta["source_run"] == str(runs / "presto-s-head") and torch.all(tensors["w"] == 6.0)
+    assert meta["source_run"] == str(runs / "presto-s-bass2") and torch.all(tensors["w"] == 10.0)
 
     # without --only every model present is bundled
     assert bundle.bundle_models(runs) == ["demo-teacher", "demo-s"]
