@@ -327,3 +327,36 @@ def test_a_student_of_a_bundled_teacher_carries_the_shared_caption_bank_and_late
     assert _same_latent_range(student, assets / names.BUNDLED_RANGE)
     other = load_artefact(distil(tmp_path / "copy.safetensors", tmp_path / "s_copy"))
     assert CaptionBank.from_artefact(*other) is None and LatentRange.from_artefact(*other) is None
+
+
+def test_a_codec_other_than_the_teachers_is_refused(tiny_chain, tmp_path):
+    """data.codec must be the codec the teacher was trained on (the student is exported with the
+    teacher's codec, so latents of another would be decoded wrongly): a codec whose weights differ
+    is refused by every distillation stage with one line naming data.codec, before any training;
+    the same codec stored as fp16 (a bundled copy) is accepted."""
+    from presto_cli.io import load_artefact, save_artefact
+    from presto_cli.stages.common import check_same_codec
+
+    tensors, meta = load_artefact(tiny_chain["codec"])
+    k = next(n for n, v in tensors.items() if v.is_floating_point() and v.ndim >= 2)
+    other = dict(tensors)
+    other[k] = tensors[k] + 0.05 * torch.randn(tensors[k].shape, generator=torch.Generator().manual_seed(0))
+    save_artefact(tmp_path / "other.safetensors", other, meta)
+    save_artefact(tmp_path / "half.safetensors", {n: v.half() if v.is_floating_point() else v
+                                                   for n, v in tensors.items()}, meta)
+    teacher_tensors, _ = load_artefact(tiny_chain["teacher"])
+    check_same_codec(tiny_chain["codec"], teacher_tensors)  # its own codec: accepted
+    check_same_codec(tmp_path / "half.safetensors", teacher_tensors)  # fp16 copy: accepted
+
+    presto("distill-layers", TINY / "presto-l.yaml", *_common(tiny_chain), "train.steps=1", "--out", tmp_path / "l")
+    common = [a for a in _common(tiny_chain) if not a.startswith("data.codec=")]
+    for cmd, recipe, extra in (("distill-steps", "presto-s.yaml", []), ("distill-layers", "ase.yaml", []),
+                               ("combine", "presto-ls.yaml", [f"combine.layers={tmp_path / 'l' / 'model.safetensors'}"])):
+        run = tmp_path / cmd
+        r = presto(cmd, TINY / recipe, *common, f"data.codec={tmp_path / 'other.safetensors'}", *extra,
+                   "train.steps=2", "--out", run, check=False)
+        assert r.returncode == 1, (cmd, r.stderr)
+        err = r.stderr.strip()
+        assert "not the codec the teacher was trained on" in err and "data.codec" in err, (cmd, err)
+        assert "Traceback" not in err and err.count("\n") <= 1, (cmd, err)
+        assert not (run / "model.safetensors").exists()

@@ -9,9 +9,12 @@ from presto_cli.errors import PrestoError
 from presto_cli.train.loop import Task
 
 
-def distillation_dataset(recipe, teacher_meta: dict, device):
+def distillation_dataset(recipe, teacher_meta: dict, device, teacher_tensors: dict | None = None):
     """The data a distillation stage trains on: the teacher's toy mixture, or the latent cache of
-    ``data.path`` under the teacher's codec (``data.codec`` or the one it was trained with)."""
+    ``data.path`` under the teacher's codec (``data.codec`` or the one it was trained with). With
+    ``teacher_tensors`` (the teacher's, its embedded codec among them) a ``data.codec`` other than the
+    teacher's own is refused: the student would learn another codec's latents and be exported with
+    the teacher's codec to decode them."""
     if teacher_meta.get("toy"):
         return ToyDataset(teacher_meta["toy"], n=recipe.toy_size, seed=recipe.seed)
     from presto_cli.data.latents import LatentDataset, ensure_latent_cache
@@ -25,7 +28,41 @@ def distillation_dataset(recipe, teacher_meta: dict, device):
     if not recipe.data.path or not codec:
         raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
                           "trained on) and data.codec", "copy the data section of the teacher's recipe")
+    if teacher_tensors is not None:
+        check_same_codec(codec, teacher_tensors, "data.codec" if recipe.data.codec else
+                         "the teacher's training codec (its codec_source)")
     return LatentDataset(ensure_latent_cache(codec, recipe.data, device))
+
+
+def check_same_codec(codec_path: str | Path, teacher_tensors: dict, what: str = "data.codec") -> None:
+    """Refuse a codec file whose weights are not the codec embedded in the teacher (compared tensor
+    by tensor, within fp16 rounding, so a bundled fp16 teacher matches the fp32 codec it was trained
+    on). Nothing to compare when the teacher embeds no codec or the file is missing (the latent
+    cache then says what is missing)."""
+    import torch
+
+    from presto_cli.io import load_artefact, sub_state
+
+    embedded = sub_state(teacher_tensors, "codec")
+    if not embedded or not Path(codec_path).is_file():
+        return
+    tensors, meta = load_artefact(codec_path)
+    state = tensors if meta.get("kind") == "codec" else sub_state(tensors, "codec")
+
+    def same(a, b) -> bool:
+        if a.shape != b.shape:
+            return False
+        if not (a.is_floating_point() and b.is_floating_point()):
+            return bool(torch.equal(a, b))
+        return bool(torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3))
+
+    shared = set(state) & set(embedded)  # an older file may lack a buffer added since
+    if not shared or not all(same(state[k], embedded[k]) for k in shared):
+        raise PrestoError(f"{what} {codec_path} is not the codec the teacher was trained on (its weights "
+                          "differ from the codec inside the teacher file), so the student would learn "
+                          "that codec's latents and decode them with the teacher's",
+                          "leave data.codec empty (the teacher's own codec is used), or distil a teacher "
+                          "trained on this codec")
 
 
 def check_same_teacher(state: dict, path: str | Path, sha256: str) -> None:
@@ -68,7 +105,8 @@ class DistillTask(Task):
 
     def make_dataset(self):
         if self._dataset is None:
-            self._dataset = distillation_dataset(self.recipe, self.teacher_meta, self.device)
+            self._dataset = distillation_dataset(self.recipe, self.teacher_meta, self.device,
+                                                 self.codec_tensors)
         return self._dataset
 
     def check_teacher(self, state: dict) -> None:
