@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the notes table imports presto_cli in-process: this checkout's
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -514,10 +515,12 @@ def layer_diag(a) -> list[dict] | None:
 # the FAD-against-latency points: when this machine cannot produce one, the previous one is kept.
 RUN_SECTIONS = ("Layer methods compared", "FAD against latency at other sampler budgets",
                 "Layer dropping per noise bin", "Distillation recipes compared")
-CARRIED = ("The tables below were not rescored by this run (the training runs they are scored from, "
-           "`runs/demo/grid/` and the layer runs, were not on its machine); they are carried over from "
-           "the previous `make results`.")
-OLD_NOTES = (CARRIED, "The tables below were not rescored by this run (its machine had no training runs in "
+CARRIED = ("The tables below were not rescored by this run (it was given none of the training runs they "
+           "are scored from: `--grid`, the layer runs, the compared recipes); they are carried over from "
+           "the previous `make results`, whose models they describe.")
+OLD_NOTES = (CARRIED, "The tables below were not rescored by this run (the training runs they are scored from, "
+             "`runs/demo/grid/` and the layer runs, were not on its machine); they are carried over from "
+             "the previous `make results`.", "The tables below were not rescored by this run (its machine had no training runs in "
              "`runs/demo`); they are carried over from the previous `make results`.")
 
 
