@@ -112,8 +112,14 @@ stage combine        recipes/demo/presto-ls-bsim.yaml presto-ls-bsim2 "$TP" "$C"
 # anchor phases onto teacher-bass2), Presto-LS the same from presto-ls-bsim2 (its regression phase and
 # two DMD phases); ASE and Presto-L distilled from teacher-bass2 from scratch. The last phase of each is
 # bundled (METHOD.md section 3, "The chain moved onto the bass-band codec").
+# its codec: the bundled one (the bass-band codec), or with RETRAIN_CODEC=1 the autoencoder-bass.yaml
+# codec trained above. Not "$OUT/autoencoder" otherwise: in a run directory from before the chain
+# moved, that is the codec without the bass band.
 mkdir -p "$OUT/autoencoder-bass"
-[ -f "$OUT/autoencoder-bass/model.safetensors" ] || cp "$OUT/autoencoder/model.safetensors" "$OUT/autoencoder-bass/model.safetensors"
+if [ ! -f "$OUT/autoencoder-bass/model.safetensors" ]; then
+  if [ "${RETRAIN_CODEC:-0}" = "1" ]; then src="$OUT/autoencoder/model.safetensors"; else src=presto_cli/assets/demo-codec.safetensors; fi
+  cp "$src" "$OUT/autoencoder-bass/model.safetensors"
+fi
 CB="data.codec=$OUT/autoencoder-bass/model.safetensors"
 TB="data.teacher=$OUT/teacher-bass2/model.safetensors"
 stage pretrain       recipes/demo/teacher-bass.yaml  teacher-bass  "$CB" "init=$OUT/teacher-tp/model.safetensors"

@@ -334,6 +334,7 @@ def test_a_codec_other_than_the_teachers_is_refused(tiny_chain, tmp_path):
     teacher's codec, so latents of another would be decoded wrongly): a codec whose weights differ
     is refused by every distillation stage with one line naming data.codec, before any training;
     the same codec stored as fp16 (a bundled copy) is accepted."""
+    from presto_cli.errors import PrestoError
     from presto_cli.io import load_artefact, save_artefact
     from presto_cli.stages.common import check_same_codec
 
@@ -347,6 +348,8 @@ def test_a_codec_other_than_the_teachers_is_refused(tiny_chain, tmp_path):
     teacher_tensors, _ = load_artefact(tiny_chain["teacher"])
     check_same_codec(tiny_chain["codec"], teacher_tensors)  # its own codec: accepted
     check_same_codec(tmp_path / "half.safetensors", teacher_tensors)  # fp16 copy: accepted
+    with pytest.raises(PrestoError, match="teacher's codec_source .* changed since the teacher was trained"):
+        check_same_codec(tmp_path / "other.safetensors", teacher_tensors, "codec_source")  # rewritten in place
 
     presto("distill-layers", TINY / "presto-l.yaml", *_common(tiny_chain), "train.steps=1", "--out", tmp_path / "l")
     common = [a for a in _common(tiny_chain) if not a.startswith("data.codec=")]

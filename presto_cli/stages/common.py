@@ -29,16 +29,16 @@ def distillation_dataset(recipe, teacher_meta: dict, device, teacher_tensors: di
         raise PrestoError(f"the {recipe.stage} stage needs data.path (the audio the teacher was "
                           "trained on) and data.codec", "copy the data section of the teacher's recipe")
     if teacher_tensors is not None:
-        check_same_codec(codec, teacher_tensors, "data.codec" if recipe.data.codec else
-                         "the teacher's training codec (its codec_source)")
+        check_same_codec(codec, teacher_tensors, "data.codec" if recipe.data.codec else "codec_source")
     return LatentDataset(ensure_latent_cache(codec, recipe.data, device))
 
 
 def check_same_codec(codec_path: str | Path, teacher_tensors: dict, what: str = "data.codec") -> None:
     """Refuse a codec file whose weights are not the codec embedded in the teacher (compared tensor
     by tensor, within fp16 rounding, so a bundled fp16 teacher matches the fp32 codec it was trained
-    on). Nothing to compare when the teacher embeds no codec or the file is missing (the latent
-    cache then says what is missing)."""
+    on). ``what`` names where the file came from: "data.codec" (the recipe) or "codec_source" (the
+    teacher's metadata, when data.codec is empty). Nothing to compare when the teacher embeds no
+    codec or the file is missing (the latent cache then says what is missing)."""
     import torch
 
     from presto_cli.io import load_artefact, sub_state
@@ -58,11 +58,14 @@ def check_same_codec(codec_path: str | Path, teacher_tensors: dict, what: str = 
 
     shared = set(state) & set(embedded)  # an older file may lack a buffer added since
     if not shared or not all(same(state[k], embedded[k]) for k in shared):
-        raise PrestoError(f"{what} {codec_path} is not the codec the teacher was trained on (its weights "
+        if what == "data.codec":
+            fix = "leave data.codec empty (the teacher's own codec is used), or distil a teacher trained on this codec"
+        else:
+            fix = "the file changed since the teacher was trained: set data.codec to the codec it was trained on"
+        label = "data.codec" if what == "data.codec" else "the teacher's codec_source"
+        raise PrestoError(f"{label} {codec_path} is not the codec the teacher was trained on (its weights "
                           "differ from the codec inside the teacher file), so the student would learn "
-                          "that codec's latents and decode them with the teacher's",
-                          "leave data.codec empty (the teacher's own codec is used), or distil a teacher "
-                          "trained on this codec")
+                          "that codec's latents and decode them with the teacher's", fix)
 
 
 def check_same_teacher(state: dict, path: str | Path, sha256: str) -> None:
