@@ -129,7 +129,7 @@ def _train(stages: tuple[str, ...], recipe_path: Path, overrides: list[str], out
 
     recipe = load_recipe(recipe_path, overrides)
     if recipe.stage not in stages:
-        cmd = {"autoencoder": "pretrain", "teacher": "pretrain", "clap": "pretrain",
+        cmd = {"autoencoder": "pretrain", "teacher": "pretrain", "clap": "pretrain", "text-adapter": "pretrain",
                "presto-s": "distill-steps", "ase": "distill-layers", "presto-l": "distill-layers",
                "presto-ls": "combine"}.get(recipe.stage, "?")
         raise PrestoError(f"{recipe_path} is a '{recipe.stage}' recipe, which this command does not "
@@ -169,8 +169,8 @@ _QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or progress 
 @app.command()
 def pretrain(recipe: Path = _RECIPE, overrides: Optional[List[str]] = _OVERRIDES, out: Optional[Path] = _OUT,
              resume: bool = _RESUME, dry_run: bool = _DRY, as_json: bool = _JSON, quiet: bool = _QUIET):
-    """Train the autoencoder, the EDM DiT teacher, or the in-domain CLAP (stage from the recipe)."""
-    _train(("autoencoder", "teacher", "clap"), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
+    """Train the autoencoder, the EDM DiT teacher, the in-domain CLAP, or the text adapter (stage from the recipe)."""
+    _train(("autoencoder", "teacher", "clap", "text-adapter"), recipe, overrides or [], out, resume, dry_run, as_json, quiet)
 
 
 @app.command("distill-steps")

@@ -13,7 +13,8 @@ import torch
 from presto_cli import __version__
 from presto_cli.errors import PrestoError, disk_full
 
-ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap", "caption-bank", "latent-range")
+ARTEFACT_KINDS = ("teacher", "presto-s", "presto-l", "ase", "presto-ls", "codec", "clap", "caption-bank", "latent-range",
+                  "text-adapter")
 
 
 def _umask_mode() -> int:

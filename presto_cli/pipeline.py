@@ -116,6 +116,15 @@ class Pipeline:
 
             self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
         self.bank = self._caption_bank(tensors, meta, path)
+        # the text adapter between the encoder and the DiT (text/adapter.py): the model's own (a bundled
+        # model's: the shared assets file) unless set_text_adapter() gives another or none
+        from presto_cli.text.adapter import adapter_from_artefact
+
+        self.adapter = adapter_from_artefact(tensors, meta, meta.get("text", "minilm"), str(path))
+        if self.adapter is not None:
+            self.adapter.to(device)
+        self.adapter_source = "model" if self.adapter is not None else None
+        self._own_adapter = self.adapter
         self.schedule = None  # layer-dropping kinds: the depth each noise level runs at
         if meta.get("schedule"):
             from presto_cli.diffusion.layer_schedule import LayerSchedule
@@ -175,6 +184,40 @@ class Pipeline:
             raise PrestoError(f"{path}: its latent range has {rng.channels} channels, the model "
                               f"{self.latent_channels}", "re-export the model")
         return rng
+
+    def set_text_adapter(self, source: str | None) -> None:
+        """Use the text adapter in ``source`` (a ``text-adapter`` artefact, or a model file carrying
+        one); ``"none"``: none; None or "": the model's own."""
+        if not source:
+            self.adapter = self._own_adapter
+            self.adapter_source = "model" if self.adapter is not None else None
+            return
+        if str(source).lower() == "none":
+            self.adapter, self.adapter_source = None, None
+            return
+        from presto_cli.io import load_artefact
+        from presto_cli.text.adapter import adapter_from_artefact
+
+        p = Path(source)
+        if not p.is_file():
+            raise PrestoError(f"text adapter not found: {p}", "give a file made by the text-adapter stage, or none")
+        tensors, meta = load_artefact(p)
+        adapter = adapter_from_artefact(tensors, meta, self.meta.get("text", "minilm"), str(p))
+        if adapter is None:
+            raise PrestoError(f"{p} holds no text adapter", "give a file made by `presto pretrain` (stage text-adapter)")
+        self.adapter, self.adapter_source = adapter.to(self.device), str(p)
+
+    def adapter_digest(self) -> str | None:
+        """A short digest of the text adapter in use (its weights), None without one."""
+        if self.adapter is None:
+            return None
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.adapter.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------
     def settings(self, steps=None, sampler=None, cfg=None, rho=None, token_shift=None,
@@ -299,10 +342,13 @@ class Pipeline:
         musical = self.tempo_key(list(prompts), bpm, key)
         conds, enc = self._conditions(list(prompts), match)
         if conditions is not None:
-            conditions.extend({**c, "asked": m["asked"], "used": m["used"]} for c, m in zip(conds, musical))
+            conditions.extend({**c, "asked": m["asked"], "used": m["used"], "text_adapter": self.adapter_source}
+                              for c, m in zip(conds, musical))
         texts = [c["condition"] for c in conds]
         with torch.no_grad():
             tokens, mask, pooled = enc if enc is not None and texts == list(prompts) else self.text(texts)
+            if self.adapter is not None:
+                tokens, mask, pooled = self.adapter(tokens.to(self.device), mask.to(self.device), pooled.to(self.device))
         tempo = keys = None
         if self.tempo_cond:
             tempo = torch.tensor([float("nan") if m["_bpm"] is None else float(m["_bpm"]) for m in musical],

@@ -114,6 +114,7 @@ STAGE_MODULES = (
     "presto_cli.stages.layers",  # ase, presto-l (presto distill-layers)
     "presto_cli.stages.combine",  # presto-ls (presto combine)
     "presto_cli.stages.clap",  # clap (presto pretrain): the in-domain evaluation model
+    "presto_cli.stages.text_adapter",  # text-adapter (presto pretrain): prompts in a person's words
 )
 
 

@@ -54,3 +54,20 @@ def test_every_table_header_states_matching_and_the_rewrite_count(tmp_path):
     assert R.match_note(written) == "Nearest-caption matching: off (every model conditions on the prompts as written)."
     old = _doc(_system(tmp_path / "old", "demo-s", "auto", set(), sidecars=False))
     assert "not recorded" in R.match_note(old)
+
+
+def test_the_second_paraphrase_set_gets_its_own_table_with_gaps_to_held_out(tmp_path):
+    R = _results()
+    ev = _doc(_system(tmp_path / "ev", "demo-teacher", "auto", set()))
+    ev["systems"][0]["scores"]["adherence"] = 0.9
+    p2 = _doc(_system(tmp_path / "p2", "demo-teacher", "auto", {0, 1}))
+    p2["systems"][0]["scores"]["adherence"] = 0.6
+    p2w = _doc(_system(tmp_path / "p2w", "demo-teacher", "off", set()))
+    p2w["systems"][0]["scores"]["adherence"] = 0.25
+    p1 = _doc(_system(tmp_path / "p1", "demo-teacher", "auto", {0}))  # set 1 (its own table), adherence 0.5
+    extra = {"paraphrase": p1, "paraphrase2": p2, "paraphrase2_written": p2w}
+    a = SimpleNamespace(n=5, seeds=1, device="cpu", repeats=1, grid_n=5)
+    text = R.render({"rows": []}, [ev], None, {}, a, extra=extra)
+    assert "`assets/paraphrase_prompts2.jsonl`" in text
+    row = next(line for line in text.splitlines() if line.startswith("| demo-teacher | 0.9 | 0.6 | 30 |"))
+    assert row.endswith("| 0.25 | 65 |"), row

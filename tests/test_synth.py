@@ -16,6 +16,8 @@ ASSETS = Path(synth.__file__).resolve().parents[2] / "assets"
 PARAPHRASES = ASSETS / "paraphrase_prompts.jsonl"
 # the development set (choosing conditioning rules, never reported; benchmarks/retrieval.py)
 PARAPHRASES_DEV = Path(__file__).resolve().parents[1] / "benchmarks" / "paraphrase_dev.jsonl"
+# a second, independently written reported set (everyday descriptions, no genre names)
+PARAPHRASES2 = ASSETS / "paraphrase_prompts2.jsonl"
 # words that carry no description of the music (the rest of a prompt are its key content words)
 STOP = set("""a an the of and or with for in on at to from by like as that this it its is are be you your i me my
 some something someone kind sort very all only no lots really those would up down under out through before while
@@ -113,7 +115,7 @@ def test_heldout_captions_use_moods_and_wordings_training_never_sees():
         assert any(phrase in p["caption"] for p in test)
 
 
-@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV], ids=["reported", "dev"])
+@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV, PARAPHRASES2], ids=["reported", "dev", "reported2"])
 def test_paraphrase_set_schema_works_with_the_prompt_loader_and_adherence_styles(path):
     rows = read_prompts(path)
     per_style = Counter(r["style"] for r in rows)
@@ -130,7 +132,15 @@ def test_the_dev_paraphrases_are_not_the_reported_ones():
     assert dev.isdisjoint(r["prompt"].lower() for r in read_prompts(PARAPHRASES))
 
 
-@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV], ids=["reported", "dev"])
+def test_the_second_reported_paraphrases_share_no_prompt_with_the_other_sets():
+    mine = {r["prompt"].lower() for r in read_prompts(PARAPHRASES2)}
+    assert len(mine) == len(read_prompts(PARAPHRASES2))
+    for other in (PARAPHRASES, PARAPHRASES_DEV):
+        shared = mine & {r["prompt"].lower() for r in read_prompts(other)}
+        assert not shared, f"{len(shared)} prompt(s) of {PARAPHRASES2.name} also in {other.name}"
+
+
+@pytest.mark.parametrize("path", [PARAPHRASES, PARAPHRASES_DEV, PARAPHRASES2], ids=["reported", "dev", "reported2"])
 def test_paraphrase_set_is_not_in_the_caption_generators_words(path):
     rows = read_prompts(path)
     caps = [synth.plan_clip(s, s)["caption"] for s in range(5000)]

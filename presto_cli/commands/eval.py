@@ -87,6 +87,9 @@ def eval_cmd(
     match: Optional[bool] = typer.Option(None, "--match/--no-match", help="--match: condition on each prompt's "
                                          "nearest training caption; --no-match: on the prompt as written. Default: "
                                          "the nearest caption for prompts unlike every training wording."),
+    text_adapter: Optional[str] = typer.Option(None, "--text-adapter", help="The text adapter between the text "
+                                               "encoder and the DiT: a file made by the text-adapter stage, or "
+                                               "none (default: the model's own, if it has one)."),
     x0_clip: Optional[bool] = typer.Option(None, "--x0-clip/--no-x0-clip", help="Clamp the denoiser's x0 "
                                            "predictions into the training latents' range (default: on for "
                                            "models that store it; METHOD.md section 2)."),
@@ -131,7 +134,7 @@ def eval_cmd(
              "out": str(out) if out else None, "report": str(report) if report else None,
              "run_dir": str(run_dir) if run_dir else None, "batch_size": batch_size, "device": device,
              "precision": precision, "compile": compile_,
-             "match": None if match is None else ("on" if match else "off"),
+             "match": None if match is None else ("on" if match else "off"), "text_adapter": text_adapter,
              "x0_clip": None if x0_clip is None else ("on" if x0_clip else "off"), "cfg_interval": cfg_interval}
     merged = with_defaults({**base, **{k_: v for k_, v in flags.items() if v is not None}})
     if merged.get("models") and not any(merged.get(k_) for k_ in ("out", "report", "audio_dir", "run_dir")):

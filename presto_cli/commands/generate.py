@@ -178,6 +178,9 @@ def generate_cmd(
                                          "nearest to each prompt; --no-match: on the prompt as written. Default: the "
                                          "nearest caption when the prompt is unlike every training wording (models "
                                          "with a caption bank). The sidecar records the choice."),
+    text_adapter: Optional[str] = typer.Option(None, "--text-adapter", help="The text adapter between the text "
+                                               "encoder and the DiT: a file made by the text-adapter stage, or none "
+                                               "(default: the model's own, if it has one). The sidecar records it."),
     bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo in BPM (20-400) for models with a tempo "
                                         "condition; overrides a BPM written in the prompt."),
     key: Optional[str] = typer.Option(None, "--key", help="Key, e.g. \"E minor\", \"F# major\", \"Bb minor\", for "
@@ -232,6 +235,8 @@ def generate_cmd(
     pipe = load_pipeline(str(model_path), dev, precision, compile_)
     try:  # option values the model rejects (sampler, steps, cfg, duration) are usage errors
         from presto_cli.diffusion.edm import parse_cfg_interval
+
+        pipe.set_text_adapter(text_adapter)
 
         s = pipe.settings(steps, sampler, cfg, rho, token_shift, x0_clip, parse_cfg_interval(cfg_interval))
         dur = pipe.frames_for(duration) / pipe.frame_rate

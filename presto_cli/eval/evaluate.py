@@ -82,6 +82,7 @@ class EvalConfig:
     bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
+    text_adapter: str = ""  # the text adapter between the text encoder and the DiT: "" (the model's own) | none | a file
     x0_clip: str = "auto"  # clamp x0 predictions into the training latents' range: auto (the model's default) | on | off
     cfg_interval: str = ""  # guide only where LO < sigma <= HI: "LO,HI", "all" (every sigma), "" (the model's default)
     device: str = "auto"
@@ -503,6 +504,8 @@ def _clip_keys(path: Path, pipe, s, frames: int, rows: list[dict], cfg: EvalConf
     digest = model_digest(path)
     settings = {"sampler": s.sampler, "steps": s.steps, "cfg": s.cfg, "rho": s.rho, "frames": int(frames),
                 "match": cfg.match, "token_shift": getattr(s, "token_shift", None)}
+    if pipe.adapter is not None:  # only with one: clips made before adapters keep their keys
+        settings["text_adapter"] = pipe.adapter_digest()
     if getattr(s, "x0_clip", False):  # only when on: clips made before the option keep their keys
         settings["x0_clip"] = True
     if getattr(s, "cfg_interval", None):  # likewise only when set
@@ -544,6 +547,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     path = resolve_model(model)
     set_cpu_threads_for(path, cfg.device)  # as `presto generate`: small models on one CPU thread
     pipe = load_pipeline(str(path), cfg.device, cfg.precision or None, cfg.compile)
+    pipe.set_text_adapter(cfg.text_adapter or None)
     if pipe.codec is None:
         raise PrestoError(f"{path} makes latents only (no codec embedded)", "evaluate a model trained on audio")
     s = pipe.settings(cfg.steps or None, cfg.sampler or None, cfg.cfg if cfg.cfg >= 0 else None,
@@ -610,6 +614,7 @@ def generate_system(model: str, rows: list[dict], cfg: EvalConfig, audio_root: P
     info = {"model": model, "model_path": str(path), "kind": pipe.kind, "steps": s.steps,
             "sampler": s.sampler, "cfg": s.cfg, "nfe": common["nfe"], "sample_rate": pipe.sample_rate,
             "prompt_match": "off" if pipe.bank is None else cfg.match,
+            "text_adapter": pipe.adapter_source,
             "precision": pipe.precision, "compile": pipe.compiled, "channels": pipe.audio_channels,
             "embedder_input": "mono downmix" if pipe.audio_channels > 1 else "mono",
             "generation_seconds": round(time.time() - t0, 3), "audio_dir": str(out_dir),
