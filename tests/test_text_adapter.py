@@ -181,3 +181,20 @@ def test_pretrain_text_adapter_then_generate_and_eval_with_it(tiny_chain, tmp_pa
     sysinfo = json.loads((tmp_path / "e.json").read_text())["systems"][0]
     assert sysinfo["text_adapter"] == str(art)
     assert json.loads((tmp_path / "ea" / sysinfo["name"] / "p0.wav.json").read_text())["text_adapter"] == str(art)
+
+
+def test_the_training_descriptions_hold_no_evaluation_prompt():
+    """assets/lay_descriptions.json (the adapter's training text) was written without seeing the
+    paraphrase sets: none of its sentences is one of their prompts, and every style of the corpus
+    has descriptions the table's composer can use."""
+    from presto_cli.data import synth
+    from presto_cli.prompts import read_prompts
+
+    table = DescriptionTable.load()
+    sentences = {x.lower().strip(" .") for g in table.groups.values() for x in g["sentences"]}
+    for path in (ROOT / "presto_cli/assets/paraphrase_prompts.jsonl", ROOT / "presto_cli/assets/paraphrase_prompts2.jsonl",
+                 ROOT / "benchmarks/paraphrase_dev.jsonl"):
+        prompts = {r["prompt"].lower().strip(" .") for r in read_prompts(path)}
+        assert not sentences & prompts, (path.name, len(sentences & prompts))
+    assert {s.name for s in synth.STYLES} <= set(table.groups)
+    assert all(table.compose(g, None, [0.9, 0.5, 0.5, 0.5, 0.5, 0.5]) for g in table.groups)
