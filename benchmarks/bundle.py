@@ -5,8 +5,7 @@
 Writes presto_cli/assets/: demo-{codec,teacher,s,ase,l,ls,clap}.safetensors (fp16 EMA weights with their
 metadata), demo-captions.safetensors (the training captions every bundled model matches prompts
 against, stored once), demo-latent-range.safetensors (the training latents' per-channel range that
-sampling clips x0 predictions to, stored once), demo-text-adapter.safetensors (the text adapter every
-bundled model puts between its text encoder and its DiT, from <runs>/text-adapter), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
+sampling clips x0 predictions to, stored once), heldout_prompts.jsonl (the held-out split's captions: prompts training never saw, one
 seed each), styles.json, and the reference statistics of the held-out audio for the presto-clap,
 mel and music-feature embedders (ref_heldout_<embedder>.npz). The held-out audio itself is copied to
 <data>-heldout/ (not bundled).
@@ -190,23 +189,6 @@ def share_codec(assets: Path, codec_name: str = "demo-codec.safetensors") -> lis
     return done
 
 
-def share_text_adapter(assets: Path, runs: Path, name: str = "demo-text-adapter.safetensors") -> Path | None:
-    """Store the chain's text adapter once (presto_cli/text/adapter.py; recipes/demo/text-adapter.yaml,
-    trained through demo-teacher): every bundled model uses it (diffusion/artefact.py folds it in)."""
-    src = runs / "text-adapter" / "model.safetensors"
-    if not src.is_file():
-        print(f"no text adapter in {src.parent}: {name} left as it is")
-        return None
-    import torch
-
-    tensors, meta = load_artefact(src)
-    if meta.get("kind") != "text-adapter":
-        raise SystemExit(f"{src} is a '{meta.get('kind')}' artefact, not a text adapter")
-    if save_unless_unchanged(assets / name, lambda p: save_artefact(p, tensors, meta, dtype=torch.float16)):
-        print(f"text adapter: {assets / name} ({(assets / name).stat().st_size / 2**20:.1f} MiB)")
-    return assets / name
-
-
 def heldout_set(data: Path) -> Path:
     rows = [json.loads(l) for l in (data / "manifest.jsonl").read_text().splitlines() if l.strip()]
     held = [r for r in rows if r.get("split") == "heldout"]
@@ -258,7 +240,6 @@ def main() -> None:
         bundle_models(a.runs, a.only)
     share_captions(ASSETS, a.data, keep=a.keep_captions)
     share_latent_range(ASSETS, a.data)
-    share_text_adapter(ASSETS, a.runs)
     if not a.models_only:
         held = heldout_set(a.data)
         reference_stats(held)

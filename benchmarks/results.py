@@ -622,6 +622,11 @@ def _rewrites(sy: dict) -> int | None:
     return n if sy.get("clips") else None
 
 
+def _points(h, q) -> str:
+    """The gap between two adherences in points, "–" when either is missing."""
+    return f"{100 * (h - q):.0f}" if h is not None and q is not None else "–"
+
+
 def match_note(docs) -> str:
     """One sentence for a table's header: whether nearest-caption matching was on (the systems'
     ``prompt_match``) and how many prompts it rewrote per model, from the eval documents ``docs``
@@ -715,15 +720,12 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
         pw = _sys(extra["paraphrase_written"]) if extra.get("paraphrase_written") else {}
         hw = _sys(extra["heldout_written"]) if extra.get("heldout_written") else {}
 
-        def _gap(h, q):
-            return f"{100 * (h - q):.0f}" if h is not None and q is not None else "–"
-
         for name in names:
             h = (_sys(ev[0]).get(name) or {}).get("scores", {}).get("adherence")
             q = (para.get(name) or {}).get("scores", {}).get("adherence")
             h2 = (hw.get(name) or {}).get("scores", {}).get("adherence")
             q2 = (pw.get(name) or {}).get("scores", {}).get("adherence")
-            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {_gap(h, q)} | {_f(h2)} | {_f(q2)} | {_gap(h2, q2)} |")
+            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {_points(h, q)} | {_f(h2)} | {_f(q2)} | {_points(h2, q2)} |")
     if extra.get("paraphrase2"):
         p2 = _sys(extra["paraphrase2"])
         p2w = _sys(extra["paraphrase2_written"]) if extra.get("paraphrase2_written") else {}
@@ -737,8 +739,7 @@ def render(bench, ev, real, steps, a, grid=None, diag=None, music=None, extra=No
             h = (_sys(ev[0]).get(name) or {}).get("scores", {}).get("adherence")
             q = (p2.get(name) or {}).get("scores", {}).get("adherence")
             q2 = (p2w.get(name) or {}).get("scores", {}).get("adherence")
-            gap = lambda h_, q_: f"{100 * (h_ - q_):.0f}" if h_ is not None and q_ is not None else "–"  # noqa: E731
-            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {gap(h, q)} | {_f(q2)} | {gap(h, q2)} |")
+            lines.append(f"| {name} | {_f(h)} | {_f(q)} | {_points(h, q)} | {_f(q2)} | {_points(h, q2)} |")
     if extra.get("notes"):
         lines += ["", "Do the notes move? The 14 canonical style captions (seeds 0-13) per model: tonal change "
                   "(mean chroma cosine distance over 0.5 s; a drone scores below 0.07) and chroma peak share "

@@ -11,7 +11,6 @@ from presto_cli.errors import PrestoError, PrestoUsageError
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_CAPTIONS = "demo-captions.safetensors"  # the caption bank every bundled model was trained on
 BUNDLED_RANGE = "demo-latent-range.safetensors"  # the latent range of the training split they were trained on
-BUNDLED_ADAPTER = "demo-text-adapter.safetensors"  # the text adapter trained through demo-teacher (prompts as written)
 BUNDLED = {  # bundled name -> file in presto_cli/assets (presto_cli.pipeline re-exports it)
     "demo-teacher": "demo-teacher.safetensors",
     "demo-s": "demo-s.safetensors",

@@ -116,15 +116,9 @@ class Pipeline:
 
             self.codec = codec_from_embedded(sub_state(tensors, "codec"), meta["codec"]).to(device).eval()
         self.bank = self._caption_bank(tensors, meta, path)
-        # the text adapter between the encoder and the DiT (text/adapter.py): the model's own (a bundled
-        # model's: the shared assets file) unless set_text_adapter() gives another or none
-        from presto_cli.text.adapter import adapter_from_artefact
-
-        self.adapter = adapter_from_artefact(tensors, meta, meta.get("text", "minilm"), str(path))
-        if self.adapter is not None:
-            self.adapter.to(device)
-        self.adapter_source = "model" if self.adapter is not None else None
-        self._own_adapter = self.adapter
+        # a text adapter between the encoder and the DiT (text/adapter.py): none unless set_text_adapter() gives one
+        self.adapter = None
+        self.adapter_source = None
         self.schedule = None  # layer-dropping kinds: the depth each noise level runs at
         if meta.get("schedule"):
             from presto_cli.diffusion.layer_schedule import LayerSchedule
@@ -186,13 +180,9 @@ class Pipeline:
         return rng
 
     def set_text_adapter(self, source: str | None) -> None:
-        """Use the text adapter in ``source`` (a ``text-adapter`` artefact, or a model file carrying
-        one); ``"none"``: none; None or "": the model's own."""
-        if not source:
-            self.adapter = self._own_adapter
-            self.adapter_source = "model" if self.adapter is not None else None
-            return
-        if str(source).lower() == "none":
+        """Put the text adapter in ``source`` (a ``text-adapter`` artefact) between the text encoder and
+        the DiT; None, "" or ``"none"``: no adapter (the pipeline is cached, so each caller says)."""
+        if not source or str(source).lower() == "none":
             self.adapter, self.adapter_source = None, None
             return
         from presto_cli.io import load_artefact

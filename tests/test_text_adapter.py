@@ -143,7 +143,8 @@ def test_text_adapter_recipe_errors(tmp_path):
 def test_pretrain_text_adapter_then_generate_and_eval_with_it(tiny_chain, tmp_path):
     """`presto pretrain` trains the stage on the tiny audio chain (the synthetic corpus's style labels,
     the bundled description table); `generate` and `eval` take --text-adapter FILE|none, the sidecar
-    and the results say which, and the adapter changes the audio of a prompt in plain words."""
+    and the results say which, the adapter changes the audio of a prompt in plain words, and the
+    clip cache does not hand clips made without the adapter to a run with it."""
     from conftest import presto
 
     out = tmp_path / "adapter"
@@ -181,6 +182,15 @@ def test_pretrain_text_adapter_then_generate_and_eval_with_it(tiny_chain, tmp_pa
     sysinfo = json.loads((tmp_path / "e.json").read_text())["systems"][0]
     assert sysinfo["text_adapter"] == str(art)
     assert json.loads((tmp_path / "ea" / sysinfo["name"] / "p0.wav.json").read_text())["text_adapter"] == str(art)
+    # the clip cache keys clips by the adapter: clips made without one are not reused with one
+    common = ["eval", "-m", tiny_chain["teacher"], "--prompts", prompts, "--metrics", "fad", "--embedder", "mel",
+              "--ref", tiny_chain["data"] / "audio", "--n", 2, "--duration", 0.8, "--steps", 2, "--no-match", "-q"]
+    runs = {}
+    for name, extra in (("plain", []), ("adapted", ["--text-adapter", art]), ("again", ["--text-adapter", art])):
+        presto(*common, *extra, "--out", tmp_path / f"{name}.json", "--audio-dir", tmp_path / name)
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())["systems"][0]
+    assert runs["adapted"]["clips_reused"] == 0 and runs["adapted"]["clips_generated"] == 2
+    assert runs["again"]["clips_reused"] == 2
 
 
 def test_the_training_descriptions_hold_no_evaluation_prompt():

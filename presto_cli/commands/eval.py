@@ -88,8 +88,8 @@ def eval_cmd(
                                          "nearest training caption; --no-match: on the prompt as written. Default: "
                                          "the nearest caption for prompts unlike every training wording."),
     text_adapter: Optional[str] = typer.Option(None, "--text-adapter", help="The text adapter between the text "
-                                               "encoder and the DiT: a file made by the text-adapter stage, or "
-                                               "none (default: the model's own, if it has one)."),
+                                               "encoder and the DiT: a file made by the text-adapter stage "
+                                               "(default: none)."),
     x0_clip: Optional[bool] = typer.Option(None, "--x0-clip/--no-x0-clip", help="Clamp the denoiser's x0 "
                                            "predictions into the training latents' range (default: on for "
                                            "models that store it; METHOD.md section 2)."),

@@ -179,8 +179,8 @@ def generate_cmd(
                                          "nearest caption when the prompt is unlike every training wording (models "
                                          "with a caption bank). The sidecar records the choice."),
     text_adapter: Optional[str] = typer.Option(None, "--text-adapter", help="The text adapter between the text "
-                                               "encoder and the DiT: a file made by the text-adapter stage, or none "
-                                               "(default: the model's own, if it has one). The sidecar records it."),
+                                               "encoder and the DiT: a file made by the text-adapter stage (default: "
+                                               "none). The sidecar records it."),
     bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo in BPM (20-400) for models with a tempo "
                                         "condition; overrides a BPM written in the prompt."),
     key: Optional[str] = typer.Option(None, "--key", help="Key, e.g. \"E minor\", \"F# major\", \"Bb minor\", for "

@@ -36,8 +36,8 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu",
 
 def with_bundled_shared(path, tensors: dict[str, Tensor], meta: dict, assets=None
                         ) -> tuple[dict[str, Tensor], dict]:
-    """A bundled model's file lacks the caption bank, the latent range and the text adapter, which
-    benchmarks/bundle.py stores once in ``assets`` (default: the package's assets/) for all of them: fold them back in,
+    """A bundled model's file lacks the caption bank and the latent range, which benchmarks/bundle.py
+    stores once in ``assets`` (default: the package's assets/) for all of them: fold them back in,
     so a model distilled from a bundled teacher carries both (nearest-caption matching and x0
     clipping) as one distilled from a run's teacher does, and the pipeline finds them where every
     other model keeps them. Any other file, or one that has them, is returned as it is."""
@@ -48,8 +48,7 @@ def with_bundled_shared(path, tensors: dict[str, Tensor], meta: dict, assets=Non
         return tensors, meta
     tensors, meta = dict(tensors), dict(meta)
     for name, prefix, key in ((names.BUNDLED_CAPTIONS, "caption_bank.", "caption_bank"),
-                              (names.BUNDLED_RANGE, "latent_range.", "latent_range"),
-                              (names.BUNDLED_ADAPTER, "text_adapter.", "text_adapter")):
+                              (names.BUNDLED_RANGE, "latent_range.", "latent_range")):
         if any(k.startswith(prefix) for k in tensors) or not (assets / name).is_file():
             continue
         shared, shared_meta = load_artefact(assets / name)

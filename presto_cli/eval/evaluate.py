@@ -82,7 +82,7 @@ class EvalConfig:
     bandwidth: float | str = "cmmd"  # MMD RBF σ: cmmd (σ = 10, ×1000; CMMD's convention), median, or a number
     batch_size: int = 8
     match: str = "auto"  # condition on the nearest training caption: auto (prompts unlike every training wording) | on | off
-    text_adapter: str = ""  # the text adapter between the text encoder and the DiT: "" (the model's own) | none | a file
+    text_adapter: str = ""  # a text adapter between the text encoder and the DiT (a text-adapter file; "" or none: none)
     x0_clip: str = "auto"  # clamp x0 predictions into the training latents' range: auto (the model's default) | on | off
     cfg_interval: str = ""  # guide only where LO < sigma <= HI: "LO,HI", "all" (every sigma), "" (the model's default)
     device: str = "auto"

@@ -12,12 +12,11 @@ p_std^2)`` and ``x = x0 + sigma n``:
     loss = lambda(sigma) |D(x; sigma, adapter(enc(text))) - sg D(x; sigma, enc(caption))|^2
 
 The teacher and the text encoder stay frozen; only the adapter learns. The exported artefact (kind
-``text-adapter``) is attached to any model of the teacher's chain with ``presto generate
---text-adapter FILE`` (the bundled chain carries ``assets/demo-text-adapter.safetensors``).
+``text-adapter``) is put in front of any model of the teacher's chain with ``presto generate
+--text-adapter FILE`` (none is bundled: on the demo it lowered adherence, METHOD.md section 2).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,12 +79,9 @@ class _Grouped(torch.utils.data.Dataset):
         self.extra = None
         if group == "caption" or not hasattr(base, "items"):
             return
-        rows = {}
-        if manifest is not None and manifest.is_file():
-            for line in manifest.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    rows[str(r.get("path", ""))] = r
+        from presto_cli.data.folder import read_manifest
+
+        rows = {str(r["path"]): r for r in read_manifest(manifest)} if manifest is not None and manifest.is_file() else {}
         self.extra = []
         for it in base.items:
             r = rows.get(str(it.get("path", "")), {})
@@ -150,7 +146,7 @@ class TextAdapterTask(DistillTask):
         """Each clip's input text: its caption or a description (see the module docstring)."""
         from presto_cli.text.musical import key_name
 
-        a: TextAdapterRecipe = self.recipe.adapter
+        a: AdapterTraining = self.recipe.adapter
         out = []
         for i, cap in enumerate(batch["caption"]):
             g = batch["group"][i]

@@ -14,9 +14,9 @@ unchanged:
 with caption ``c`` and a plain-language description ``p`` of its music, the teacher's denoised
 output under ``adapter(p)`` is pulled to its output under ``c`` (and under ``adapter(c)`` too).
 
-Stored in a model artefact (or once for the bundled chain, ``assets/demo-text-adapter.safetensors``)
-as tensors ``text_adapter.*`` and ``meta["text_adapter"]`` = the :class:`TextAdapterConfig` fields
-plus ``text`` (the encoder it was trained on).
+Stored as an artefact of kind ``text-adapter``: tensors ``text_adapter.*`` and ``meta["text_adapter"]``
+= the :class:`TextAdapterConfig` fields plus ``text`` (the encoder it was trained on); ``presto
+generate/eval --text-adapter FILE`` puts it in front of any model of the chain.
 """
 from __future__ import annotations
 
